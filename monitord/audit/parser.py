@@ -1,0 +1,428 @@
+"""Audit log text -> `AuditRecord`: a pure, total parser with a closed set of errors.
+
+Every line ends as a record, an ignored line (counted by reason) or a
+`ParseError` with a reason from `PARSE_ERROR_REASONS`. Most lines of a real
+audit log are not VIRT records, so `StreamParser` finds candidate lines in
+whole chunks of bytes and decodes only those.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from monitord.audit.encoding import decode_hex
+from monitord.audit.record import AuditRecord
+from monitord.audit.types import VIRT_FIRST, VIRT_LAST, VIRT_NUMBERS, type_name
+
+ParseErrorReason = Literal[
+    "line_too_long",
+    "bad_header",
+    "bad_timestamp",
+    "no_message",
+    "unbalanced_quote",
+]
+PARSE_ERROR_REASONS: Final[tuple[ParseErrorReason, ...]] = (
+    "line_too_long",
+    "bad_header",
+    "bad_timestamp",
+    "no_message",
+    "unbalanced_quote",
+)
+
+IgnoredReason = Literal["not_virt", "not_libvirt"]
+IGNORED_REASONS: Final[tuple[IgnoredReason, ...]] = ("not_virt", "not_libvirt")
+
+DEFAULT_MAX_LINE_LENGTH: Final = 64 * 1024
+
+
+class ParseError(Exception):
+    """A line that looks like a VIRT record but cannot be read as one."""
+
+    def __init__(self, reason: ParseErrorReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason: ParseErrorReason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A line that is well-formed but not a libvirt VIRT record."""
+
+    reason: IgnoredReason
+
+
+NOT_VIRT: Final = Ignored("not_virt")
+NOT_LIBVIRT: Final = Ignored("not_libvirt")
+
+# `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL): `
+_HEADER: Final = re.compile(r"(?:node=(\S*) )?type=(\S+) msg=audit\(([^):]*):([^)]*)\): ?")
+_TIME: Final = re.compile(r"\d+(?:\.\d+)?\Z")
+_UNKNOWN: Final = re.compile(r"UNKNOWN\[(\d+)\]\Z")
+
+# Fields libvirt never encodes (FORMATS.md section 2): hex-looking values stay as they are.
+_RAW_KEYS: Final = frozenset(
+    "virt op reason resrc uuid vm-pid init-pid pid-ns old-mem new-mem old-vcpu new-vcpu "
+    "old-iothread new-iothread net rdev bus class category maj acl size vm-ctx img-ctx "
+    "model res hostname addr terminal user auid uid".split()
+)
+# Fields libvirt writes through virAuditEncode (and `exe`, which libaudit encodes).
+_ENCODED_KEYS: Final = frozenset({"vm", "device", "disk", "chardev", "cgroup", "exe"})
+# `path` is encoded for `net reason=open` and `cgroup class=path`, raw elsewhere.
+_ENCODED_PATH_RESRC: Final = frozenset({"net", "cgroup"})
+
+_TOKEN_CACHE_LIMIT: Final = 1 << 16
+
+
+def _is_encoded(key: str) -> bool:
+    if key in _ENCODED_KEYS:
+        return True
+    if key in _RAW_KEYS:
+        return False
+    return key.startswith(("old-", "new-"))
+
+
+def decode_value(key: str, value: str, encoded: bool | None = None) -> str | None:
+    """Decode one inner value: quoted -> content, hex -> text for encoded fields, `?` -> None."""
+    if value.startswith('"'):
+        content = value[1:-1] if len(value) >= 2 and value.endswith('"') else value[1:]
+        return None if content == "?" else content
+    if value == "?":
+        return None
+    if encoded if encoded is not None else _is_encoded(key):
+        decoded = decode_hex(value)
+        if decoded is not None:
+            return decoded
+    return value
+
+
+class _TokenCache:
+    """Decoded `key=value` tokens: libvirt repeats most of them (virt, exe, uuid, res...)."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self) -> None:
+        self._map: dict[str, tuple[str, str | None]] = {}
+
+    def decode(self, token: str) -> tuple[str, str | None] | None:
+        hit = self._map.get(token)
+        if hit is not None:
+            return hit
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            return None
+        pair = (key, decode_value(key, value))
+        if len(self._map) >= _TOKEN_CACHE_LIMIT:
+            self._map.clear()
+        self._map[token] = pair
+        return pair
+
+
+_CACHE = _TokenCache()
+
+
+def parse_fields(inner: str) -> dict[str, str | None]:
+    """Split and decode the inner `msg='...'` text into ordered fields; first duplicate wins."""
+    fields: dict[str, str | None] = {}
+    tokens = inner.split(" ")
+    n = len(tokens)
+    i = 0
+    last_key: str | None = None
+    resrc: str | None = None
+    while i < n:
+        token = tokens[i]
+        i += 1
+        if not token:
+            continue
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            # A raw value with a space in it (shmem/evdev paths): glue it back on.
+            if last_key is not None:
+                prev = fields[last_key]
+                if prev is not None:
+                    fields[last_key] = prev + " " + token
+            continue
+        if value.startswith('"') and (len(value) < 2 or not value.endswith('"')):
+            # A quoted value with spaces (other writers than libvirt): join to the closing quote.
+            parts = [token]
+            while i < n and not tokens[i].endswith('"'):
+                parts.append(tokens[i])
+                i += 1
+            if i < n:
+                parts.append(tokens[i])
+                i += 1
+            token = " ".join(parts)
+            value = token.partition("=")[2]
+        if key in fields:
+            last_key = None
+            continue
+        if key == "path":
+            decoded = decode_value(key, value, encoded=resrc in _ENCODED_PATH_RESRC)
+            fields[key] = decoded
+        else:
+            pair = _CACHE.decode(token)
+            decoded = pair[1] if pair is not None else value
+            fields[key] = decoded
+            if key == "resrc":
+                resrc = decoded
+        # Only raw values may be continued by a following bare token.
+        last_key = key if not value.startswith('"') else None
+    return fields
+
+
+def _parse_enrichment(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key and key not in out:
+            out[key] = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    return out
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _type_id(name: str) -> int | None:
+    num = VIRT_NUMBERS.get(name)
+    if num is not None:
+        return num
+    m = _UNKNOWN.match(name)
+    return int(m.group(1)) if m else None
+
+
+def parse_line(line: bytes | str) -> AuditRecord | Ignored:
+    """Parse one audit.log line (or audisp plugin line) into a record.
+
+    Returns `Ignored` for lines that are not VIRT records or not libvirt's,
+    raises `ParseError` for VIRT lines that cannot be read.
+    """
+    text = line if isinstance(line, str) else line.decode("utf-8", "surrogateescape")
+    text = text.rstrip("\r\n")
+    header = _HEADER.match(text)
+    if header is None:
+        if "type=VIRT_" in text[:300] or "type=UNKNOWN[25" in text[:300]:
+            raise ParseError("bad_header", text[:120])
+        return NOT_VIRT
+    node, tname, stamp, serial_text = header.groups()
+    type_id = _type_id(tname)
+    if type_id is None or not VIRT_FIRST <= type_id <= VIRT_LAST:
+        return NOT_VIRT
+    if not _TIME.match(stamp) or not serial_text.isdigit():
+        raise ParseError("bad_timestamp", f"{stamp}:{serial_text}")
+    rest = text[header.end() :]
+    body, gs, enriched = rest.partition("\x1d")
+    start = body.find("msg='")
+    if start < 0:
+        raise ParseError("no_message", body[:120])
+    end = body.rfind("'")
+    if end < start + 5:
+        raise ParseError("unbalanced_quote", body[start : start + 120])
+    outer: dict[str, str] = {}
+    for token in body[:start].split():
+        key, sep, value = token.partition("=")
+        if sep and key not in outer:
+            outer[key] = value
+    fields = parse_fields(body[start + 5 : end])
+    if "virt" not in fields or "uuid" not in fields:
+        return NOT_LIBVIRT
+    subj = outer.get("subj")
+    return AuditRecord(
+        type=type_name(type_id) if type_id in _KNOWN_IDS else tname,
+        type_id=type_id,
+        time=float(stamp),
+        serial=int(serial_text),
+        node=node,
+        pid=_int_or_none(outer.get("pid")),
+        uid=_int_or_none(outer.get("uid")),
+        auid=_int_or_none(outer.get("auid")),
+        ses=_int_or_none(outer.get("ses")),
+        subj=None if subj in (None, "?") else subj,
+        fields=fields,
+        enrichment=_parse_enrichment(enriched) if gs else {},
+    )
+
+
+_KNOWN_IDS: Final = frozenset(VIRT_NUMBERS.values())
+
+_NEEDLES: Final = (b"type=VIRT_", b"type=UNKNOWN[25")
+
+
+def candidate_spans(buf: bytes) -> list[tuple[int, int]]:
+    """Return (start, end) of every line in buf whose header names a VIRT type.
+
+    buf holds whole lines. The search runs over bytes with `bytes.find`, so the
+    ~95% of lines that are not VIRT records are never decoded.
+    """
+    spans: list[tuple[int, int]] = []
+    size = len(buf)
+    for needle in _NEEDLES:
+        if needle not in buf:
+            continue
+        pos = buf.find(needle)
+        while pos >= 0:
+            line_start = buf.rfind(b"\n", 0, pos) + 1
+            line_end = buf.find(b"\n", pos)
+            if line_end < 0:
+                line_end = size
+            # The needle must be the line's header: at its start or right after `node=NAME `.
+            if pos == line_start or (
+                buf.startswith(b"node=", line_start) and buf.find(b" ", line_start, pos) == pos - 1
+            ):
+                spans.append((line_start, line_end))
+            pos = buf.find(needle, line_end)
+    if len(spans) > 1 and b"type=UNKNOWN[25" in buf:
+        spans.sort()
+    return spans
+
+
+@dataclass
+class ParseStats:
+    """Counters of what the parser saw; the daemon exports them as self-metrics."""
+
+    lines: int = 0
+    bytes: int = 0
+    records: int = 0
+    ignored: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "records": self.records,
+            "ignored": dict(self.ignored),
+            "errors": dict(self.errors),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> ParseStats:
+        ignored = doc.get("ignored") or {}
+        errors = doc.get("errors") or {}
+        assert isinstance(ignored, dict) and isinstance(errors, dict)
+        return cls(
+            lines=int(doc.get("lines", 0)),  # type: ignore[call-overload]
+            bytes=int(doc.get("bytes", 0)),  # type: ignore[call-overload]
+            records=int(doc.get("records", 0)),  # type: ignore[call-overload]
+            ignored=Counter(ignored),
+            errors=Counter(errors),
+        )
+
+
+ErrorHandler = Callable[[ParseError, bytes], None]
+
+
+class StreamParser:
+    """Turn a byte stream into records: whole lines only, bounded memory.
+
+    A partial last line is kept until its newline arrives; a line longer than
+    `max_line_length` is counted as `line_too_long` and skipped without being
+    buffered.
+    """
+
+    def __init__(
+        self,
+        stats: ParseStats | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        self.stats = stats if stats is not None else ParseStats()
+        self.max_line_length = max_line_length
+        self.on_error = on_error
+        self._partial = b""
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back as a partial line (not yet part of any record)."""
+        return len(self._partial)
+
+    def reset(self) -> None:
+        """Forget any partial line (the file it came from was replaced)."""
+        self._partial = b""
+        self._discarding = False
+
+    def feed(self, chunk: bytes) -> list[AuditRecord]:
+        """Consume bytes; return the records of every line completed by them."""
+        stats = self.stats
+        stats.bytes += len(chunk)
+        if self._discarding:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                return []
+            self._discarding = False
+            chunk = chunk[nl + 1 :]
+            stats.lines += 1
+        buf = self._partial + chunk if self._partial else chunk
+        last_nl = buf.rfind(b"\n")
+        if last_nl < 0:
+            self._hold(buf)
+            return []
+        self._hold(buf[last_nl + 1 :])
+        return self._parse_lines(buf, last_nl + 1)
+
+    def finish(self) -> list[AuditRecord]:
+        """Treat a remaining partial line as complete (end of a finished input)."""
+        rest, self._partial = self._partial, b""
+        self._discarding = False
+        if not rest:
+            return []
+        return self._parse_lines(rest + b"\n", len(rest) + 1)
+
+    def _hold(self, tail: bytes) -> None:
+        if len(tail) > self.max_line_length:
+            self._partial = b""
+            self._discarding = True
+            self._error(ParseError("line_too_long", f"{len(tail)}+ bytes"), tail[:200])
+        else:
+            self._partial = tail
+
+    def _parse_lines(self, buf: bytes, end: int) -> list[AuditRecord]:
+        stats = self.stats
+        region = buf[:end] if end != len(buf) else buf
+        nlines = region.count(b"\n")
+        stats.lines += nlines
+        spans = candidate_spans(region)
+        stats.ignored["not_virt"] += nlines - len(spans)
+        records: list[AuditRecord] = []
+        max_len = self.max_line_length
+        for start, stop in spans:
+            if stop - start > max_len:
+                self._error(
+                    ParseError("line_too_long", f"{stop - start} bytes"), region[start:stop]
+                )
+                continue
+            try:
+                outcome = parse_line(region[start:stop])
+            except ParseError as err:
+                self._error(err, region[start:stop])
+                continue
+            if isinstance(outcome, Ignored):
+                stats.ignored[outcome.reason] += 1
+            else:
+                records.append(outcome)
+        stats.records += len(records)
+        return records
+
+    def _error(self, err: ParseError, line: bytes) -> None:
+        self.stats.errors[err.reason] += 1
+        if self.on_error is not None:
+            self.on_error(err, line)
+
+
+def iter_records(
+    chunks: Iterator[bytes] | list[bytes], parser: StreamParser | None = None
+) -> Iterator[AuditRecord]:
+    """Parse a finished stream of chunks, the last line included even without newline."""
+    p = parser if parser is not None else StreamParser()
+    for chunk in chunks:
+        yield from p.feed(chunk)
+    yield from p.finish()

@@ -1,0 +1,181 @@
+"""The `monitord` command line (CONTRACT.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
+
+from monitord import __version__
+from monitord.audit.parser import ParseError, StreamParser
+from monitord.errors import InputError, RuntimeFailure, UserError
+
+READ_SIZE = 1 << 20
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--source", choices=("file", "audisp", "journal"), help="record source")
+    p.add_argument("--audit-log", metavar="PATH", help="audit log to follow (source file)")
+    p.add_argument("--journal-dir", metavar="DIR", help="journal files (source journal)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:9781)")
+    p.add_argument("--state-dir", metavar="DIR", help="checkpoint directory")
+    p.add_argument(
+        "--start",
+        choices=("checkpoint", "beginning", "end"),
+        help="where to begin reading (default checkpoint)",
+    )
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monitord",
+        description="Follow libvirt's VIRT_* audit records; serve guest state, metrics and alerts.",
+    )
+    parser.add_argument("--version", action="version", version=f"monitord {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="the daemon")
+    _add_run_flags(run)
+
+    demo = sub.add_parser("demo", help="a live demo on a bundled, realistic stream")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:9781")
+    demo.add_argument("--speed", type=float, default=1.0, metavar="X", help="time acceleration")
+    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    demo.add_argument("--no-table", action="store_true", help="do not draw the live table")
+
+    parse = sub.add_parser("parse", help="print libvirt records as JSON Lines")
+    parse.add_argument("files", nargs="*", metavar="FILE", help="audit logs; none or - is stdin")
+
+    replay = sub.add_parser("replay", help="the whole pipeline over existing logs, no alerts")
+    replay.add_argument("files", nargs="*", metavar="FILE", help="audit logs, oldest first")
+    replay.add_argument("--json", action="store_true", help="print the /api/v1/guests document")
+
+    status = sub.add_parser("status", help="the guest table of a running daemon")
+    status.add_argument("--url", default="http://127.0.0.1:9781", help="the daemon's listener")
+    status.add_argument("--json", action="store_true", help="print the /api/v1/guests document")
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def _open_inputs(names: Sequence[str]) -> list[tuple[str, BinaryIO]]:
+    """Open every named input up front, so an unreadable one fails before any output."""
+    if not names:
+        return [("<stdin>", sys.stdin.buffer)]
+    opened: list[tuple[str, BinaryIO]] = []
+    for name in names:
+        if name == "-":
+            opened.append(("<stdin>", sys.stdin.buffer))
+            continue
+        try:
+            opened.append((name, open(name, "rb")))  # noqa: SIM115 - closed by the caller
+        except IsADirectoryError:
+            raise InputError(f"cannot read {name}: is a directory") from None
+        except OSError as err:
+            raise InputError(f"cannot read {name}: {err.strerror}") from None
+    return opened
+
+
+def read_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
+    """Yield a file's content in large chunks; a read error is an InputError."""
+    while True:
+        try:
+            chunk = stream.read(READ_SIZE)
+        except OSError as err:
+            raise InputError(f"cannot read {name}: {err.strerror}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+class ErrorReporter:
+    """Print malformed lines to stderr, at most `limit` of them, then only count."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self.shown = 0
+        self.name = ""
+
+    def __call__(self, err: ParseError, line: bytes) -> None:
+        if self.shown < self.limit:
+            self.shown += 1
+            text = line[:160].decode("utf-8", "backslashreplace")
+            print(
+                f"monitord: {self.name}: malformed record ({err.reason}): {text}", file=sys.stderr
+            )
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    inputs = _open_inputs(args.files)
+    reporter = ErrorReporter()
+    out = sys.stdout
+    dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+    stats = None
+    for name, stream in inputs:
+        reporter.name = name
+        parser = StreamParser(stats=stats, on_error=reporter)
+        stats = parser.stats
+        try:
+            for chunk in read_chunks(stream, name):
+                records = parser.feed(chunk)
+                if records:
+                    out.write("\n".join(dumps(r.to_json()) for r in records) + "\n")
+            for record in parser.finish():
+                out.write(dumps(record.to_json()) + "\n")
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+    assert stats is not None
+    errors = sum(stats.errors.values())
+    if errors:
+        detail = ", ".join(f"{reason}={n}" for reason, n in sorted(stats.errors.items()))
+        print(f"monitord: {errors} malformed line(s) skipped ({detail})", file=sys.stderr)
+    out.flush()
+    return 0
+
+
+# Each command lives in the module of its stage; importing lazily keeps `parse` fast.
+COMMANDS: dict[str, str] = {
+    "run": "monitord.daemon:main",
+    "replay": "monitord.replay:main",
+    "status": "monitord.status:main",
+    "check-config": "monitord.config:check_config_main",
+    "demo": "monitord.demo:main",
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "parse":
+        return cmd_parse(args)
+    module_name, _, func_name = COMMANDS[command].partition(":")
+    handler: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(module_name), func_name
+    )
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 1 runtime failure, 2 user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"monitord: {err}", file=sys.stderr)
+        return err.exit_code
+    except RuntimeFailure as err:
+        print(f"monitord: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        # `monitord parse F | head`: the reader went away; that is not an error.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
