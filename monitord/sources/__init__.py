@@ -1,0 +1,1 @@
+"""Where records come from: the audit log file, auditd's plugin pipe, the journal."""
