@@ -1,0 +1,57 @@
+"""Apply parsed records to the guest table, the daemon's counters and the alert engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from monitord.audit.record import AuditRecord
+from monitord.telemetry import Telemetry
+
+
+class RecordConsumer(Protocol):
+    """The guest table: takes every libvirt record in log order."""
+
+    def apply(self, record: AuditRecord) -> None: ...
+
+
+class AlertObserver(Protocol):
+    """The alert engine: sees every record; `live` is False while catching up on old log content."""
+
+    def observe(self, record: AuditRecord, live: bool) -> None: ...
+
+
+class Pipeline:
+    """Records -> state, counters, alerts; the one place that order is decided."""
+
+    def __init__(
+        self,
+        table: RecordConsumer,
+        telemetry: Telemetry,
+        alerts: AlertObserver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.telemetry = telemetry
+        self.alerts = alerts
+        self.clock = clock
+
+    def apply(self, records: Sequence[AuditRecord], live: bool) -> None:
+        """Apply records in order; lag is observed only for live records (old ones are not late)."""
+        if not records:
+            return
+        telemetry = self.telemetry
+        table = self.table
+        alerts = self.alerts
+        now = self.clock() if live else 0.0
+        last = telemetry.last_record_time
+        for record in records:
+            table.apply(record)
+            if alerts is not None:
+                alerts.observe(record, live)
+            if last is None or record.time > last:
+                last = record.time
+            if live:
+                telemetry.lag.observe(max(0.0, now - record.time))
+        telemetry.last_record_time = last
