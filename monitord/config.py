@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import stat
+import tomllib
+import types
+import typing
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+from monitord.errors import ConfigError
 
 SourceKind = Literal["file", "audisp", "journal"]
 StartMode = Literal["checkpoint", "beginning", "end"]
@@ -88,6 +104,10 @@ class AlertsConfig:
 class LoggingConfig:
     level: str = "info"
     target: Literal["auto", "journal", "stderr"] = "auto"
+    # Repeated warnings of one kind: at most `rate_limit_burst` per `rate_limit_interval`
+    # (0 = no limit); the next one that gets through says how many were suppressed.
+    rate_limit_burst: int = 10
+    rate_limit_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +117,436 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ---------------------------------------------------------------------------
+# Loading: TOML text -> validated `Config`.
+#
+# The dataclasses above are the schema: every field is a key of the same name,
+# nested dataclasses are tables, tuples of dataclasses are arrays of tables.
+# Every `float` field is a duration (a number of seconds or a string with a
+# unit), so a new duration setting needs no loader change.
+
+DURATION_UNITS: Final[dict[str, float]] = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+# bcrypt in modular crypt format, as htpasswd -B and exporter-toolkit's web.yml use.
+_BCRYPT = re.compile(r"^\$2[abxy]?\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+Path_ = tuple[str | int, ...]
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like "90s", "5m", "1h30m", "7d", "500ms"."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration (seconds, or a string like "90s", "5m", "1h")')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * DURATION_UNITS[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ValueError(
+                f"bad duration {value!r}: use seconds or a number with a unit "
+                '(ms, s, m, h, d, w), e.g. "90s", "5m", "1h30m"'
+            )
+    else:
+        raise ValueError('expected a duration (seconds, or a string like "90s", "5m", "1h")')
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"bad duration {value!r}: must be a finite number >= 0")
+    return seconds
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split "HOST:PORT" ("[::1]:9781", ":9781" for every address) into host and port."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f'expected HOST:PORT (e.g. "127.0.0.1:9781"), got {value!r}')
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535) in {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address in {value!r}") from None
+        return host, port
+    if ":" in host:
+        raise ValueError(f'write an IPv6 address in brackets, e.g. "[::1]:9781", not {value!r}')
+    if host and not _HOSTNAME.match(host):
+        raise ValueError(f"{host!r} is not a host name or address in {value!r}")
+    return host, port
+
+
+def _check_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"bad port in URL {value!r}") from None
+    return value
+
+
+def _check_level(value: str) -> str:
+    level = value.lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {value!r} (use {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def _check_nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+# Per-field checks beyond the type; they raise ValueError with the reason.
+_VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
+    (SourceConfig, "path"): _check_nonempty,
+    (StateConfig, "dir"): _check_nonempty,
+    (HttpConfig, "listen"): _check_listen,
+    (WebhookConfig, "url"): _check_url,
+    (LoggingConfig, "level"): _check_level,
+}
+_ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
+    (AlertsConfig, "alertmanager"): _check_url,
+}
+# Smallest accepted value of numeric fields (default: ints >= 1, durations > 0).
+_MINIMUM: dict[tuple[type, str], float] = {
+    (StateConfig, "max_events"): 0,
+    (AlertsConfig, "drain_timeout"): 0,
+    (LoggingConfig, "rate_limit_burst"): 0,
+}
+
+
+def _cross_checks(obj: object) -> Iterator[tuple[str, str]]:
+    """Yield (key, message) for settings that only make sense together."""
+    if isinstance(obj, HttpConfig) and (obj.tls_cert is None) != (obj.tls_key is None):
+        key = "tls_cert" if obj.tls_key is None else "tls_key"  # the one that is set
+        yield key, "tls_cert and tls_key must be set together"
+    if isinstance(obj, AlertsConfig) and obj.retry_max < obj.retry_initial:
+        yield "retry_max", "must be at least retry_initial"
+    if isinstance(obj, WebhookConfig):
+        if (obj.basic_auth_username is None) != (obj.basic_auth_password_file is None):
+            yield (
+                "basic_auth_username",
+                ("basic_auth_username and basic_auth_password_file must be set together"),
+            )
+        if obj.bearer_token_file is not None and obj.basic_auth_username is not None:
+            yield "bearer_token_file", "use either bearer_token_file or basic auth, not both"
+
+
+class _Locator:
+    """Line numbers of keys and table headers, found by scanning the TOML text.
+
+    tomllib reports none, and a message without a line is hard to act on in a
+    long file. The scan understands what monitord's files use (tables, arrays
+    of tables, dotted and quoted keys, multi-line strings and arrays);
+    anything it cannot place falls back to the enclosing table's line.
+    """
+
+    _KEY = re.compile(
+        r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+    )
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[Path_, int] = {}
+        arrays: dict[tuple[str, ...], int] = {}
+        current: Path_ = ()
+        in_string: str | None = None
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if in_string is not None:
+                if raw.count(in_string) % 2 == 1:
+                    in_string = None
+                continue
+            header = self._HEADER.match(raw)
+            if header and not self._KEY.match(raw):
+                names = tuple(self._split(header.group(2)))
+                if header.group(1) == "[[":
+                    arrays[names] = arrays.get(names, 0) + 1
+                resolved: list[str | int] = []
+                for i, name in enumerate(names, start=1):
+                    resolved.append(name)
+                    if names[:i] in arrays:
+                        resolved.append(arrays[names[:i]] - 1)
+                current = tuple(resolved)
+                self.lines.setdefault(current, number)
+                if header.group(1) == "[[":
+                    self.lines.setdefault(current[:-1], number)
+                continue
+            key = self._KEY.match(raw)
+            if key:
+                self.lines.setdefault((*current, *self._split(key.group(1))), number)
+                rest = raw[key.end() :]
+                for quote in ('"""', "'''"):
+                    if rest.count(quote) % 2 == 1:
+                        in_string = quote
+                        break
+
+    @staticmethod
+    def _split(dotted: str) -> list[str]:
+        parts = re.findall(r"""\s*("[^"]*"|'[^']*'|[^.\s]+)\s*(?:\.|$)""", dotted)
+        return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+
+    def line_of(self, path: Path_) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+class _Builder:
+    """Turn the parsed TOML document into the dataclasses, reporting the first problem."""
+
+    def __init__(self, source: str | None, locator: _Locator | None) -> None:
+        self.source = source
+        self.locator = locator
+
+    def fail(self, path: Path_, message: str) -> ConfigError:
+        key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[")
+        line = self.locator.line_of(path) if self.locator else None
+        return ConfigError(f"{key}: {message}" if key else message, path=self.source, line=line)
+
+    def table(self, cls: type[T], data: object, path: Path_) -> T:
+        if not isinstance(data, dict):
+            raise self.fail(path, f"expected a table, got {_kind(data)}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.fail((*path, key), f"unknown key{hint}")
+            kwargs[key] = self.value(cls, key, hints[key], value, (*path, key))
+        for name, f in known.items():
+            if (
+                name not in kwargs
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ):
+                raise self.fail(path, f"missing required key {name!r}")
+        obj = cls(**kwargs)
+        for key, message in _cross_checks(obj):
+            raise self.fail((*path, key), message)
+        return obj
+
+    def value(self, owner: type, name: str, hint: Any, value: object, path: Path_) -> Any:
+        if owner is HttpConfig and name == "basic_auth_users":
+            return self.users(value, path)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin in (types.UnionType, typing.Union) and type(None) in args:
+            (inner,) = (a for a in args if a is not type(None))
+            return self.value(owner, name, inner, value, path)
+        if origin is tuple:
+            if not isinstance(value, list):
+                raise self.fail(path, f"expected an array, got {_kind(value)}")
+            return tuple(
+                self.element(owner, name, args[0], item, (*path, i)) for i, item in enumerate(value)
+            )
+        if dataclasses.is_dataclass(hint):
+            return self.table(hint, value, path)  # type: ignore[arg-type]
+        try:
+            return self.scalar(owner, name, hint, value)
+        except ValueError as err:
+            raise self.fail(path, str(err)) from None
+
+    def element(self, owner: type, name: str, hint: Any, item: object, path: Path_) -> Any:
+        if dataclasses.is_dataclass(hint):
+            return self.table(hint, item, path)  # type: ignore[arg-type]
+        try:
+            converted = self.scalar(owner, "", hint, item)
+            check = _ELEMENT_CHECKS.get((owner, name))
+            return check(converted) if check else converted
+        except ValueError as err:
+            raise self.fail(path, str(err)) from None
+
+    def scalar(self, owner: type, name: str, hint: Any, value: object) -> Any:
+        minimum = _MINIMUM.get((owner, name))
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
+            if value not in choices:
+                raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            return value
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {_kind(value)}")
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {_kind(value)}")
+            if value < (1 if minimum is None else minimum):
+                raise ValueError(f"must be at least {1 if minimum is None else int(minimum)}")
+            return value
+        if hint is float:
+            seconds = parse_duration(value)
+            if minimum is None and seconds <= 0:
+                raise ValueError("must be a duration greater than 0")
+            if minimum is not None and seconds < minimum:
+                raise ValueError(f"must be at least {minimum:g} s")
+            return seconds
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {_kind(value)}")
+            check = _VALUE_CHECKS.get((owner, name))
+            return check(value) if check else value
+        raise TypeError(f"config schema: unsupported type {hint!r}")  # a bug, not user error
+
+    def users(self, value: object, path: Path_) -> tuple[BasicAuthUser, ...]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f'expected a table of user = "bcrypt hash", got {_kind(value)}')
+        users = []
+        for username, hashed in value.items():
+            where = (*path, username)
+            if not username:
+                raise self.fail(where, "user name must not be empty")
+            if not isinstance(hashed, str) or not _BCRYPT.match(hashed):
+                raise self.fail(
+                    where,
+                    'expected a bcrypt hash ("$2b$...", e.g. from `htpasswd -nBC 10 USER`)',
+                )
+            users.append(BasicAuthUser(username=username, password_hash=hashed))
+        return tuple(sorted(users, key=lambda u: u.username))
+
+
+T = TypeVar("T")
+
+
+def _kind(value: object) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
+    for kind, name in names.items():
+        if type(value) is kind:
+            return name
+    return type(value).__name__
+
+
+def parse_config(text: str, source: str | None = None) -> Config:
+    """Validate TOML text into a `Config`; `source` names the file in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        message = str(err)
+        m = re.search(r"\(at (?:line (\d+), column \d+|end of document)\)$", message)
+        line = (int(m.group(1)) if m.group(1) else text.count("\n") or 1) if m else None
+        message = message[: m.start()].rstrip() if m else message
+        raise ConfigError(f"invalid TOML: {message}", path=source, line=line) from None
+    return _Builder(source, _Locator(text)).table(Config, data, ())
+
+
+def load_config(
+    path: str | Path | None = None, *, default_path: str | Path = DEFAULT_CONFIG_PATH
+) -> Config:
+    """Read and validate a config file.
+
+    `None` means the default path, whose absence means all defaults; a file
+    named explicitly must exist. A world-writable file is refused: whoever
+    can write it chooses what the daemon reads and where it sends alerts.
+    """
+    explicit = path is not None
+    file = Path(default_path if path is None else path)
+    name = str(file)
+    try:
+        with open(file, "rb") as stream:
+            st = os.fstat(stream.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError("not a regular file", path=name)
+            if st.st_mode & stat.S_IWOTH:
+                raise ConfigError(
+                    f"refusing a world-writable config file (mode {stat.S_IMODE(st.st_mode):04o}); "
+                    f"fix with: chmod o-w {name}",
+                    path=name,
+                )
+            raw = stream.read()
+    except FileNotFoundError:
+        if not explicit:
+            return Config()
+        raise ConfigError("no such file", path=name) from None
+    except IsADirectoryError:
+        raise ConfigError("not a regular file", path=name) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read: {err.strerror}", path=name) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError("invalid TOML: not UTF-8", path=name, line=line) from None
+    return parse_config(text, name)
+
+
+# `monitord run` flag -> (table, key, check); a flag left unset keeps the file's value.
+_OVERRIDES: dict[str, tuple[str, str, Callable[[str], str] | None]] = {
+    "source": ("source", "kind", None),
+    "audit_log": ("source", "path", _check_nonempty),
+    "journal_dir": ("source", "journal_dir", _check_nonempty),
+    "listen": ("http", "listen", _check_listen),
+    "state_dir": ("state", "dir", _check_nonempty),
+    "start": ("source", "start", None),
+    "log_level": ("logging", "level", _check_level),
+}
+
+
+def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    """Return `config` with the `monitord run` flags that were given applied on top."""
+    changes: dict[str, dict[str, Any]] = {}
+    for attr, (table, key, check) in _OVERRIDES.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        if check is not None:
+            try:
+                value = check(value)
+            except ValueError as err:
+                raise ConfigError(f"{flag}: {err}") from None
+        changes.setdefault(table, {})[key] = value
+    for table, values in changes.items():
+        config = dataclasses.replace(
+            config, **{table: dataclasses.replace(getattr(config, table), **values)}
+        )
+    return config
+
+
+def load_run_config(args: argparse.Namespace) -> Config:
+    """The config of `monitord run`: the file (`--config` or the default), then the flags.
+
+    The daemon calls this again on SIGHUP, so flags keep winning after a reload.
+    """
+    return apply_overrides(load_config(getattr(args, "config", None)), args)
+
+
+def check_config_main(args: argparse.Namespace) -> int:
+    """`monitord check-config FILE`: exit 0 and say ok, or raise ConfigError (exit 2)."""
+    load_config(args.file)
+    print(f"{args.file}: ok")
+    return 0
