@@ -1,0 +1,286 @@
+"""The alert engine: failed libvirt records in, firing and resolved alerts out to the sinks.
+
+`observe` runs in the ingestion thread for every libvirt record, so it only
+looks up a dict and, for a new failure or a resolution, appends to each sink
+worker's bounded queue. `tick` (the daemon loop, about once a second) expires
+alerts after `resolve_after` and re-sends firing ones to Alertmanager.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from monitord.alerts.delivery import DeliveryWorker
+from monitord.alerts.model import Alert, AlertKey, alert_key
+from monitord.alerts.sinks import AlertmanagerSink, JournalSink, Sink, WebhookSink
+from monitord.audit.record import AuditRecord
+from monitord.config import AlertsConfig
+from monitord.telemetry import Telemetry
+
+log = logging.getLogger("monitord.alerts")
+
+CHECKPOINT_VERSION: Final = 1
+SINK_NAMES: Final = ("journal", "alertmanager", "webhook")
+
+
+@dataclass(slots=True)
+class _Active:
+    """A firing alert and when it was last seen failing and last sent to Alertmanager."""
+
+    alert: Alert
+    last_seen: float
+    last_sent: float
+    failures: int = 1
+
+
+# Identity of a worker: what it delivers to, and everything that configures it.
+_Spec = tuple[Any, ...]
+
+
+class AlertEngine:
+    """Turn failed libvirt records into alerts and hand them to the sink workers."""
+
+    def __init__(
+        self,
+        config: AlertsConfig,
+        telemetry: Telemetry,
+        base_url: str,
+        clock: Callable[[], float] = time.time,
+        *,
+        journal_socket: str | None = None,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self._journal_socket = journal_socket
+        self._lock = threading.Lock()
+        self._active: dict[AlertKey, _Active] = {}
+        self._started = False
+        self._workers: dict[_Spec, DeliveryWorker] = {}
+        self._all: tuple[DeliveryWorker, ...] = ()
+        self._alertmanagers: tuple[DeliveryWorker, ...] = ()
+        self._install(self._build(config, {}))
+
+    # Sinks and workers
+
+    def _specs(self, config: AlertsConfig) -> list[tuple[_Spec, Callable[[], Sink]]]:
+        worker = (config.queue_size, config.batch_size, config.retry_initial, config.retry_max)
+        specs: list[tuple[_Spec, Callable[[], Sink]]] = []
+        if config.journal:
+            path = self._journal_socket
+            specs.append(
+                (
+                    ("journal", path, *worker),
+                    lambda: JournalSink() if path is None else JournalSink(socket_path=path),
+                )
+            )
+        for url in dict.fromkeys(config.alertmanager):  # an HA pair: every URL is sent to
+
+            def make_am(url: str = url) -> Sink:
+                return AlertmanagerSink(url, config.resend_interval)
+
+            specs.append((("alertmanager", url, config.resend_interval, *worker), make_am))
+        for hook in config.webhook:
+
+            def make_hook(hook: Any = hook) -> Sink:
+                return WebhookSink(hook, self.base_url)
+
+            specs.append((("webhook", hook.url, hook, *worker), make_hook))
+        return specs
+
+    def _build(
+        self, config: AlertsConfig, old: dict[_Spec, DeliveryWorker]
+    ) -> dict[_Spec, DeliveryWorker]:
+        """Return the workers for `config`, reusing those of `old` whose spec is unchanged."""
+        workers: dict[_Spec, DeliveryWorker] = {}
+        for spec, make in self._specs(config):
+            if spec in old:
+                workers[spec] = old[spec]
+                continue
+            sink = make()
+            if isinstance(sink, JournalSink) and not sink.active():
+                continue  # logged once by the sink; without journald there is nothing to do
+            workers[spec] = DeliveryWorker(
+                sink,
+                self.telemetry,
+                queue_size=config.queue_size,
+                batch_size=config.batch_size,
+                retry_initial=config.retry_initial,
+                retry_max=config.retry_max,
+            )
+        return workers
+
+    def _install(self, workers: dict[_Spec, DeliveryWorker]) -> None:
+        self._workers = workers
+        ordered = tuple(workers.values())
+        # Assigned whole, so `observe` in the ingestion thread always sees a consistent set.
+        self._alertmanagers = tuple(w for w in ordered if w.name == "alertmanager")
+        self._all = ordered
+
+    # Ingestion side
+
+    def observe(self, record: AuditRecord, live: bool) -> None:
+        """Raise an alert for a failed record, resolve one for a success; never blocks."""
+        result = record.result
+        if result == "failed":
+            if not live and not self.config.on_catch_up:
+                return
+            key = alert_key(record)
+            now = self.clock()
+            with self._lock:
+                active = self._active.get(key)
+                if active is not None:  # already firing: one alert per guest and operation
+                    active.last_seen = now
+                    active.failures += 1
+                    return
+                alert = Alert.from_record(record, self.base_url)
+                self._active[key] = _Active(alert, last_seen=now, last_sent=now)
+            for worker in self._all:
+                worker.put(alert)
+        elif result == "success":
+            if not self._active:
+                return  # the common case: nothing is firing
+            key = alert_key(record)
+            with self._lock:
+                ended = self._active.pop(key, None)
+            if ended is not None:
+                resolved = ended.alert.resolved(record.time)
+                for worker in self._all:
+                    worker.put(resolved)
+
+    # Daemon loop side
+
+    def tick(self, now: float) -> None:
+        """Resolve stale alerts, re-send firing ones to Alertmanager, publish queue lengths."""
+        resolve_after = self.config.resolve_after
+        resend_interval = self.config.resend_interval
+        alertmanagers = self._alertmanagers
+        resolved: list[Alert] = []
+        resend: list[Alert] = []
+        with self._lock:
+            if self._active:
+                expired = [k for k, a in self._active.items() if now - a.last_seen >= resolve_after]
+                for key in expired:
+                    resolved.append(self._active.pop(key).alert.resolved(now))
+                if alertmanagers:
+                    for active in self._active.values():
+                        if now - active.last_sent >= resend_interval:
+                            active.last_sent = now
+                            resend.append(active.alert)
+        if resolved:
+            for worker in self._all:
+                worker.put_many(resolved)
+        if resend:
+            for worker in alertmanagers:
+                worker.put_many(resend)
+        self._publish_queue_lengths()
+
+    def _publish_queue_lengths(self) -> None:
+        lengths = dict.fromkeys(SINK_NAMES, 0)
+        for worker in self._all:
+            lengths[worker.name] = lengths.get(worker.name, 0) + len(worker)
+        configured = {w.name for w in self._all}
+        for name, n in lengths.items():
+            if name in configured:
+                self.telemetry.alert_queue[name] = n
+            else:
+                self.telemetry.alert_queue.pop(name, None)
+
+    def firing(self) -> list[Alert]:
+        """Return the alerts firing now (oldest first)."""
+        with self._lock:
+            return sorted((a.alert for a in self._active.values()), key=lambda a: a.starts_at)
+
+    def start(self) -> None:
+        """Start the sink workers (alerts observed before are queued and delivered then)."""
+        self._started = True
+        for worker in self._all:
+            worker.start()
+        self._publish_queue_lengths()
+
+    def close(self, deadline_seconds: float) -> None:
+        """Deliver what is queued for at most `deadline_seconds`, then stop the workers."""
+        self._stop(self._all, deadline_seconds, wait=True)
+        self._started = False
+        self._publish_queue_lengths()
+
+    @staticmethod
+    def _stop(workers: Iterable[DeliveryWorker], seconds: float, wait: bool) -> None:
+        deadline = time.monotonic() + max(0.0, seconds)
+        workers = list(workers)
+        for worker in workers:  # all drain in parallel under one deadline
+            if worker.started:
+                worker.stop(deadline)
+            else:
+                worker.drop_queued()
+        if wait:
+            for worker in workers:
+                worker.join(deadline)
+
+    def reconfigure(self, config: AlertsConfig) -> None:
+        """Swap sinks for a new config (SIGHUP); a sink that stays keeps its queue."""
+        old = self._workers
+        new = self._build(config, old)
+        old_ids = {id(w) for w in old.values()}
+        new_ids = {id(w) for w in new.values()}
+        retired = {(s[0], s[1]): w for s, w in old.items() if id(w) not in new_ids}
+        for spec, worker in new.items():
+            if id(worker) in old_ids:
+                continue
+            # Same target, new settings: the replacement takes over what was queued.
+            previous = retired.get((spec[0], spec[1]))
+            if previous is not None:
+                worker.put_many(previous.take_all())
+            if self._started:
+                worker.start()
+        self.config = config
+        self._install(new)
+        # Retired workers finish in the background: SIGHUP must not stall the daemon loop.
+        self._stop(retired.values(), config.drain_timeout, wait=False)
+        self._publish_queue_lengths()
+
+    # Checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the firing alerts for the daemon checkpoint."""
+        with self._lock:
+            active = [
+                {
+                    "alert": a.alert.to_json(),
+                    "last_seen": a.last_seen,
+                    "last_sent": a.last_sent,
+                    "failures": a.failures,
+                }
+                for a in self._active.values()
+            ]
+        return {"version": CHECKPOINT_VERSION, "active": active}
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Load firing alerts from a checkpoint; they are not sent again as new ones."""
+        if doc.get("version") != CHECKPOINT_VERSION:
+            log.warning("alerts: checkpoint version %r not understood; ignored", doc.get("version"))
+            return
+        restored: dict[AlertKey, _Active] = {}
+        for item in doc.get("active") or []:
+            try:
+                alert = Alert.from_json(item["alert"])
+                restored[alert.key] = _Active(
+                    alert,
+                    last_seen=float(item["last_seen"]),
+                    last_sent=float(item["last_sent"]),
+                    failures=int(item.get("failures", 1)),
+                )
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning("alerts: skipped a bad alert in the checkpoint: %s", exc)
+        with self._lock:
+            self._active = restored
+
+    @property
+    def workers(self) -> Sequence[DeliveryWorker]:
+        return self._all

@@ -1,0 +1,232 @@
+"""`Alert`: what a failed libvirt record turns into, as every sink sees it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
+
+from monitord.audit.record import (
+    AuditRecord,
+    CgroupAcl,
+    CountChange,
+    DeviceChange,
+    HostDevice,
+    NetOpen,
+    PathResource,
+    Tpm,
+    view,
+)
+from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
+
+ALERT_NAME: Final = "VirtOperationFailed"
+
+# (uuid, record type, op or resrc or model): one alert per guest and operation.
+AlertKey = tuple[str, str, str]
+Status = Literal["firing", "resolved"]
+
+
+def clean(value: str) -> str:
+    """Return valid UTF-8 text: names decoded with surrogateescape would break JSON and journald."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
+
+
+def rfc3339(seconds: float) -> str:
+    """Return `2024-01-02T03:04:05.678Z` (Alertmanager's and the webhook's time format)."""
+    whole = int(seconds)
+    millis = int(round((seconds - whole) * 1000))
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def alert_key(record: AuditRecord) -> AlertKey:
+    """Return the identity of the operation a record reports on (failed or not)."""
+    f = record.fields
+    if record.type_id == VIRT_CONTROL:
+        what = f.get("op")
+    elif record.type_id == VIRT_RESOURCE:
+        what = f.get("resrc")
+    elif record.type_id == VIRT_MACHINE_ID:
+        what = f.get("model")
+    else:
+        what = f.get("op") or f.get("resrc")
+    return (f.get("uuid") or "", record.type, what or "")
+
+
+def _device(record: AuditRecord) -> str | None:
+    """Return the host path or device a resource record names, if it has one."""
+    v = view(record)
+    if isinstance(v, DeviceChange):
+        return v.new or v.old
+    if isinstance(v, NetOpen):
+        return v.path
+    if isinstance(v, HostDevice):
+        return v.name
+    if isinstance(v, Tpm):
+        return v.device
+    if isinstance(v, CgroupAcl):
+        return v.path or v.cgroup
+    if isinstance(v, PathResource):
+        return v.path
+    if isinstance(v, CountChange):
+        return f"{v.resrc} {v.old} -> {v.new}"
+    return None
+
+
+# How the description says what a resource record's `reason` was doing.
+_VERBS: Final = {
+    "start": "set up (at guest start) the",
+    "allow": "allow access to",
+    "deny": "deny access to",
+}
+
+
+def _what_failed(record: AuditRecord, name: str) -> tuple[str, str]:
+    """Return (summary, the first sentence of the description) of a failed record."""
+    op, resrc, reason = record.op, record.resrc, record.reason
+    if record.type_id == VIRT_CONTROL:
+        if op == "start":
+            return (
+                f"Guest {name} failed to start",
+                f"libvirt could not start guest {name} (reason={reason}).",
+            )
+        return (
+            f"Guest {name}: operation {op} failed",
+            f"libvirt reported a failed {op} of guest {name} (reason={reason}).",
+        )
+    if record.type_id == VIRT_MACHINE_ID:
+        model = record.get("model")
+        return (
+            f"Guest {name}: {model} security labelling failed",
+            f"libvirt could not apply the {model} security label of guest {name} "
+            f"(vm-ctx={record.get('vm-ctx')}, img-ctx={record.get('img-ctx')}).",
+        )
+    if record.type_id == VIRT_RESOURCE:
+        device = _device(record)
+        on = f" {device}" if device else ""
+        verb = _VERBS.get(reason or "", reason or "change")
+        return (
+            f"Guest {name}: {resrc} {reason} failed",
+            f"libvirt could not {verb} {resrc}{on} for guest {name} (reason={reason}).",
+        )
+    return (f"Guest {name}: {record.type} failed", f"libvirt reported a failed {record.type}.")
+
+
+def _hint(record: AuditRecord, name: str) -> str:
+    if record.type_id == VIRT_CONTROL and record.op == "start":
+        return (
+            f"Check libvirtd's log (journalctl -u libvirtd) and /var/log/libvirt/qemu/{name}.log, "
+            f"then `virsh start {name}`."
+        )
+    if record.type_id == VIRT_MACHINE_ID:
+        return "Check the security driver (SELinux/AppArmor denials: ausearch -m AVC,APPARMOR)."
+    return "Check libvirtd's log (journalctl -u libvirtd) around that time."
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert at one moment: firing (`ends_at` None) or resolved at `ends_at`."""
+
+    key: AlertKey
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float
+    generator_url: str
+    serial: int
+    ends_at: float | None = None
+
+    @property
+    def status(self) -> Status:
+        return "firing" if self.ends_at is None else "resolved"
+
+    @property
+    def critical(self) -> bool:
+        return self.labels.get("severity") == "critical"
+
+    def resolved(self, at: float) -> Alert:
+        """Return this alert resolved at `at` (never before it started)."""
+        return replace(self, ends_at=max(at, self.starts_at))
+
+    @classmethod
+    def from_record(cls, record: AuditRecord, base_url: str) -> Alert:
+        """Build the firing alert for a failed libvirt record."""
+        key = alert_key(record)
+        uuid = key[0]
+        name = clean(record.vm or uuid)
+        labels: dict[str, str] = {
+            "alertname": ALERT_NAME,
+            "severity": "critical"
+            if record.type_id == VIRT_CONTROL and record.op == "start"
+            else "warning",
+        }
+        optional = {
+            "virt": record.virt,
+            "domain": record.vm,
+            "uuid": uuid,
+            "record": record.type,
+            # What the record is about: op for VIRT_CONTROL, resrc for VIRT_RESOURCE,
+            # model for VIRT_MACHINE_ID (an extension: the contract names no label there).
+            "op": record.op,
+            "resrc": record.resrc,
+            "model": record.get("model") if record.type_id == VIRT_MACHINE_ID else None,
+            "reason": record.reason,
+        }
+        for label, value in optional.items():
+            if value:
+                labels[label] = clean(value)
+        summary, first = _what_failed(record, name)
+        where = f" on node {record.node}" if record.node else ""
+        by = f" by {record.exe}" if record.exe else ""
+        description = (
+            f"{clean(first)} UUID {uuid}; audit record {record.type} "
+            f"serial {record.serial} at {rfc3339(record.time)}{where}{by}. "
+            f"{_hint(record, name)}"
+        )
+        return cls(
+            key=key,
+            labels=labels,
+            annotations={"summary": clean(summary), "description": description},
+            starts_at=record.time,
+            generator_url=f"{base_url.rstrip('/')}/api/v1/guests/{uuid}",
+            serial=record.serial,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": list(self.key),
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "generator_url": self.generator_url,
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Alert:
+        k = doc["key"]
+        return cls(
+            key=(str(k[0]), str(k[1]), str(k[2])),
+            labels={str(a): str(b) for a, b in doc["labels"].items()},
+            annotations={str(a): str(b) for a, b in doc["annotations"].items()},
+            starts_at=float(doc["starts_at"]),
+            generator_url=str(doc["generator_url"]),
+            serial=int(doc["serial"]),
+            ends_at=None if doc.get("ends_at") is None else float(doc["ends_at"]),
+        )
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """Return Alertmanager's fingerprint of a label set (FNV-1a 64 over sorted pairs)."""
+    h = 0xCBF29CE484222325
+    for name in sorted(labels):
+        for part in (name.encode(), b"\xff", labels[name].encode(), b"\xff"):
+            for byte in part:
+                h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
