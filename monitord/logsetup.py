@@ -189,6 +189,10 @@ class RateLimitedLogger:
         return self.log(logging.ERROR, msg, *args)
 
 
+# The name the daemon was first written against.
+RateLimitedLog = RateLimitedLogger
+
+
 def _journal_handler() -> logging.Handler:
     from systemd.journal import JournalHandler
 
