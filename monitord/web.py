@@ -222,6 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The stdlib's own errors (bad request line, huge headers) as JSON too.
         self.close_connection = True
+        # An unparsable request line leaves HTTP/0.9, which would send no status line.
+        self.request_version = "HTTP/1.0"
         try:
             self._error(code, message or self.responses.get(code, ("error",))[0])
         except OSError:

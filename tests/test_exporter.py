@@ -175,7 +175,9 @@ def test_promtool_check_metrics_passes() -> None:
     table, tel = populated()
     reg = make_registry(table, tel, "1.2.3")
     body, _ = render(reg, None)
-    proc = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert not proc.stdout.strip() and not proc.stderr.strip(), proc.stderr.decode()
 

@@ -27,7 +27,7 @@ class Log:
         self.serial += 1
         return (
             f"type={rtype} msg=audit({self.t:.3f}:{self.serial}): pid=1205 uid=0 auid=4294967295 "
-            f"ses=4294967295 msg='{body} exe=\"/usr/sbin/libvirtd\" hostname=? addr=? "
+            f'ses=4294967295 msg=\'{body} exe="/usr/sbin/libvirtd" hostname=? addr=? '
             f"terminal=? res={res}'"
         )
 
