@@ -88,8 +88,8 @@ def test_guest_and_counter_values() -> None:
     assert reg.get_sample_value("libvirt_audit_resource_changes_total", res) == 1.0
     rec = {"record": "VIRT_MACHINE_ID", "virt": "kvm", "result": "success"}
     assert reg.get_sample_value("libvirt_audit_records_total", rec) == 1.0
-    assert reg.get_sample_value("libvirt_audit_security_labels_total",
-                                {"virt": "kvm", "model": "selinux", "result": "success"}) == 1.0  # fmt: skip
+    labels = {"virt": "kvm", "model": "selinux", "result": "success"}
+    assert reg.get_sample_value("libvirt_audit_security_labels_total", labels) == 1.0
 
 
 def test_daemon_self_metrics() -> None:

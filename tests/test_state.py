@@ -61,7 +61,9 @@ class Log:
         body = f'virt=kvm vm="{vm}" uuid={uuid} vm-ctx={ctx} img-ctx={ctx} model={model}'
         return self.rec("VIRT_MACHINE_ID", body)
 
-    def start(self, uuid: str = UUID, vm: str = "web01", disks: tuple[str, ...] = ("/d/a",)) -> list[AuditRecord]:  # fmt: skip
+    def start(
+        self, uuid: str = UUID, vm: str = "web01", disks: tuple[str, ...] = ("/d/a",)
+    ) -> list[AuditRecord]:
         """A whole successful start: resources first, then op=start."""
         out = [self.disk("start", new=d, uuid=uuid, vm=vm) for d in disks]
         out.append(self.net("start", new="52:54:00:00:00:01", uuid=uuid, vm=vm))
@@ -150,7 +152,7 @@ def test_failed_start_changes_no_state_but_counts() -> None:
 
 
 def test_attach_detach_update() -> None:
-    """old=? adds, new=? removes, both replaces; duplicate attach and unknown detach are harmless."""
+    """old=? adds, new=? removes, both replace; duplicate attach, unknown detach are harmless."""
     log, t = Log(), table()
     feed(t, log.start(disks=("/d/a",)))
     t.apply(log.disk("attach", new="/d/b"))
@@ -223,7 +225,8 @@ def test_security_labels_replaced_per_model() -> None:
 def test_lxc_init() -> None:
     """LXC op=init marks the container running and gives its pid."""
     log, t = Log(), table()
-    t.apply(log.rec("VIRT_CONTROL", f'virt=lxc op=init vm="ct" uuid={UUID} vm-pid=77 init-pid=78 pid-ns=1'))  # fmt: skip
+    body = f'virt=lxc op=init vm="ct" uuid={UUID} vm-pid=77 init-pid=78 pid-ns=1'
+    t.apply(log.rec("VIRT_CONTROL", body))
     g = guest(t)
     assert g["state"] == "running" and g["vm_pid"] == 77 and g["virt"] == "lxc"
 
