@@ -1,0 +1,182 @@
+"""`monitord replay` (golden documents) and `monitord status` against a real listener."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitord import guesttable
+from monitord.cli import main
+from monitord.config import HttpConfig, StateConfig
+from monitord.exporter import make_registry
+from monitord.replay import open_all, replay
+from monitord.state import GuestTable
+from monitord.telemetry import Telemetry
+from monitord.web import WebServer
+from tests.conftest import DATA, SAMPLES
+
+GOLDEN = DATA / "state"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+# Every sample log with libvirt records that replay must turn into a stable document.
+LOGS = sorted({*SAMPLES.glob("auditlog-*.log"), *DATA.glob("*/*.log")}, key=str)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def golden_path(log: Path) -> Path:
+    return GOLDEN / f"{log.parent.name}--{log.stem}.json"
+
+
+@pytest.mark.parametrize("log", LOGS, ids=lambda p: p.name)
+def test_replay_json_equals_golden(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`monitord replay --json LOG` equals the stored document (UPDATE_GOLDEN=1 rewrites it)."""
+    code, out, _ = run_cli(capsys, "replay", "--json", str(log))
+    assert code == 0
+    doc = json.loads(out)
+    assert isinstance(doc.pop("generated_at"), float)
+    path = golden_path(log)
+    if UPDATE or not path.exists():
+        if not UPDATE:
+            pytest.fail(f"no golden file {path.name}: run with UPDATE_GOLDEN=1")
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    assert doc == json.loads(path.read_text())
+
+
+def test_lifecycle_golden_says_what_happened() -> None:
+    """Spot checks on the golden document so a wrong regeneration is caught."""
+    doc = json.loads(golden_path(GOLDEN / "lifecycle.log").read_text())
+    by_name = {g["name"]: g for g in doc["guests"]}
+    assert set(by_name) == {"web01", "db 01", "broken", "ct01"}
+    web = by_name["web01"]
+    assert web["state"] == "stopped" and web["last_reason"] == "shutdown"
+    assert web["hostdevs"] == ["usb:USB redirdev"] and web["memory_bytes"] == 3 * 1024**3
+    assert web["disks"] == [
+        "/srv/iso/debian-12.iso",
+        "/var/lib/libvirt/images/web01-extra.qcow2",
+        "/var/lib/libvirt/images/web01.qcow2",
+    ]
+    db = by_name["db 01"]
+    assert db["state"] == "running" and db["nics"] == ["52:54:00:01:02:04"] and db["vcpus"] == 2
+    broken = by_name["broken"]
+    assert broken["state"] == "unknown" and broken["failures"] == 2
+    assert by_name["ct01"]["hostdevs"] == ["chardev:/dev/ttyS1", "disk:/dev/sdb"]
+
+
+def test_replay_several_files_in_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log split in two files (oldest first) replays to the same document as the whole."""
+    lines = (GOLDEN / "lifecycle.log").read_bytes().splitlines(keepends=True)
+    # Cut in the middle of a line: each file's partial line is its own (rotation never splits).
+    first, second = tmp_path / "audit.log.1", tmp_path / "audit.log"
+    first.write_bytes(b"".join(lines[:30]))
+    second.write_bytes(b"".join(lines[30:]))
+    _, whole, _ = run_cli(capsys, "replay", "--json", str(GOLDEN / "lifecycle.log"))
+    _, split, _ = run_cli(capsys, "replay", "--json", str(first), str(second))
+    a, b = json.loads(whole), json.loads(split)
+    a.pop("generated_at")
+    b.pop("generated_at")
+    assert a == b
+
+
+def test_replay_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json, replay prints a readable table with one row per guest and a summary."""
+    code, out, _ = run_cli(capsys, "replay", str(GOLDEN / "lifecycle.log"))
+    assert code == 0
+    rows = out.splitlines()
+    assert rows[0].split()[:3] == ["NAME", "STATE", "VCPUS"]
+    assert any(r.startswith("web01") and "stopped" in r and "3 GiB" in r for r in rows)
+    assert any(r.startswith("broken") and "start/booted (failed)" in r for r in rows)
+    assert rows[-1].startswith("4 guests: 2 running, 1 stopped, 1 unknown")
+
+
+def test_replay_unreadable_file_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreadable input fails before any output: exit 2, one line on stderr."""
+    code, out, err = run_cli(
+        capsys, "replay", str(GOLDEN / "lifecycle.log"), str(tmp_path / "missing.log")
+    )
+    assert code == 2 and out == ""
+    assert (
+        err.strip()
+        == f"monitord: cannot read {tmp_path / 'missing.log'}: No such file or directory"
+    )
+    code, out, err = run_cli(capsys, "replay", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+def test_replay_counts_malformed_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Malformed VIRT lines are skipped and reported with a count on stderr; exit stays 0."""
+    bad = tmp_path / "bad.log"
+    bad.write_bytes(
+        (GOLDEN / "lifecycle.log").read_bytes() + b"type=VIRT_CONTROL msg=audit(oops): x\n"
+    )
+    code, out, err = run_cli(capsys, "replay", "--json", str(bad))
+    assert code == 0 and len(json.loads(out)["guests"]) == 4
+    assert "1 malformed line(s) skipped (bad_timestamp=1)" in err
+
+
+def served(doc_table: GuestTable) -> WebServer:
+    web = WebServer(
+        HttpConfig(listen="127.0.0.1:0"),
+        make_registry(doc_table, Telemetry(), "t"),
+        doc_table,
+        lambda: (True, ""),
+    )
+    web.start()
+    return web
+
+
+def replayed() -> GuestTable:
+    table = GuestTable(StateConfig())
+    replay(open_all([str(GOLDEN / "lifecycle.log")]), table)
+    return table
+
+
+def test_status_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """`monitord status` prints the running daemon's table; --json its exact document."""
+    table = replayed()
+    web = served(table)
+    try:
+        code, out, _ = run_cli(capsys, "status", "--url", web.url)
+        assert code == 0
+        assert out == guesttable.render(table.document()["guests"])
+        code, out, _ = run_cli(capsys, "status", "--json", "--url", web.url.removeprefix("http://"))
+        doc: dict[str, Any] = json.loads(out)
+        expected = table.document()
+        doc.pop("generated_at")
+        expected.pop("generated_at")
+        assert doc == expected
+    finally:
+        web.stop()
+
+
+def test_status_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    """With nothing listening, status exits 1 with one line asking whether monitord runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        code, out, err = run_cli(capsys, "status", "--url", f"http://127.0.0.1:{port}")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "is monitord running?" in err
+    assert f"http://127.0.0.1:{port}" in err
+
+
+def test_status_wrong_peer(capsys: pytest.CaptureFixture[str]) -> None:
+    """A listener that is not monitord (404 on the API) is a clear runtime failure."""
+    table = replayed()
+    web = served(table)
+    try:
+        code, _, err = run_cli(capsys, "status", "--url", web.url + "/prefix")
+        assert code == 1 and "HTTP 404" in err
+    finally:
+        web.stop()
