@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ from tests.journalfiles import (
     syslog_entry,
     write_journal,
 )
+from tests.realstack import Auditd, auditd_lock, auditd_pid, wait_for
 
 UUID = "5b1e8f0c-3d44-4a55-9e0b-6c2f0a9d1e77"
 UUID2 = "0f0e1d2c-3b4a-4596-a7b8-c9d0e1f2a3b4"
@@ -342,13 +344,23 @@ def _later_lines(first_serial: int, n: int) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("how", ["new_file", "append"])
-def test_follow_returns_appended_entries_promptly(tmp_path: Path, how: str) -> None:
-    """Entries written while poll() waits wake it through the reader's fd, not a timeout."""
+@pytest.mark.parametrize(
+    ("how", "existing"),
+    [("new_file", "virt"), ("append", "virt"), ("append", "no_virt"), ("append", "none")],
+)
+def test_follow_returns_appended_entries_promptly(tmp_path: Path, how: str, existing: str) -> None:
+    """Entries written while poll() waits wake it through the reader's fd, not a timeout.
+
+    Also when no VIRT entry (or no entry at all) existed before: a tail with no
+    matching entry must not skip the first appended ones.
+    """
     host = Host()
     jdir = tmp_path / "j"
     jdir.mkdir()
-    write_journal(jdir / "a.journal", entries_for(synthetic_lines(), host))
+    if existing == "virt":
+        write_journal(jdir / "a.journal", entries_for(synthetic_lines(), host))
+    elif existing == "no_virt":
+        write_journal(jdir / "a.journal", [syslog_entry("boot", 1700000000000000, host)] * 3)
     src, _, _ = journal_source(jdir, start="end")
     src.open(None)
     assert src.poll(timeout=0) == []
@@ -451,3 +463,62 @@ def test_position_before_any_entry_resumes_from_the_head(tmp_path: Path) -> None
     assert [r.serial for r in drain(again)] == [10, 11]
     assert reopens == Counter()
     again.close()
+
+
+def test_live_journald_records_kernel_audit_and_source_follows(tmp_path: Path) -> None:
+    """A real journald (private mount namespace) stores injected VIRT records; poll() wakes."""
+    need_root()
+    unshare = need_tool("unshare")
+    journald = need_tool("systemd-journald")
+    auditctl = need_tool("auditctl")
+    need_tool("journalctl")
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"monitord-journald-{os.getpid()}"
+    root.mkdir()
+    script = (
+        "set -e; mount -t tmpfs tmpfs /run/systemd; mount -t tmpfs tmpfs /var/log/journal; "
+        f"mount --bind {root} /run/log; mkdir -p /run/systemd/journal; exec {journald}"
+    )
+    names = [f"live{i}" for i in range(3)]
+    records = [
+        ("VIRT_CONTROL", f'virt=kvm op=start reason=booted vm="{n}" uuid={UUID} vm-pid={7 + i}')
+        for i, n in enumerate(names)
+    ]
+    with auditd_lock():
+        if auditd_pid() != 0:
+            pytest.fail(f"an auditd (pid {auditd_pid()}) is registered: journald would get nothing")
+        # unshare and sh exec into journald: one process, stopped by its pid below.
+        proc = subprocess.Popen(
+            [unshare, "-m", "--propagation", "private", "sh", "-c", script],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        src: JournalSource | None = None
+        try:
+            wait_for(lambda: any(root.glob("journal/*/system.journal")) or proc.poll() is not None)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            src, stats, _ = journal_source(root / "journal", start="end")
+            src.open(None)
+            assert src.health().ok, src.health().reason
+            assert src.poll(timeout=0) == []
+            # Without auditd the kernel drops user records while audit is disabled.
+            subprocess.run([auditctl, "-e", "1"], capture_output=True, check=True)
+            injector = threading.Thread(target=Auditd(tmp_path).inject, args=(records,))
+            started = time.monotonic()
+            injector.start()
+            got = collect(src, 3, timeout=30.0)
+            elapsed = time.monotonic() - started
+            injector.join()
+        finally:
+            subprocess.run([auditctl, "-e", "0"], capture_output=True, check=False)
+            if src is not None:
+                src.close()
+            proc.terminate()
+            proc.wait(timeout=10)
+            shutil.rmtree(root, ignore_errors=True)
+    assert [r.vm for r in got] == names
+    assert all(r.type == "VIRT_CONTROL" and r.uuid == UUID and r.node is None for r in got)
+    assert all(r.exe is not None and r.exe.startswith("/usr/bin/python3") for r in got)
+    assert [r.serial for r in got] == sorted(r.serial for r in got)
+    assert round(got[0].time, 3) == got[0].time and abs(got[0].time - time.time()) < 60
+    assert stats.errors == Counter()
+    assert elapsed < 10.0  # woken by the journal's fd long before the 30 s poll timeout

@@ -115,10 +115,7 @@ class JournalSource:
             self._reader.seek_head()
             return
         if position is None and self.config.start == "end":
-            self._reader.seek_tail()
-            # sd_journal_seek_tail() needs one step back before next() returns only new entries.
-            if self._reader._previous():
-                self._cursor = self._reader._get_cursor()
+            self._seek_end()
             self._caught_up = True
             return
         # "beginning", "checkpoint" without a checkpoint, or a checkpoint taken before any entry.
@@ -181,14 +178,37 @@ class JournalSource:
             hint = _PERMISSION_HINT if err.errno in (errno.EACCES, errno.EPERM) else ""
             raise JournalOpenError(self._open_error + hint) from None
         self._open_error = None
-        reader.add_match("_TRANSPORT=audit")
-        # Same field: OR'ed by sd_journal; different fields: AND'ed.
-        for type_id in range(VIRT_FIRST, VIRT_LAST + 1):
-            reader.add_match(f"_AUDIT_TYPE={type_id}")
+        self._add_matches(reader)
         problem = self._permission_problem()
         if problem is not None:
             log.warning("%s", problem)
         return reader
+
+    def _add_matches(self, reader: journal._Reader) -> None:
+        reader.add_match("_TRANSPORT=audit")
+        # Same field: OR'ed by sd_journal; different fields: AND'ed.
+        for type_id in range(VIRT_FIRST, VIRT_LAST + 1):
+            reader.add_match(f"_AUDIT_TYPE={type_id}")
+
+    def _seek_end(self) -> None:
+        """Place the reader after the last entry, so only entries written from now on are read."""
+        reader = self._reader
+        assert reader is not None
+        reader.seek_tail()
+        # sd_journal_seek_tail() needs one step back to stand on a real entry.
+        if reader._previous():
+            self._cursor = reader._get_cursor()
+            return
+        # No VIRT entry yet. A reader left at "tail" jumps to the then-last entry on its next
+        # next(), skipping the ones appended before it: stand on the last entry of any kind.
+        reader.flush_matches()
+        reader.seek_tail()
+        last = reader._get_cursor() if reader._previous() else None
+        self._add_matches(reader)
+        if last is None:
+            reader.seek_head()  # an empty journal: whatever comes is new
+        else:
+            reader.seek_cursor(last)  # not a VIRT entry, so next() never returns it
 
     def _resume(self, cursor: str) -> bool:
         """Place the reader just after `cursor`; False when that entry no longer exists."""
