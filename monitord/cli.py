@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from monitord import __version__
+from monitord.audit.jsonl import RecordEncoder
 from monitord.audit.parser import ParseError, StreamParser
 from monitord.errors import InputError, RuntimeFailure, UserError
 
@@ -116,7 +116,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     inputs = _open_inputs(args.files)
     reporter = ErrorReporter()
     out = sys.stdout
-    dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+    encode = RecordEncoder().encode
     stats = None
     for name, stream in inputs:
         reporter.name = name
@@ -126,9 +126,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
             for chunk in read_chunks(stream, name):
                 records = parser.feed(chunk)
                 if records:
-                    out.write("\n".join(dumps(r.to_json()) for r in records) + "\n")
+                    out.write("\n".join([encode(r) for r in records]) + "\n")
             for record in parser.finish():
-                out.write(dumps(record.to_json()) + "\n")
+                out.write(encode(record) + "\n")
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
