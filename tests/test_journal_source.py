@@ -8,7 +8,9 @@ exactly the records the file source gives for the audit.log.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -522,3 +524,59 @@ def test_live_journald_records_kernel_audit_and_source_follows(tmp_path: Path) -
     assert round(got[0].time, 3) == got[0].time and abs(got[0].time - time.time()) < 60
     assert stats.errors == Counter()
     assert elapsed < 10.0  # woken by the journal's fd long before the 30 s poll timeout
+
+
+@pytest.mark.slow
+def test_daemon_sigkill_restart_resumes_at_cursor_with_exact_counts(tmp_path: Path) -> None:
+    """`monitord run --source journal` SIGKILLed while journal files arrive: exact final counts."""
+    need_tool("systemd-journal-remote")
+    from tests.daemonproc import MonitordProcess, wait_until
+
+    rng = random.Random(5)
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    lines = [b.decode().rstrip("\n") for b in mixed_log(seed=11, lines=16_000, virt_fraction=0.3)]
+    config = tmp_path / "monitord.toml"
+    config.write_text(
+        f'[source]\nkind = "journal"\njournal_dir = "{jdir}"\n'
+        '[state]\ncheckpoint_interval = "0.2s"\nforget_stopped_after = "36500d"\n'
+        "[alerts]\njournal = false\n"
+    )
+    host = Host()
+    done = threading.Event()
+
+    def writer() -> None:
+        for part, start in enumerate(range(0, len(lines), 2000)):
+            batch = lines[start : start + 2000]
+            write_journal(jdir / f"part{part}.journal", entries_for(batch, host))
+            done.wait(0.05)
+        done.set()
+
+    state = tmp_path / "state"
+    d = MonitordProcess(state, ["--config", str(config)])
+    d.start()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(4):
+            done.wait(rng.uniform(0.2, 0.6))
+            d.kill()
+            d = MonitordProcess(state, ["--config", str(config)], port=d.port)
+            d.start()
+        thread.join()
+        raw = [raw_line(line) for line in lines]
+        virt = [line for line in raw if _is_virt(line)]
+        wait_until(lambda: d.metric("monitord_lines_read_total") >= len(virt), timeout=60)
+        assert d.metric("monitord_lines_read_total") == len(virt)
+        records = [r for r in map(parse_line, raw) if isinstance(r, AuditRecord)]
+        assert d.metric("libvirt_audit_records_total") == len(records)
+        table = GuestTable(StateConfig(forget_stopped_after=36500 * 86400.0))
+        for record in records:
+            table.apply(record)
+        expected = json.loads(json.dumps(table.document(0.0)["guests"]))
+        assert d.guests()["guests"] == expected
+        assert d.stop() == 0
+    finally:
+        done.set()
+        thread.join()
+        d.kill()
