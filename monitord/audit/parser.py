@@ -287,8 +287,9 @@ _VIRT_HINTS: Final = ("type=VIRT_", "type=UNKNOWN[25")
 
 
 def _bad_header(text: str) -> Ignored:
-    head = text[:300]
-    if _VIRT_HINTS[0] in head or _VIRT_HINTS[1] in head:
+    """A line whose header cannot be read: an error if it names a VIRT type, else not ours."""
+    pos = text.find(" ") + 1 if text.startswith("node=") else 0
+    if text.startswith(_VIRT_HINTS, pos):
         raise ParseError("bad_header", text[:120])
     return NOT_VIRT
 
