@@ -1,0 +1,112 @@
+"""The shipped Prometheus rules and scrape config, checked with the real promtool."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from monitord.alerts import JOURNAL_MESSAGE_ID
+from tests.conftest import ROOT, need_tool
+
+DEPLOY = ROOT / "deploy" / "prometheus"
+RULES = DEPLOY / "monitord.rules.yml"
+RULE_TESTS = DEPLOY / "monitord.rules.test.yml"
+SCRAPE = DEPLOY / "prometheus.yml"
+
+# CONTRACT.md "Metrics", plus what Prometheus and prometheus-client add.
+CONTRACT_METRICS = {
+    "libvirt_audit_records_total",
+    "libvirt_audit_operations_total",
+    "libvirt_audit_resource_changes_total",
+    "libvirt_audit_security_labels_total",
+    "libvirt_audit_domains",
+    "libvirt_audit_domain_info",
+    "libvirt_audit_domain_running",
+    "libvirt_audit_domain_vcpus",
+    "libvirt_audit_domain_memory_bytes",
+    "libvirt_audit_domain_devices",
+    "libvirt_audit_domain_failures_total",
+    "libvirt_audit_domain_last_event_timestamp_seconds",
+    "libvirt_audit_domain_start_timestamp_seconds",
+    "libvirt_audit_domain_security_info",
+    "monitord_build_info",
+    "monitord_lines_read_total",
+    "monitord_bytes_read_total",
+    "monitord_parse_errors_total",
+    "monitord_records_ignored_total",
+    "monitord_log_reopens_total",
+    "monitord_last_record_timestamp_seconds",
+    "monitord_record_lag_seconds",
+    "monitord_guests_tracked",
+    "monitord_guests_evicted_total",
+    "monitord_checkpoint_timestamp_seconds",
+    "monitord_checkpoint_errors_total",
+    "monitord_alerts_total",
+    "monitord_alert_queue_length",
+    "process_start_time_seconds",
+    "up",
+}
+
+
+def promtool(*args: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [need_tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def rule_names() -> list[str]:
+    return re.findall(r"^\s*- alert: (\S+)$", RULES.read_text(), re.M)
+
+
+def test_rules_pass_promtool_check() -> None:
+    """`promtool check rules` accepts the shipped rules."""
+    done = promtool("check", "rules", RULES.name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rule_names())} rules found" in done.stdout
+
+
+def test_rule_unit_tests_pass() -> None:
+    """`promtool test rules` passes every firing and non-firing case."""
+    done = promtool("test", "rules", RULE_TESTS.name)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """The unit tests notice a broken rule (here: a flapping threshold that is too high)."""
+    text = RULES.read_text()
+    assert "changes(libvirt_audit_domain_start_timestamp_seconds[30m]) >= 3" in text
+    (tmp_path / RULES.name).write_text(text.replace(">= 3", ">= 4"))
+    (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
+    done = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "LibvirtGuestFlapping" in done.stdout + done.stderr
+
+
+def test_every_rule_has_a_firing_and_a_quiet_case() -> None:
+    """Each alerting rule has at least one test where it fires and one where it does not."""
+    cases = re.findall(r"alertname: (\S+)\n\s+exp_alerts:( \[\])?", RULE_TESTS.read_text())
+    firing = {name for name, empty in cases if not empty}
+    quiet = {name for name, empty in cases if empty}
+    names = rule_names()
+    assert len(names) >= 10
+    assert sorted(set(names) - firing) == [], "rules without a firing test"
+    assert sorted(set(names) - quiet) == [], "rules without a non-firing test"
+    assert sorted({n for n, _ in cases} - set(names)) == [], "tests of rules that do not exist"
+
+
+def test_rules_use_only_contract_metrics() -> None:
+    """Rules only query metric names the contract promises (a typo would never fire)."""
+    exprs = RULES.read_text()
+    used = set(re.findall(r"\b((?:libvirt_audit|monitord)_[a-z_]+|process_start_time_seconds)\b",
+                          exprs))  # fmt: skip
+    assert used, "no metric found"
+    assert sorted(used - CONTRACT_METRICS) == []
+    assert JOURNAL_MESSAGE_ID in exprs  # the annotation points at the journal entries
+
+
+def test_scrape_config_example_is_valid() -> None:
+    """`promtool check config` accepts the example prometheus.yml (and its rule file)."""
+    done = promtool("check", "config", SCRAPE.name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "job_name: monitord" in SCRAPE.read_text()
