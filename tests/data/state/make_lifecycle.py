@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the generator writes long audit lines as literals
 """Write lifecycle.log: a small, realistic libvirt audit log covering every guest transition.
 
 Run from this directory: `python3 make_lifecycle.py` (the golden .json is then
@@ -44,7 +45,12 @@ def other() -> None:
 
 
 def res(vm, u, resrc, reason, rest, res_="success", virt="kvm", step=0.001):  # type: ignore[no-untyped-def]
-    rec("VIRT_RESOURCE", f"virt={virt} resrc={resrc} reason={reason} vm={vm} uuid={u} {rest}", res_, step)
+    rec(
+        "VIRT_RESOURCE",
+        f"virt={virt} resrc={resrc} reason={reason} vm={vm} uuid={u} {rest}",
+        res_,
+        step,
+    )
 
 
 def mid(vm, u, rest, virt="kvm"):  # type: ignore[no-untyped-def]
@@ -52,7 +58,12 @@ def mid(vm, u, rest, virt="kvm"):  # type: ignore[no-untyped-def]
 
 
 def ctl(vm, u, rest, res_="success", virt="kvm", step=0.001):  # type: ignore[no-untyped-def]
-    rec("VIRT_CONTROL", f"virt={virt} {rest.split(' vm-pid')[0]} vm={vm} uuid={u} vm-pid{rest.split(' vm-pid')[1]}", res_, step)
+    rec(
+        "VIRT_CONTROL",
+        f"virt={virt} {rest.split(' vm-pid')[0]} vm={vm} uuid={u} vm-pid{rest.split(' vm-pid')[1]}",
+        res_,
+        step,
+    )
 
 
 web = '"web01"'
@@ -63,27 +74,69 @@ res(web, U1, "disk", "start", 'old-disk="?" new-disk="/var/lib/libvirt/images/we
 res(web, U1, "net", "start", 'old-net="?" new-net="52:54:00:16:e5:9c"')
 res(web, U1, "dev", "start", 'bus=pci device="0000:03:00.0"')
 res(web, U1, "dev", "start", f"bus=usb device={hx('USB redirdev')}")
-res(web, U1, "chardev", "start", 'old-chardev="?" new-chardev="/var/lib/libvirt/qemu/channel/target/domain-1-web01/org.qemu.guest_agent.0"')
+res(
+    web,
+    U1,
+    "chardev",
+    "start",
+    'old-chardev="?" new-chardev="/var/lib/libvirt/qemu/channel/target/domain-1-web01/org.qemu.guest_agent.0"',
+)
 res(web, U1, "rng", "start", 'old-rng="?" new-rng="/dev/urandom"')
 res(web, U1, "tpm-emulator", "start", 'device="/run/libvirt/qemu/swtpm/1-web01-swtpm.sock"')
 res(web, U1, "shmem", "start", "size=4194304 path=/dev/shm/ivshmem0")
 res(web, U1, "evdev", "start", "path=/dev/input/event3")
-res(web, U1, "cgroup", "deny", 'cgroup="/sys/fs/cgroup/machine.slice/machine-qemu\\x2d1\\x2dweb01.scope/" class=all')
-res(web, U1, "cgroup", "allow", 'cgroup="/sys/fs/cgroup/machine.slice/machine-qemu\\x2d1\\x2dweb01.scope/" class=major category=pty maj=88 acl=rw')
+res(
+    web,
+    U1,
+    "cgroup",
+    "deny",
+    'cgroup="/sys/fs/cgroup/machine.slice/machine-qemu\\x2d1\\x2dweb01.scope/" class=all',
+)
+res(
+    web,
+    U1,
+    "cgroup",
+    "allow",
+    'cgroup="/sys/fs/cgroup/machine.slice/machine-qemu\\x2d1\\x2dweb01.scope/" class=major category=pty maj=88 acl=rw',
+)
 res(web, U1, "mem", "start", "old-mem=0 new-mem=2097152")
 res(web, U1, "vcpu", "start", "old-vcpu=0 new-vcpu=2")
 res(web, U1, "iothread", "start", "old-iothread=0 new-iothread=1")
-mid(web, U1, "vm-ctx=system_u:system_r:svirt_t:s0:c10,c20 img-ctx=system_u:object_r:svirt_image_t:s0:c10,c20 model=selinux")
+mid(
+    web,
+    U1,
+    "vm-ctx=system_u:system_r:svirt_t:s0:c10,c20 img-ctx=system_u:object_r:svirt_image_t:s0:c10,c20 model=selinux",
+)
 mid(web, U1, "vm-ctx=+107:+107 img-ctx=+107:+107 model=dac")
 ctl(web, U1, "op=start reason=booted vm-pid=4242", step=0.05)
 res(web, U1, "net", "open", 'net=52:54:00:16:e5:9c path="/dev/net/tun" rdev=0A:C8')
 other()
-res(web, U1, "disk", "attach", 'old-disk="?" new-disk="/var/lib/libvirt/images/web01-extra.qcow2"', step=60)
+res(
+    web,
+    U1,
+    "disk",
+    "attach",
+    'old-disk="?" new-disk="/var/lib/libvirt/images/web01-extra.qcow2"',
+    step=60,
+)
 res(web, U1, "disk", "attach", 'old-disk="?" new-disk="/var/lib/libvirt/images/web01-extra.qcow2"')
 res(web, U1, "net", "detach", 'old-net="52:54:00:aa:bb:cc" new-net="?"')
-res(web, U1, "disk", "attach", 'old-disk="?" new-disk="/var/lib/libvirt/images/broken.qcow2"', res_="failed")
+res(
+    web,
+    U1,
+    "disk",
+    "attach",
+    'old-disk="?" new-disk="/var/lib/libvirt/images/broken.qcow2"',
+    res_="failed",
+)
 res(web, U1, "mem", "update", "old-mem=2097152 new-mem=3145728")
-res(web, U1, "disk", "update", 'old-disk="/var/lib/libvirt/images/web01-data.raw" new-disk="/srv/iso/debian-12.iso"')
+res(
+    web,
+    U1,
+    "disk",
+    "update",
+    'old-disk="/var/lib/libvirt/images/web01-data.raw" new-disk="/srv/iso/debian-12.iso"',
+)
 res(web, U1, "dev", "detach", 'bus=pci device="0000:03:00.0"')
 # "db 01" (hex name): starts, is saved, restored with other resources.
 db = hx("db 01")
@@ -108,7 +161,14 @@ res(bk, U3, "mem", "start", "old-mem=0 new-mem=65536")
 res(bk, U3, "vcpu", "start", "old-vcpu=0 new-vcpu=1")
 mid(bk, U3, "vm-ctx=+64055:+64055 img-ctx=+64055:+64055 model=dac")
 ctl(bk, U3, "op=start reason=booted vm-pid=0", res_="failed")
-res(bk, U3, "cgroup", "deny", 'cgroup="/sys/fs/cgroup/machine.slice/machine-qemu\\x2d3\\x2dbroken.scope/" class=path path="/dev/sdz" rdev=? acl=rwm', res_="failed")
+res(
+    bk,
+    U3,
+    "cgroup",
+    "deny",
+    'cgroup="/sys/fs/cgroup/machine.slice/machine-qemu\\x2d3\\x2dbroken.scope/" class=path path="/dev/sdz" rdev=? acl=rwm',
+    res_="failed",
+)
 # ct01: an LXC container with host devices; op=start then op=init.
 ct = '"ct01"'
 res(ct, U4, "fs", "start", 'old-fs="?" new-fs="/srv/containers/ct01"', virt="lxc", step=2)
@@ -118,7 +178,10 @@ res(ct, U4, "net", "start", 'old-net="?" new-net="52:54:00:c0:ff:ee"', virt="lxc
 res(ct, U4, "mem", "start", "old-mem=0 new-mem=524288", virt="lxc")
 mid(ct, U4, "vm-ctx=unconfined img-ctx=unconfined model=apparmor", virt="lxc")
 ctl(ct, U4, "op=start reason=booted vm-pid=7070", virt="lxc")
-rec("VIRT_CONTROL", f"virt=lxc op=init vm={ct} uuid={U4} vm-pid=7070 init-pid=7075 pid-ns=4026532508")
+rec(
+    "VIRT_CONTROL",
+    f"virt=lxc op=init vm={ct} uuid={U4} vm-pid=7070 init-pid=7075 pid-ns=4026532508",
+)
 # web01 shuts down, written by an auditd without type names and with node names.
 state["serial"] += 1
 state["time"] += 1
@@ -128,5 +191,9 @@ lines.append(
     f"uuid={U1} vm-pid=0 {EXE}success'"
 )
 # Not libvirt's: dockerd's VIRT_CONTROL (no virt=, no uuid=) is ignored.
-lines.append((HERE.parent.parent.parent / "contrib/samples/auditlog-docker-not-libvirt.log").read_text().strip())
+lines.append(
+    (HERE.parent.parent.parent / "contrib/samples/auditlog-docker-not-libvirt.log")
+    .read_text()
+    .strip()
+)
 (HERE / "lifecycle.log").write_text("\n".join(lines) + "\n")
