@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import DATA
-from tests.daemonproc import monitord_cmd
+import pytest
+
+from tests.conftest import DATA, ROOT, need_root, need_tool
+from tests.daemonproc import MonitordProcess, free_port, monitord_cmd, wait_until
+from tests.libvirt_stack import drive, running_libvirt, virsh_view
+from tests.realstack import running_auditd, wait_for
+from tests.test_alerts_alertmanager import Alertmanager
 
 REAL = DATA / "real"
 CORPUS = REAL / "libvirt-9.0-qemu-7.2.log"
@@ -158,3 +166,153 @@ def test_replayed_corpus_agrees_with_virsh(tmp_path: Path) -> None:
     guests = replay_prefix(tmp_path)
     assert len(guests) == 3
     assert_agrees_with_virsh(guests, snapshot["guests"], snapshot["failed_start"])
+
+
+# -- the live stack ------------------------------------------------------------------------------
+
+
+def plugin_conf(plugins: Path, wrapper: Path, command: list[str]) -> None:
+    """Register `command` as an auditd plugin, from the shipped template.
+
+    auditd passes a plugin at most 2 args and wants a root-owned binary that is
+    not group/world writable: a small root-owned script execs monitord with its flags.
+    """
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec {' '.join(shlex.quote(a) for a in command)} 2>>{shlex.quote(str(wrapper))}.log\n"
+    )
+    wrapper.chmod(0o755)
+    lines = []
+    for line in (
+        (ROOT / "deploy" / "audit" / "plugins.d" / "monitord.conf").read_text().splitlines()
+    ):
+        key = line.split("=", 1)[0].strip()
+        if key == "path":
+            line = f"path = {wrapper}"
+        elif key == "args":
+            continue
+        lines.append(line)
+    plugins.mkdir(parents=True, exist_ok=True)
+    conf = plugins / "monitord.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    conf.chmod(0o640)
+
+
+def guest_series(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith("libvirt_audit_")}
+
+
+@pytest.mark.slow
+def test_monitord_follows_real_libvirt_like_virsh_sees_it(tmp_path: Path) -> None:
+    """Two monitords (log file, auditd plugin) fed by real libvirtd agree with virsh and each other.
+
+    Real operations on TCG guests (hex-named guest, hot-plug, CD-ROM media,
+    managedsave/restore, destroy, ACPI shutdown, QEMU killed, a failed start):
+    afterwards both daemons report what virsh reports (state, vCPUs, memory,
+    disks, MACs), count and alert the failed start, and serve identical guest
+    documents and guest metric series.
+    """
+    need_root()
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    am = Alertmanager(tmp_path / "am", need_tool("prometheus-alertmanager"))
+    config = tmp_path / "monitord.toml"
+    config.write_text(
+        '[state]\ncheckpoint_interval = "1s"\n'
+        f'[alerts]\njournal = false\nalertmanager = ["{am.url}"]\n'
+    )
+    config.chmod(0o600)
+    plugin_port = free_port()
+    plugin_state = tmp_path / "state-plugin"
+    plugin_state.mkdir()
+    audit_root = tmp_path / "auditd"
+    plugin_conf(
+        audit_root / "conf" / "plugins.d",
+        tmp_path / "monitord-plugin.sh",
+        [
+            *monitord_cmd(),
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            "audisp",
+            "--listen",
+            f"127.0.0.1:{plugin_port}",
+            "--state-dir",
+            str(plugin_state),
+        ],
+    )
+    with ExitStack() as cleanup:
+        cleanup.callback(am.stop)
+        auditd = cleanup.enter_context(running_auditd(audit_root))
+        plugin = MonitordProcess(plugin_state, port=plugin_port)  # started by auditd; read only
+        wait_until(lambda: plugin.get("/healthz"), timeout=30)
+        follower = cleanup.enter_context(
+            MonitordProcess(
+                tmp_path / "state-file", ["--config", str(config), "--audit-log", str(auditd.log)]
+            )
+        )
+        timings["monitors up"] = time.monotonic() - t0
+        libvirt = cleanup.enter_context(running_libvirt())
+        timings["libvirt up"] = time.monotonic() - t0
+        sc = drive(libvirt)
+        timings["operations done"] = time.monotonic() - t0
+        virsh_times = {
+            ("libvirtd ready" if k == "ready" else f"virsh {k} (total)"): v
+            for k, v in libvirt.timings.items()
+        }
+        db = sc.guests["db"].uuid
+        wait_for(lambda: f'op=stop reason=failed vm="db02" uuid={db}' in auditd.log.read_text())
+        view = virsh_view(libvirt, sc.guests)
+        assert {g["name"] for g in view.values()} == {"web 01-tëst", "db02"}
+        assert [g["state"] for g in view.values()] == ["running", "stopped"]
+        total = len(virt_lines(auditd.log))
+        for daemon in (follower, plugin):
+            wait_until(lambda d=daemon: d.metric("libvirt_audit_records_total") == total, 20)
+        timings["caught up"] = time.monotonic() - t0
+
+        docs = [d.guests()["guests"] for d in (follower, plugin)]
+        assert docs[0] == docs[1]
+        guests = {g["uuid"]: g for g in docs[0]}
+        assert len(guests) == 3
+        failed_start = sc.guests[sc.failed_start].uuid
+        assert_agrees_with_virsh(guests, view, failed_start)
+
+        series = [guest_series(d.metrics()) for d in (follower, plugin)]
+        assert series[0] == series[1]
+        for d in (follower, plugin):
+            assert d.metric("libvirt_audit_operations_total", op="start", result="failed") == 1
+            assert d.metric("libvirt_audit_domain_failures_total", domain="broken03") == 1
+            for truth in view.values():
+                name = str(truth["name"])
+                running = truth["state"] == "running"
+                assert d.metric("libvirt_audit_domain_running", domain=name) == running
+                if running:
+                    assert d.metric("libvirt_audit_domain_vcpus", domain=name) == truth["vcpus"]
+                    assert (
+                        d.metric("libvirt_audit_domain_memory_bytes", domain=name)
+                        == int(str(truth["max_memory_kib"])) * 1024
+                    )
+
+        # The failed start is alerted by both daemons (Alertmanager keeps one copy).
+        def alerted() -> list[dict[str, Any]]:
+            return [
+                a
+                for a in am.alerts()
+                if a["labels"].get("alertname") == "VirtOperationFailed"
+                and a["labels"].get("domain") == "broken03"
+            ]
+
+        alerts = wait_until(alerted, timeout=20)
+        assert alerts[0]["labels"]["severity"] == "critical"
+        for d in (follower, plugin):
+            wait_until(
+                lambda d=d: d.metric("monitord_alerts_total", sink="alertmanager", outcome="sent"),
+                timeout=20,
+            )
+        timings["checked"] = time.monotonic() - t0
+        assert follower.stop() == 0
+    timings["torn down"] = time.monotonic() - t0
+    rounded = {k: round(v, 2) for k, v in {**timings, **virsh_times}.items()}
+    print("libvirt e2e timings (s; stages since the test began):", json.dumps(rounded))
+    assert timings["torn down"] < 180
