@@ -186,11 +186,17 @@ class AlertEngine:
         for worker in self._all:
             lengths[worker.name] = lengths.get(worker.name, 0) + len(worker)
         configured = {w.name for w in self._all}
-        for name, n in lengths.items():
-            if name in configured:
-                self.telemetry.alert_queue[name] = n
-            else:
-                self.telemetry.alert_queue.pop(name, None)
+        with self.telemetry.alerts_lock:  # the exporter iterates this dict under the same lock
+            queue = self.telemetry.alert_queue
+            for name, n in lengths.items():
+                if name in configured:
+                    queue[name] = n
+                else:
+                    queue.pop(name, None)
+
+    def firing_count(self) -> int:
+        """Return how many alerts are firing (cheap; the daemon loop asks often)."""
+        return len(self._active)
 
     def firing(self) -> list[Alert]:
         """Return the alerts firing now (oldest first)."""
