@@ -54,7 +54,7 @@ GUEST_FAMILIES: Final[tuple[tuple[str, str, str, tuple[str, ...]], ...]] = (
      ("model", "vm_ctx", "img_ctx")),
 )  # fmt: skip
 _FAMILY_INDEX: Final = {name: i for i, (name, _, _, _) in enumerate(GUEST_FAMILIES)}
-_ONE: Final = "1.0"
+ALWAYS_KINDS: Final = frozenset({"disks", "nics"})
 
 
 def _escape(value: str) -> str:
@@ -76,7 +76,11 @@ def _guest_samples(doc: dict[str, Any]) -> list[list[tuple[tuple[str, ...], floa
     if doc["memory_bytes"] is not None:
         out[3].append(((), float(doc["memory_bytes"])))
     for name in DEVICE_LISTS:
-        out[4].append(((DEVICE_KINDS[name],), float(len(doc[name]))))
+        # disk and nic always (dashboards compare them with 0); other kinds when present,
+        # which keeps a 10,000-guest scrape small.
+        count = len(doc[name])
+        if count or name in ALWAYS_KINDS:
+            out[4].append(((DEVICE_KINDS[name],), float(count)))
     out[5].append(((), float(doc["failures"])))
     if doc["last_event_time"] is not None:
         out[6].append(((), float(doc["last_event_time"])))
@@ -296,50 +300,42 @@ class MonitordRegistry(CollectorRegistry):
         super().__init__(auto_describe=True)
         self.table = table
         self.base = CollectorRegistry(auto_describe=True)
-        self._lines: dict[str, tuple[dict[str, Any], list[list[str]]]] = {}
+        self._lines: dict[str, tuple[dict[str, Any], list[bytes]]] = {}
 
     def register_both(self, collector: Collector) -> None:
         self.register(collector)
         self.base.register(collector)
 
-    def guest_lines(self) -> list[list[str]]:
-        """Return, per guest family, every sample line of every tracked guest."""
+    def guest_lines(self) -> list[list[bytes]]:
+        """Return, per guest family, the encoded sample lines of each tracked guest."""
         snap = self.table.snapshot()
         old = self._lines
-        new: dict[str, tuple[dict[str, Any], list[list[str]]]] = {}
-        out: list[list[str]] = [[] for _ in GUEST_FAMILIES]
+        new: dict[str, tuple[dict[str, Any], list[bytes]]] = {}
+        out: list[list[bytes]] = [[] for _ in GUEST_FAMILIES]
         for doc in snap.guests:
             uuid = doc["uuid"]
             hit = old.get(uuid)
             if hit is None or hit[0] is not doc:
                 hit = (doc, self._render_guest(doc))
             new[uuid] = hit
-            for family_out, lines in zip(out, hit[1], strict=True):
-                family_out.extend(lines)
+            for family_out, blob in zip(out, hit[1], strict=True):
+                if blob:
+                    family_out.append(blob)
         self._lines = new
         return out
 
     @staticmethod
-    def _render_guest(doc: dict[str, Any]) -> list[list[str]]:
+    def _render_guest(doc: dict[str, Any]) -> list[bytes]:
+        """Return one guest's lines of each family, joined and encoded (cached until it changes)."""
         prefix = _labels(GUEST_LABELS, _guest_key(doc))
-        rendered: list[list[str]] = []
+        rendered: list[bytes] = []
         for (name, _, _, extra), samples in zip(GUEST_FAMILIES, _guest_samples(doc), strict=True):
             lines = []
             for values, value in samples:
                 labels = prefix + "," + _labels(extra, values) if extra else prefix
                 lines.append(f"{name}{{{labels}}} {value!r}\n")
-            rendered.append(lines)
+            rendered.append("".join(lines).encode("utf-8"))
         return rendered
-
-
-def _guest_text(lines: list[list[str]], openmetrics: bool) -> str:
-    parts: list[str] = []
-    for (name, kind, help_text, _), family_lines in zip(GUEST_FAMILIES, lines, strict=True):
-        # OpenMetrics names a counter family without its `_total` sample suffix.
-        family = name[: -len("_total")] if openmetrics and kind == "counter" else name
-        parts.append(f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n")
-        parts.extend(family_lines)
-    return "".join(parts)
 
 
 def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
@@ -349,10 +345,19 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
         return encoder(registry), content_type
     openmetrics = content_type.startswith("application/openmetrics-text")
     head = encoder(registry.base)
-    guest = _guest_text(registry.guest_lines(), openmetrics).encode("utf-8")
-    if openmetrics and head.endswith(b"# EOF\n"):
-        return head[: -len(b"# EOF\n")] + guest + b"# EOF\n", content_type
-    return head + guest, content_type
+    if openmetrics:
+        head = head.removesuffix(b"# EOF\n")
+    parts = [head]
+    for (name, kind, help_text, _), blobs in zip(
+        GUEST_FAMILIES, registry.guest_lines(), strict=True
+    ):
+        # OpenMetrics names a counter family without its `_total` sample suffix.
+        family = name[: -len("_total")] if openmetrics and kind == "counter" else name
+        parts.append(f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n".encode())
+        parts.extend(blobs)
+    if openmetrics:
+        parts.append(b"# EOF\n")
+    return b"".join(parts), content_type
 
 
 def make_registry(

@@ -113,11 +113,14 @@ _Packed = tuple[
 
 
 class _Packer:
-    __slots__ = ("_enrich", "_keys")
+    __slots__ = ("_enrich", "_keys", "_values")
 
     def __init__(self) -> None:
         self._keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._enrich: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        # Field values repeat across a guest's records (uuid, name, exe, cgroup path):
+        # share one string object for each instead of one per record.
+        self._values: dict[str, str] = {}
 
     def pack(self, r: AuditRecord) -> _Packed:
         keys = tuple(r.fields)
@@ -130,8 +133,15 @@ class _Packer:
             self._enrich.clear()
         return (
             r.type, r.type_id, r.time, r.serial, r.node, r.pid, r.uid, r.auid, r.ses, r.subj,
-            keys, tuple(r.fields.values()), enrich,
+            keys, self._share(r.fields.values()), enrich,
         )  # fmt: skip
+
+    def _share(self, values: Iterable[str | None]) -> tuple[str | None, ...]:
+        shared = self._values
+        if len(shared) > 65536:
+            shared.clear()
+        get = shared.setdefault
+        return tuple(None if v is None else get(v, v) for v in values)
 
 
 def _unpack(p: _Packed) -> AuditRecord:
@@ -192,7 +202,8 @@ class Guest:
         self.vcpus: int | None = None
         self.iothreads: int | None = None
         self.memory_bytes: int | None = None
-        self.devices: dict[str, set[str]] = {name: set() for name in DEVICE_LISTS}
+        # List name -> members; only lists in use have a set (an empty set costs 216 bytes).
+        self.devices: dict[str, set[str]] = {}
         # model -> (vm_ctx, img_ctx); the latest label of each model wins.
         self.security: dict[str | None, tuple[str | None, str | None]] = {}
         self.failures = 0
@@ -204,8 +215,7 @@ class Guest:
 
     def begin_phase(self) -> None:
         """Start describing a new start: forget the previous run's resources."""
-        for items in self.devices.values():
-            items.clear()
+        self.devices.clear()
         self.vcpus = None
         self.iothreads = None
         self.memory_bytes = None
@@ -231,7 +241,7 @@ class Guest:
                 "memory_bytes": self.memory_bytes,
             }
             for name in DEVICE_LISTS:
-                doc[name] = sorted(self.devices[name])
+                doc[name] = sorted(self.devices.get(name, ()))
             doc["security"] = [
                 {"model": model, "vm_ctx": ctx[0], "img_ctx": ctx[1]}
                 for model, ctx in sorted(self.security.items(), key=lambda kv: kv[0] or "")
@@ -263,7 +273,8 @@ class Guest:
         g.iothreads = doc.get("iothreads")
         g.memory_bytes = doc.get("memory_bytes")
         for name in DEVICE_LISTS:
-            g.devices[name] = set(doc.get(name) or ())
+            if doc.get(name):
+                g.devices[name] = set(doc[name])
         for label in doc.get("security") or ():
             g.security[label.get("model")] = (label.get("vm_ctx"), label.get("img_ctx"))
         g.failures = int(doc.get("failures") or 0)
@@ -396,7 +407,7 @@ class GuestTable:
         if isinstance(v, DeviceChange):
             target = _CHANGE_LISTS.get(v.resrc)
             if target is not None:
-                items = g.devices[target]
+                items = g.devices.setdefault(target, set())
                 if v.old is not None:
                     items.discard(v.old)
                 if v.new is not None:
@@ -410,23 +421,27 @@ class GuestTable:
                 else:
                     g.iothreads = v.new
         elif isinstance(v, HostDevice):
-            self._set_member(g.devices["hostdevs"], v.name, reason)
+            self._set_member(g.devices, "hostdevs", v.name, reason)
         elif isinstance(v, Tpm):
-            self._set_member(g.devices["tpms"], v.device, reason)
+            self._set_member(g.devices, "tpms", v.device, reason)
         elif isinstance(v, PathResource):
             target = _PATH_LISTS.get(v.resrc)
             if target is not None:
-                self._set_member(g.devices[target], v.path, reason)
+                self._set_member(g.devices, target, v.path, reason)
         # NetOpen, CgroupAcl, OtherResource: counted, no list changes.
 
     @staticmethod
-    def _set_member(items: set[str], value: str | None, reason: str | None) -> None:
+    def _set_member(
+        devices: dict[str, set[str]], name: str, value: str | None, reason: str | None
+    ) -> None:
         if value is None:
             return
         if reason == "detach":
-            items.discard(value)
+            items = devices.get(name)
+            if items is not None:
+                items.discard(value)
         else:
-            items.add(value)
+            devices.setdefault(name, set()).add(value)
 
     def _control(self, g: Guest, c: Control, t: float, failed: bool) -> None:
         op = c.op
