@@ -15,8 +15,9 @@ private /dev), and private /etc/libvirt/qemu, /var/lib/libvirt/qemu and
 /var/log/libvirt, so no domain definition, save image or log outlives a run.
 What remains global is cleaned up by `LibvirtStack.stop`: domains are
 destroyed and undefined, QEMU processes killed by pid if libvirtd could not,
-empty `machine` cgroup dirs and a /run/libvirt that did not exist before are
-removed.
+empty `machine` cgroup dirs and /run/libvirt are removed (no other libvirt
+daemon may run at the same time: `start` refuses). QEMU processes of the test
+guests left by a killed run are reaped by `start`, so a rerun starts clean.
 
 Regenerate the golden corpus (root, nothing else using auditd or libvirt):
 `.venv/bin/python -m tests.libvirt_stack capture tests/data/real/libvirt-9.0-qemu-7.2.log`
@@ -25,6 +26,7 @@ Regenerate the golden corpus (root, nothing else using auditd or libvirt):
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import pwd
@@ -56,6 +58,7 @@ PRIVATE_DIRS = {
     "log": "/var/log/libvirt",
 }
 READY_TIMEOUT = 60.0
+TEST_UUID_PREFIX = "6c0f6f6a-8a5d-4c1e-9d1a-"  # every test guest's uuid starts so
 
 
 class StackError(RuntimeError):
@@ -180,8 +183,6 @@ class LibvirtStack:
     libvirtd: subprocess.Popen[bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
-    _run_dir_existed: bool = True
-    _cgroups_before: set[Path] = field(default_factory=set)
 
     @property
     def images(self) -> Path:
@@ -217,8 +218,7 @@ class LibvirtStack:
             raise StackError(
                 f"{listed} already running: this test starts its own libvirt; stop it first"
             )
-        self._run_dir_existed = RUN_DIR.exists()
-        self._cgroups_before = set(self._machine_cgroups())
+        self._reap_stale_guests()
         self._prepare_private_files()
         t0 = time.monotonic()
         self.virtlogd = self._spawn("virtlogd", "/usr/sbin/virtlogd", {"log": "/var/log/libvirt"})
@@ -235,6 +235,28 @@ class LibvirtStack:
                 raise StackError("libvirtd did not become ready: " + self._tail("libvirtd"))
             time.sleep(0.1)
         self.timings["ready"] = time.monotonic() - t0
+
+    @staticmethod
+    def _reap_stale_guests() -> None:
+        """Kill the QEMU of OUR test guests left by a run that was killed before its cleanup.
+
+        A libvirtd started later would otherwise reconnect to them from their
+        status files in /run/libvirt/qemu and the rerun would not start clean.
+        Only guests with the test UUIDs are touched; their status files go too.
+        """
+        status_dir = RUN_DIR / "qemu"
+        for status in status_dir.glob("*.xml"):
+            try:
+                if f"<uuid>{TEST_UUID_PREFIX}" not in status.read_text(errors="replace"):
+                    continue
+                pid = int(status.with_suffix(".pid").read_text().strip())
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid in running_processes("qemu-system-x86_64"):
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), 10)
+            for leftover in status_dir.glob(glob.escape(status.stem) + ".*"):
+                leftover.unlink(missing_ok=True)
 
     def _prepare_private_files(self) -> None:
         # QEMU runs as libvirt-qemu and must reach the images: every parent needs o+x.
@@ -311,9 +333,9 @@ class LibvirtStack:
         for log in self._logs:
             log.close()
         self._logs.clear()
+        # No other libvirt daemon ran when we started (checked): what is left is stale.
         self._remove_cgroups()
-        if not self._run_dir_existed:
-            shutil.rmtree(RUN_DIR, ignore_errors=True)
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
     def _remove_domains(self) -> None:
         listed = self.virsh("list", "--all", "--uuid", check=False, timeout=30)
@@ -341,11 +363,10 @@ class LibvirtStack:
     def _remove_cgroups(self) -> None:
         # Deepest first; rmdir fails on a cgroup that still has tasks, which is what we want.
         for path in sorted(self._machine_cgroups(), key=lambda p: len(p.parts), reverse=True):
-            if path not in self._cgroups_before:
-                try:
-                    path.rmdir()
-                except OSError:
-                    pass
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -397,7 +418,7 @@ def make_guests(images: Path) -> dict[str, Guest]:
     """Three guests: a hex-named one exercising hot-plug, a plain one, and one that cannot start."""
     web = Guest(
         name="web 01-tëst",
-        uuid="6c0f6f6a-8a5d-4c1e-9d1a-000000000001",
+        uuid=TEST_UUID_PREFIX + "000000000001",
         mac="52:54:00:6d:00:01",
         disk=images / "web.img",
         memory_kib=65536,
@@ -409,13 +430,13 @@ def make_guests(images: Path) -> dict[str, Guest]:
     )
     db = Guest(
         name="db02",
-        uuid="6c0f6f6a-8a5d-4c1e-9d1a-000000000002",
+        uuid=TEST_UUID_PREFIX + "000000000002",
         mac="52:54:00:6d:00:02",
         disk=images / "db.img",
     )
     broken = Guest(
         name="broken03",
-        uuid="6c0f6f6a-8a5d-4c1e-9d1a-000000000003",
+        uuid=TEST_UUID_PREFIX + "000000000003",
         mac="52:54:00:6d:00:03",
         disk=images / "missing.img",
     )
