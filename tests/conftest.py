@@ -16,11 +16,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def need_tool(name: str) -> str:
     """Return the path of an external tool; skip without it, but fail in CI (CI=true)."""
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}", f"/lib/systemd/{name}")
-         if os.access(p, os.X_OK)),
-        None,
-    )
+    places = (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}", f"/lib/systemd/{name}")
+    path = shutil.which(name) or next((p for p in places if os.access(p, os.X_OK)), None)
     if path is None:
         message = f"{name} is not installed (./bootstrap setup installs it)"
         if IN_CI:

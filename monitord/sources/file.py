@@ -86,7 +86,9 @@ class FileSource:
         self.clock = clock
         self.parser = StreamParser(stats, config.max_line_length, on_error)
         self._file: _OpenFile | None = None
-        self._queue: list[Path] = []  # rotated files still to read, oldest first
+        # (dev, ino) of files known to follow the open one, oldest first: the way on if the
+        # open file is deleted from the directory before we see where it was in the chain.
+        self._newer: list[tuple[int, int]] = []
         self._carry: list[AuditRecord] = []  # the last line of a finished file, if unterminated
         self._inotify: INotify | None = None
         self._watching: Path | None = None
@@ -122,7 +124,7 @@ class FileSource:
             return records
         if self._check_switch():
             return self._read_available()
-        if self._file is not None and not self._queue:
+        if self._file is not None and self._file.path == self.path:
             self._caught_up = True
         self._wait(timeout, wake_fds)
         records = self._read_available()
@@ -194,8 +196,6 @@ class FileSource:
         f = self._file
         if f is None:
             return self._open_current(at_end=False, reason="created")
-        if self._queue:
-            return self._next_rotated()
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -204,8 +204,8 @@ class FileSource:
         except OSError:
             return False
         if (st.st_dev, st.st_ino) != (f.dev, f.ino):
-            self._on_rotation(f)
-            return True
+            # Our file is no longer audit.log, and we are at its end: go to its successor.
+            return self._advance(f)
         size = os.fstat(f.fd).st_size
         if size < f.offset or self._rewritten(f):
             self._truncated(f, size)
@@ -224,23 +224,36 @@ class FileSource:
         f.head, f.head_len = "", 0
         self.rotated = True
 
-    def _on_rotation(self, old: _OpenFile) -> None:
-        """Queue every file written after `old` (several quick rotations), oldest first."""
-        chain = self._rotation_chain()
-        idx = next(
-            (i for i, (_, dev, ino) in enumerate(chain) if (dev, ino) == (old.dev, old.ino)), None
-        )
-        newer = [p for p, _, _ in chain[idx + 1 :]] if idx is not None else []
-        if idx is None:
-            log.warning(
-                "%s was rotated and is gone from its directory; continuing with %s",
-                old.path,
-                self.path,
-            )
-            newer = [self.path]
-        self._queue = newer
-        self.reopens["rotated"] += 1
-        self._next_rotated()
+    def _advance(self, old: _OpenFile) -> bool:
+        """Open the file written after `old`: each rotation in order, however many happened.
+
+        Names shift under us while auditd rotates, so files are tracked by inode and
+        every open is checked against the inode the directory scan promised.
+        """
+        # auditd ends every file with a whole line; an unterminated one still counts.
+        self._carry.extend(self.parser.finish())
+        for _ in range(10):
+            chain = self._rotation_chain()
+            ids = [(dev, ino) for _, dev, ino in chain]
+            if (old.dev, old.ino) in ids:
+                later = chain[ids.index((old.dev, old.ino)) + 1 :]
+            else:
+                known = [i for i, key in enumerate(ids) if key in self._newer]
+                if not known:
+                    log.warning(
+                        "%s was rotated and removed before monitord saw its successor; "
+                        "records in rotated files in between may be missed",
+                        old.path,
+                    )
+                later = chain[known[0] :] if known else chain[-1:]
+            if not later:
+                return False  # nothing newer yet (audit.log itself is missing)
+            path, dev, ino = later[0]
+            if self._open_path(path, at_end=False, identity=(dev, ino)):
+                self._newer = [(d, n) for _, d, n in later[1:]]
+                self.reopens["rotated"] += 1
+                return True
+        return False
 
     def _rotation_chain(self) -> list[tuple[Path, int, int]]:
         """Return (path, dev, ino) of audit.log.N ... audit.log.1, audit.log: oldest first."""
@@ -264,23 +277,15 @@ class FileSource:
         found.sort(key=lambda t: -t[0])
         return [(p, dev, ino) for _, p, dev, ino in found]
 
-    def _next_rotated(self) -> bool:
-        # auditd ends every file with a whole line; an unterminated one still counts.
-        self._carry.extend(self.parser.finish())
-        self._close_file()
-        while self._queue:
-            path = self._queue.pop(0)
-            if self._open_path(path, at_end=False):
-                return True
-        return self._open_current(at_end=False)
-
     def _open_current(self, at_end: bool, reason: str | None = None) -> bool:
         opened = self._open_path(self.path, at_end)
         if opened and reason is not None:
             self.reopens[reason] += 1
         return opened
 
-    def _open_path(self, path: Path, at_end: bool, offset: int = 0) -> bool:
+    def _open_path(
+        self, path: Path, at_end: bool, offset: int = 0, identity: tuple[int, int] | None = None
+    ) -> bool:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -297,6 +302,9 @@ class FileSource:
             self._set_problem(f"{path}: cannot open: {err.strerror}")
             return False
         st = os.fstat(fd)
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            os.close(fd)  # renamed between the directory scan and the open: scan again
+            return False
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             self._set_problem(f"{path}: not a regular file")
@@ -318,12 +326,15 @@ class FileSource:
             fp, fp_len = str(position["fingerprint"]), int(position["fingerprint_length"])
         except (KeyError, TypeError, ValueError):
             return False
-        chain = self._rotation_chain()
-        idx = next((i for i, (_, d, n) in enumerate(chain) if (d, n) == (dev, ino)), None)
-        if idx is None:
-            return False
-        path = chain[idx][0]
-        if not self._open_path(path, at_end=False, offset=offset):
+        for _ in range(10):
+            chain = self._rotation_chain()
+            idx = next((i for i, (_, d, n) in enumerate(chain) if (d, n) == (dev, ino)), None)
+            if idx is None:
+                return False
+            path = chain[idx][0]
+            if self._open_path(path, at_end=False, offset=offset, identity=(dev, ino)):
+                break
+        else:
             return False
         f = self._file
         assert f is not None
@@ -331,9 +342,9 @@ class FileSource:
         if size < offset or fingerprint(f.fd, fp_len) != fp:
             self._close_file()
             return False
-        self._queue = [p for p, _, _ in chain[idx + 1 :]]
+        self._newer = [(d, n) for _, d, n in chain[idx + 1 :]]
         if path != self.path:
-            log.info("resuming in rotated file %s, then %d newer file(s)", path, len(self._queue))
+            log.info("resuming in rotated file %s, then %d newer file(s)", path, len(self._newer))
         return True
 
     def _close_file(self) -> None:
