@@ -17,7 +17,9 @@ import html
 import ipaddress
 import json
 import logging
+import os
 import re
+import selectors
 import socket
 import ssl
 import threading
@@ -140,10 +142,39 @@ class _Server(ThreadingHTTPServer):
         self.web = web
         self.slots = threading.BoundedSemaphore(max(1, web.config.max_connections))
         self.stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         super().__init__(address, _Handler, bind_and_activate=False)
         if family == socket.AF_INET6:
             # `[::]` listens on IPv6 only; an operator wanting both says so with two daemons.
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept until stopped, sleeping in select() with no timeout.
+
+        socketserver's own loop wakes every poll_interval to look for shutdown();
+        a pipe wakes this one instead, so an idle daemon has no periodic wake-ups.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self.stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self and not self.stopping.is_set():
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # a wake-up is pending already
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Bounded concurrency: wait for a free slot (new connections queue in the backlog).
@@ -351,8 +382,7 @@ class WebServer:
             )
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="monitord-http",
-            daemon=True,
+            target=server.serve_forever, name="monitord-http", daemon=True,
         )  # fmt: skip
         self._thread.start()
         log.info("http: listening on %s", self.url)
@@ -363,8 +393,8 @@ class WebServer:
         if server is None:
             return
         server.stopping.set()
-        server.shutdown()
-        server.server_close()
+        server.wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        server.server_close()
