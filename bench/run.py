@@ -1,0 +1,82 @@
+"""Run every benchmark, then gather bench/results/*.md into bench/RESULTS.md.
+
+Usage: `./bootstrap bench [NAME ...]` or `.venv/bin/python bench/run.py [NAME ...]`,
+where NAME is one of parse, follow, state, alerts, journal (default: all).
+`--collect` only rebuilds RESULTS.md from the results already recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+ORDER = ("parse", "follow", "state", "alerts", "journal")
+ISSUE = {"parse": 2, "follow": 3, "state": 4, "alerts": 5, "journal": 7}
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().split("\n"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpuinfo = Path("/proc/cpuinfo").read_text().split("\n")
+    cores = sum(1 for ln in cpuinfo if ln.startswith("processor"))
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cores} cores, {model}, {system}, Python {platform.python_version()}"
+
+
+def collect() -> None:
+    parts = [
+        "# Benchmark results\n",
+        "Each section is written by its benchmark (`bench/bench_NAME.py`), which measures",
+        "monitord against the baseline its issue names, in the same run on the same input.",
+        "Run them all with `./bootstrap bench`, one with `./bootstrap bench NAME`.\n",
+        f"Last collected on {time.strftime('%Y-%m-%d')} on: {machine()}.\n",
+    ]
+    for name in ORDER:
+        path = RESULTS / f"{name}.md"
+        if not path.exists():
+            parts.append(f"## {name} (issue {ISSUE[name]})\n\nNot run yet: bench/bench_{name}.py\n")
+            continue
+        text = path.read_text().strip()
+        # Demote each file's headings one level under its section.
+        lines = [("#" + ln if ln.startswith("#") else ln) for ln in text.split("\n")]
+        parts.append("\n".join(lines) + "\n")
+    (BENCH / "RESULTS.md").write_text("\n".join(parts))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", metavar="NAME", help=", ".join(ORDER))
+    ap.add_argument("--collect", action="store_true", help="only rebuild RESULTS.md")
+    args = ap.parse_args()
+    unknown = [n for n in args.names if n not in ORDER]
+    if unknown:
+        ap.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(ORDER)})")
+    failed = []
+    if not args.collect:
+        for name in args.names or ORDER:
+            script = BENCH / f"bench_{name}.py"
+            print(f"== {script.name}", flush=True)
+            if subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
+                failed.append(name)
+    collect()
+    print(f"wrote {BENCH / 'RESULTS.md'}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
