@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.alertmanager import Alertmanager
 from tests.conftest import DATA, ROOT, need_root, need_tool
 from tests.daemonproc import MonitordProcess, free_port, monitord_cmd, wait_until
 from tests.libvirt_stack import drive, running_libvirt, virsh_view
 from tests.realstack import running_auditd, wait_for
-from tests.test_alerts_alertmanager import Alertmanager
 
 REAL = DATA / "real"
 CORPUS = REAL / "libvirt-9.0-qemu-7.2.log"

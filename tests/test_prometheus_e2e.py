@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -20,13 +19,8 @@ from monitord.state import GuestTable
 from monitord.telemetry import Telemetry
 from monitord.web import WebServer
 from tests.conftest import need_tool
+from tests.daemonproc import free_port
 from tests.test_state import Log, feed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
