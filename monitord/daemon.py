@@ -211,6 +211,7 @@ class Daemon:
 
     def _loop(self, pipeline: Pipeline) -> None:
         next_tick = next_checkpoint = next_expire = next_status = 0.0
+        last_status = time.monotonic()
         ping_every = self.notifier.ping_interval
         next_ping = 0.0
         wake = [self._wake_r]
@@ -254,8 +255,8 @@ class Daemon:
                 if newest is not None and self.table.expire(newest):
                     self._dirty = True
             if mono >= next_status:
-                self._status(mono - next_status + STATUS_EVERY if next_status else STATUS_EVERY)
-                next_status = mono + STATUS_EVERY
+                self._status(mono - last_status)
+                last_status, next_status = mono, mono + STATUS_EVERY
             if ping_every is not None and mono >= next_ping:
                 self.notifier.watchdog()
                 next_ping = mono + ping_every
@@ -306,7 +307,10 @@ class Daemon:
         self.table.config = new.state  # limits apply from the next record on
         if self.alerts is not None:
             self.alerts.reconfigure(new.alerts)
-        if new.source != old.source:
+        if new.source != old.source and old.source.kind == "audisp":
+            # A second reader on auditd's pipe would split the stream between two queues.
+            log.warning("source settings of the audisp plugin change on restart only")
+        elif new.source != old.source:
             # Save where we are, then reopen the (new) source at that checkpoint.
             self.checkpoint()
             assert self.source is not None

@@ -228,3 +228,23 @@ def test_sigkill_torture_counts_every_record_once(tmp_path: Path) -> None:
     assert guests_without_time(live) == guests_without_time(expected)
     truth = sum(1 for ln in lines if b"uuid=" in ln and b"type=VIRT_" in ln[:40])
     assert records == truth
+
+
+def test_sighup_switches_to_another_log(tmp_path: Path) -> None:
+    """A reload that names another audit log re-opens the source there; state is kept."""
+    first, second = tmp_path / "a" / "audit.log", tmp_path / "b" / "audit.log"
+    for path, seed in ((first, 8), (second, 9)):
+        path.parent.mkdir()
+        path.write_bytes(b"".join(fleet_lines(seed, 40)))
+    conf = tmp_path / "monitord.toml"
+    conf.write_text(f'[source]\npath = "{first}"\n')
+    conf.chmod(0o600)
+    with MonitordProcess(tmp_path / "state", ["--config", str(conf)]) as d:
+        wait_until(lambda: d.metric("libvirt_audit_records_total") == 40)
+        conf.write_text(f'[source]\npath = "{second}"\n')
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: d.metric("libvirt_audit_records_total") == 80)
+        with open(second, "ab") as f:
+            f.write(b"".join(fleet_lines(10, 5)))
+        wait_until(lambda: d.metric("libvirt_audit_records_total") == 85)
+        assert d.stop() == 0
