@@ -12,10 +12,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, Generic, Literal, TypeVar
+from typing import Final, Generic, Literal, TypeVar, cast
 
 from monitord.audit.encoding import decode_hex
-from monitord.audit.record import AuditRecord
+from monitord.audit.record import AuditRecord, make_record
 from monitord.audit.types import VIRT_FIRST, VIRT_LAST, VIRT_NUMBERS, type_name
 
 ParseErrorReason = Literal[
@@ -126,17 +126,23 @@ _CACHE = _TokenCache()
 def parse_fields(inner: str) -> dict[str, str | None]:
     """Split and decode the inner `msg='...'` text into ordered fields; first duplicate wins."""
     # The common case: every token a self-contained `key=value` whose decoding does not
-    # depend on its neighbours, so it can be cached by its text.
-    fields: dict[str, str | None] = {}
-    get = _SIMPLE_TOKENS.get
-    for token in inner.split(" "):
-        pair = get(token)
-        if pair is None:
-            pair = _simple_token(token)
+    # depend on its neighbours, so it can be cached by its text; map/dict run the loop in C.
+    tokens = inner.split(" ")
+    pairs = list(map(_SIMPLE_TOKENS.get, tokens))
+    if not all(pairs):  # a pair is a non-empty tuple: only a cache miss is falsy
+        for i, pair in enumerate(pairs):
             if pair is None:
-                return _parse_fields_slow(inner)
-        if pair[0] not in fields:
-            fields[pair[0]] = pair[1]
+                pair = _simple_token(tokens[i])
+                if pair is None:
+                    return _parse_fields_slow(inner)
+                pairs[i] = pair
+    complete = cast(list[tuple[str, str | None]], pairs)
+    fields = dict(complete)
+    if len(fields) != len(complete):  # a duplicate key: the first occurrence wins
+        fields = {}
+        for key, value in complete:
+            if key not in fields:
+                fields[key] = value
     return fields
 
 
@@ -276,12 +282,24 @@ class _BoundedCache(dict[str, _V], Generic[_V]):
 
 
 # libvirt repeats itself: the daemon's pid/uid/subj prefix, the enrichment, and most inner
-# messages (every device of a guest at each start) recur verbatim. Caching the decoded form
-# of each part turns most records into three dict lookups.
+# messages (every device of a guest at each start) recur verbatim. Everything after the
+# `audit(TIME:SERIAL)` stamp is cached as one decoded tail, so most records cost one
+# dict lookup; the outer and enrichment caches serve the tails seen for the first time.
 _Outer = tuple[int | None, int | None, int | None, int | None, str | None]
-_TYPES: Final[_BoundedCache[tuple[str, int] | None]] = _BoundedCache(256)
+# (pid, uid, auid, ses, subj, fields, enrichment): the cached dicts are copied per record.
+_Tail = tuple[
+    int | None,
+    int | None,
+    int | None,
+    int | None,
+    str | None,
+    dict[str, str | None],
+    dict[str, str],
+]
+_NOT_A_VIRT_TYPE: Final = ("", -1)
+_TYPES: Final[_BoundedCache[tuple[str, int]]] = _BoundedCache(256)
 _OUTERS: Final[_BoundedCache[_Outer]] = _BoundedCache(1024)
-_INNERS: Final[_BoundedCache[dict[str, str | None]]] = _BoundedCache(8192)
+_TAILS: Final[_BoundedCache[_Tail | Ignored]] = _BoundedCache(8192)
 _ENRICHMENTS: Final[_BoundedCache[dict[str, str]]] = _BoundedCache(256)
 _VIRT_HINTS: Final = ("type=VIRT_", "type=UNKNOWN[25")
 
@@ -292,6 +310,36 @@ def _bad_header(text: str) -> Ignored:
     if text.startswith(_VIRT_HINTS, pos):
         raise ParseError("bad_header", text[:120])
     return NOT_VIRT
+
+
+def _parse_tail(tail: str) -> _Tail | Ignored:
+    """Decode what follows the stamp (`): outer msg='inner'` and the enrichment).
+
+    Depends on nothing before it, so the result is cached by the tail's text.
+    """
+    gs = tail.find("\x1d")
+    limit = gs if gs >= 0 else len(tail)
+    start = tail.find("msg='", 0, limit)
+    if start < 0:
+        raise ParseError("no_message", tail[2:122])
+    end = tail.rfind("'", start, limit)
+    if end < start + 5:
+        raise ParseError("unbalanced_quote", tail[start : start + 120])
+    fields = parse_fields(tail[start + 5 : end])
+    if "virt" not in fields or "uuid" not in fields:
+        return NOT_LIBVIRT
+    outer_text = tail[2:start]
+    outer = _OUTERS.get(outer_text)
+    if outer is None:
+        outer = _OUTERS.put(outer_text, _parse_outer(outer_text))
+    enrichment: dict[str, str] = {}
+    if gs >= 0:
+        enr_text = tail[gs + 1 :]
+        cached = _ENRICHMENTS.get(enr_text)
+        if cached is None:
+            cached = _ENRICHMENTS.put(enr_text, _parse_enrichment(enr_text))
+        enrichment = cached
+    return (*outer, fields, enrichment)
 
 
 def parse_line(line: bytes | str) -> AuditRecord | Ignored:
@@ -312,21 +360,23 @@ def parse_line(line: bytes | str) -> AuditRecord | Ignored:
         if pos <= 0:
             return _bad_header(text)
         node = text[5 : pos - 1]
-        if _has_space(node):
+        if "\t" in node:
             return _bad_header(text)
     if not text.startswith("type=", pos):
         return _bad_header(text)
     mark = text.find(" msg=audit(", pos)
     if mark < 0:
         return _bad_header(text)
-    tname = text[pos + 5 : mark]
     close = text.find(")", mark)
-    if not tname or close < 0 or _has_space(tname) or not text.startswith("):", close):
+    if close < 0 or not text.startswith("):", close):
         return _bad_header(text)
-    kind = _TYPES.get(tname, _MISSING)
-    if kind is _MISSING:
-        kind = _TYPES.put(tname, _type_of(tname))
+    tname = text[pos + 5 : mark]
+    kind = _TYPES.get(tname)  # only well-formed names are cached
     if kind is None:
+        if not tname or _has_space(tname):
+            return _bad_header(text)
+        kind = _TYPES.put(tname, _type_of(tname) or _NOT_A_VIRT_TYPE)
+    if kind is _NOT_A_VIRT_TYPE:
         return NOT_VIRT
     stamp, colon, serial_text = text[mark + 11 : close].partition(":")
     if not (
@@ -337,48 +387,27 @@ def parse_line(line: bytes | str) -> AuditRecord | Ignored:
         and serial_text.isascii()
     ):
         raise ParseError("bad_timestamp", f"{stamp}:{serial_text}")
-    gs = text.find("\x1d", close)
-    limit = gs if gs >= 0 else len(text)
-    start = text.find("msg='", close, limit)
-    if start < 0:
-        raise ParseError("no_message", text[close + 2 : close + 122])
-    end = text.rfind("'", start, limit)
-    if end < start + 5:
-        raise ParseError("unbalanced_quote", text[start : start + 120])
-    inner = text[start + 5 : end]
-    fields = _INNERS.get(inner)
-    if fields is None:
-        fields = _INNERS.put(inner, parse_fields(inner))
-    if "virt" not in fields or "uuid" not in fields:
-        return NOT_LIBVIRT
-    outer_text = text[close + 2 : start]
-    outer = _OUTERS.get(outer_text)
-    if outer is None:
-        outer = _OUTERS.put(outer_text, _parse_outer(outer_text))
-    enrichment: dict[str, str] = {}
-    if gs >= 0:
-        enr_text = text[gs + 1 :]
-        cached = _ENRICHMENTS.get(enr_text)
-        if cached is None:
-            cached = _ENRICHMENTS.put(enr_text, _parse_enrichment(enr_text))
-        enrichment = cached.copy()
-    return AuditRecord(
+    tail_text = text[close:]
+    tail = _TAILS.get(tail_text)
+    if tail is None:
+        tail = _TAILS.put(tail_text, _parse_tail(tail_text))
+    if isinstance(tail, Ignored):
+        return tail
+    pid, uid, auid, ses, subj, fields, enrichment = tail
+    return make_record(
         kind[0],
         kind[1],
         float(stamp),
         int(serial_text),
         node,
-        outer[0],
-        outer[1],
-        outer[2],
-        outer[3],
-        outer[4],
-        fields.copy(),  # each record owns its fields: the cached dict is never handed out
-        enrichment,
+        pid,
+        uid,
+        auid,
+        ses,
+        subj,
+        fields.copy(),  # each record owns its dicts: the cached ones are never handed out
+        enrichment.copy(),
     )
-
-
-_MISSING: Final[tuple[str, int]] = ("", -1)
 
 
 def _has_space(text: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -126,6 +126,68 @@ class AuditRecord:
             fields=dict(doc["fields"]),
             enrichment=dict(doc.get("enrichment") or {}),
         )
+
+
+class _RecordBuilder:
+    """AuditRecord's layout without its frozen `__setattr__`: builds a record ~4x faster.
+
+    A frozen dataclass stores each field through `object.__setattr__` (~1 us for twelve
+    fields, as much as parsing the line). This twin class has exactly the same slots, so
+    plain attribute stores fill them and `__class__` assignment (allowed between classes
+    of identical layout) turns the object into the frozen record it equals.
+    """
+
+    __slots__ = AuditRecord.__slots__
+
+    def __init__(
+        self,
+        type: str,
+        type_id: int,
+        time: float,
+        serial: int,
+        node: str | None,
+        pid: int | None,
+        uid: int | None,
+        auid: int | None,
+        ses: int | None,
+        subj: str | None,
+        fields: Mapping[str, FieldValue],
+        enrichment: Mapping[str, str],
+    ) -> None:
+        self.type = type
+        self.type_id = type_id
+        self.time = time
+        self.serial = serial
+        self.node = node
+        self.pid = pid
+        self.uid = uid
+        self.auid = auid
+        self.ses = ses
+        self.subj = subj
+        self.fields = fields
+        self.enrichment = enrichment
+        self.__class__ = AuditRecord  # type: ignore[assignment]
+
+
+# `make_record(...)` takes AuditRecord's positional arguments and returns an equal
+# AuditRecord; the parser's hot path uses it, everyone else may keep `AuditRecord(...)`.
+make_record: Callable[
+    [
+        str,
+        int,
+        float,
+        int,
+        str | None,
+        int | None,
+        int | None,
+        int | None,
+        int | None,
+        str | None,
+        Mapping[str, FieldValue],
+        Mapping[str, str],
+    ],
+    AuditRecord,
+] = _RecordBuilder  # type: ignore[assignment]
 
 
 # Typed views: what each kind of libvirt record says, named.
