@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from monitord import __version__
+from monitord.audit import parallel
 from monitord.audit.jsonl import RecordEncoder
 from monitord.audit.parser import ParseError, StreamParser
+from monitord.audit.record import AuditRecord
 from monitord.errors import InputError, RuntimeFailure, UserError
 
 READ_SIZE = 1 << 20
@@ -112,17 +114,25 @@ class ErrorReporter:
             )
 
 
+def _new_encode() -> Callable[[AuditRecord], str]:
+    return RecordEncoder().encode
+
+
 def cmd_parse(args: argparse.Namespace) -> int:
     inputs = _open_inputs(args.files)
     reporter = ErrorReporter()
     out = sys.stdout
-    encode = RecordEncoder().encode
+    encode = _new_encode()
     stats = None
     for name, stream in inputs:
         reporter.name = name
         parser = StreamParser(stats=stats, on_error=reporter)
         stats = parser.stats
         try:
+            if stream is not sys.stdin.buffer and parallel.worth_it(stream):
+                # A large regular file: two processes, the same output (monitord.audit.parallel).
+                parallel.parse_file(stream, name, stats, reporter, out, _new_encode, READ_SIZE)
+                continue
             for chunk in read_chunks(stream, name):
                 records = parser.feed(chunk)
                 if records:

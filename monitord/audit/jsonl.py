@@ -48,11 +48,20 @@ class RecordEncoder:
         fkey = tuple(fields.items())
         pieces = self._fields.get(fkey)
         if pieces is None:
-            doc = record.to_json()
+            # The pieces of `to_json()` without building the whole document.
+            get = fields.get
             head = dumps(
-                {k: doc[k] for k in ("virt", "vm", "uuid", "result", "op", "reason", "resrc")}
+                {
+                    "virt": get("virt"),
+                    "vm": get("vm"),
+                    "uuid": get("uuid"),
+                    "result": record.result,
+                    "op": get("op"),
+                    "reason": get("reason"),
+                    "resrc": get("resrc"),
+                }
             )
-            tail = dumps({"exe": doc["exe"], "fields": doc["fields"]})
+            tail = dumps({"exe": get("exe"), "fields": dict(fields)})
             if len(self._fields) >= _CACHE_LIMIT:
                 self._fields.clear()
             pieces = self._fields[fkey] = (head[1:-1], tail[1:-1])

@@ -511,6 +511,16 @@ class StreamParser:
         self._partial = b""
         self._discarding = False
 
+    def resume(self, partial: bytes) -> None:
+        """Continue a stream cut mid-line: `partial` is the unfinished line before the cut.
+
+        A parser fed the stream from the cut on then behaves exactly like one fed
+        it from the start (whose state at the cut was this partial line), except
+        that `stats.bytes` counts only what it was fed.
+        """
+        self._partial = partial
+        self._discarding = False
+
     def feed(self, chunk: bytes) -> list[AuditRecord]:
         """Consume bytes; return the records of every line completed by them."""
         stats = self.stats
