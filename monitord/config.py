@@ -93,6 +93,8 @@ class AlertsConfig:
     queue_size: int = 10_000
     # At most this many alerts in one HTTP request.
     batch_size: int = 500
+    # Alerts firing at once; a failure beyond it raises no new alert (counted as dropped).
+    max_firing: int = 10_000
     # Retries back off exponentially from `retry_initial` up to `retry_max` seconds.
     retry_initial: float = 0.5
     retry_max: float = 30.0

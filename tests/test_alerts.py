@@ -402,6 +402,26 @@ def test_storm_of_10000_failures_is_batched(receiver: Receiver) -> None:
     assert telemetry.alerts[("webhook", "dropped")] == 0
 
 
+def test_firing_alerts_are_bounded_by_max_firing(receiver: Receiver) -> None:
+    """Beyond alerts.max_firing, a new failure raises no alert and is counted as dropped."""
+    telemetry = Telemetry()
+    config = fast(webhook=(WebhookConfig(url=receiver.url),), max_firing=3)
+    engine = AlertEngine(config, telemetry, BASE)
+    engine.start()
+    try:
+        for i in range(5):
+            engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
+        assert engine.firing_count() == 3
+        assert telemetry.alerts[("webhook", "dropped")] == 2
+        # A resolution makes room again.
+        engine.observe(record(res="success", uuid="00000000-0000-0000-0000-000000000000"), True)
+        engine.observe(record(serial=9, uuid="00000000-0000-0000-0000-000000000009"), live=True)
+        assert engine.firing_count() == 3
+        wait_for(lambda: len(receiver.alerts()) == 5, what="3 firing, 1 resolved, 1 new")
+    finally:
+        engine.close(2.0)
+
+
 def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) -> None:
     """Firing alerts go into the checkpoint; after a restore they are not sent again as new,
     and a later success still resolves them."""

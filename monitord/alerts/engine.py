@@ -20,6 +20,7 @@ from monitord.alerts.model import Alert, AlertKey, alert_key
 from monitord.alerts.sinks import AlertmanagerSink, JournalSink, Sink, WebhookSink
 from monitord.audit.record import AuditRecord
 from monitord.config import AlertsConfig
+from monitord.logsetup import RateLimitedLogger
 from monitord.telemetry import Telemetry
 
 log = logging.getLogger("monitord.alerts")
@@ -61,6 +62,7 @@ class AlertEngine:
         self._journal_socket = journal_socket
         self._lock = threading.Lock()
         self._active: dict[AlertKey, _Active] = {}
+        self._limited = RateLimitedLogger(log, burst=1, interval=300.0)
         self._started = False
         self._workers: dict[_Spec, DeliveryWorker] = {}
         self._all: tuple[DeliveryWorker, ...] = ()
@@ -139,6 +141,9 @@ class AlertEngine:
                     active.last_seen = now
                     active.failures += 1
                     return
+                if len(self._active) >= self.config.max_firing:
+                    self._over_limit()
+                    return
                 alert = Alert.from_record(record, self.base_url)
                 self._active[key] = _Active(alert, last_seen=now, last_sent=now)
             for worker in self._all:
@@ -153,6 +158,15 @@ class AlertEngine:
                 resolved = ended.alert.resolved(record.time)
                 for worker in self._all:
                     worker.put(resolved)
+
+    def _over_limit(self) -> None:
+        """Count a failure that found alerts.max_firing alerts firing already."""
+        for worker in self._all:
+            self.telemetry.count_alert(worker.name, "dropped")
+        self._limited.warning(
+            "%d alerts firing (alerts.max_firing): new failures raise no alert until some resolve",
+            len(self._active),
+        )
 
     # Daemon loop side
 
