@@ -1,10 +1,12 @@
 """Per-guest state derived from libvirt's audit records (CONTRACT.md, "Guest state").
 
-One `GuestTable` is written by the ingestion thread (`apply`, `expire`) and
-read by the HTTP thread (`document`, `guest_document`, `metrics`). Every write
-holds the table lock for one record only; a reader holds it only to collect
-per-guest documents, which are built once per change and cached, so scrapes
-and ingestion never wait on each other for long.
+One `GuestTable` is written by the ingestion thread (`apply`, `apply_many`,
+`expire`) and read by the HTTP thread (`snapshot`, `document`,
+`guest_document`). A write holds the table lock for one record (`apply`) or a
+short batch (`apply_many`); a reader holds it only to collect one immutable
+row per guest, rebuilt once per change and cached, and builds documents and
+metric lines after releasing it, so scrapes and ingestion never wait on each
+other for long.
 
 Time comes from the records; "now" is injected (`clock`, or the `now` argument).
 """
@@ -13,21 +15,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from monitord.audit.record import (
+    COUNT_RESOURCES,
+    PATH_RESOURCES,
+    TPM_RESOURCES,
     AuditRecord,
-    Control,
-    CountChange,
-    DeviceChange,
-    HostDevice,
-    MachineId,
-    PathResource,
-    Tpm,
-    view,
+    to_int,
 )
 from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
 from monitord.config import StateConfig
@@ -74,6 +72,8 @@ _PATH_LISTS: Final[dict[str, str]] = {
     "evdev": "inputs",
 }
 
+_V = TypeVar("_V")
+
 STATES: Final[tuple[str, ...]] = ("running", "stopped", "unknown")
 OTHER: Final = "other"
 # Label values for absent fields: Prometheus reads an empty label as "no such label".
@@ -103,70 +103,156 @@ class LabelBound:
         return value
 
 
-# Events are kept packed: a guest keeps up to 50 records, and AuditRecord's
-# dicts would cost ~1 KiB each. Key layouts and enrichments repeat, so they are
-# shared; the values tuple is the only per-record container.
-_Packed = tuple[
-    str, int, float, int, "str | None", "int | None", "int | None", "int | None", "int | None",
-    "str | None", tuple[str, ...], tuple["str | None", ...], tuple[tuple[str, str], ...],
+# Events are kept packed: a guest keeps up to 50 records, and AuditRecord's dicts would
+# cost ~1 KiB each. One flat tuple a record: a shared head (everything but time, serial and
+# the field values: the same for most records), then time, serial and the field values,
+# whose strings the parser's caches already share between records.
+_Head = tuple[
+    str, int, "str | None", "int | None", "int | None", "int | None", "int | None",
+    "str | None", tuple[str, ...], tuple[tuple[str, str], ...],
 ]  # fmt: skip
+_Packed = tuple[Any, ...]  # (_Head, time, serial, *field values)
+_HEAD_LIMIT: Final = 4096
 
 
 class _Packer:
-    __slots__ = ("_enrich", "_keys", "_values")
+    __slots__ = ("_heads", "_shared")
 
     def __init__(self) -> None:
-        self._keys: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._enrich: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        # Field values repeat across a guest's records (uuid, name, exe, cgroup path):
-        # share one string object for each instead of one per record.
-        self._values: dict[str, str] = {}
+        self._heads: dict[_Head, _Head] = {}
+        # Small immutable values many guests hold (security label triples): one object each.
+        self._shared: dict[Any, Any] = {}
 
     def pack(self, r: AuditRecord) -> _Packed:
-        keys = tuple(r.fields)
-        keys = self._keys.setdefault(keys, keys)
-        if len(self._keys) > 4096:
-            self._keys.clear()
-        enrich = tuple(r.enrichment.items())
-        enrich = self._enrich.setdefault(enrich, enrich)
-        if len(self._enrich) > 4096:
-            self._enrich.clear()
-        return (
-            r.type, r.type_id, r.time, r.serial, r.node, r.pid, r.uid, r.auid, r.ses, r.subj,
-            keys, self._share(r.fields.values()), enrich,
+        fields = r.fields
+        enrichment = r.enrichment
+        head: _Head = (
+            r.type, r.type_id, r.node, r.pid, r.uid, r.auid, r.ses, r.subj, tuple(fields),
+            tuple(enrichment.items()) if enrichment else (),
         )  # fmt: skip
+        shared = self._heads.get(head)
+        if shared is None:
+            if len(self._heads) >= _HEAD_LIMIT:
+                self._heads.clear()
+            self._heads[head] = shared = head
+        return (shared, r.time, r.serial, *fields.values())
 
-    def _share(self, values: Iterable[str | None]) -> tuple[str | None, ...]:
-        shared = self._values
-        if len(shared) > 65536:
-            shared.clear()
-        get = shared.setdefault
-        return tuple(None if v is None else get(v, v) for v in values)
+    def share(self, value: _V) -> _V:
+        hit = self._shared.get(value)
+        if hit is not None:
+            return cast(_V, hit)
+        if len(self._shared) >= 65536:
+            self._shared.clear()
+        self._shared[value] = value
+        return value
 
 
 def _unpack(p: _Packed) -> AuditRecord:
+    head = p[0]
     return AuditRecord(
-        type=p[0],
-        type_id=p[1],
-        time=p[2],
-        serial=p[3],
-        node=p[4],
-        pid=p[5],
-        uid=p[6],
-        auid=p[7],
-        ses=p[8],
-        subj=p[9],
-        fields=dict(zip(p[10], p[11], strict=True)),
-        enrichment=dict(p[12]),
+        type=head[0],
+        type_id=head[1],
+        time=p[1],
+        serial=p[2],
+        node=head[2],
+        pid=head[3],
+        uid=head[4],
+        auid=head[5],
+        ses=head[6],
+        subj=head[7],
+        fields=dict(zip(head[8], p[3:], strict=True)),
+        enrichment=dict(head[9]),
     )
 
 
+_Devices = tuple[tuple[str, ...], ...]
+# No devices: one empty tuple per list of DEVICE_LISTS, shared by every guest.
+NO_DEVICES: Final[_Devices] = ((),) * len(DEVICE_LISTS)
+_LIST_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(DEVICE_LISTS)}
+_HOSTDEVS: Final = _LIST_INDEX["hostdevs"]
+_TPMS: Final = _LIST_INDEX["tpms"]
+_Label = tuple["str | None", "str | None", "str | None"]  # model, vm_ctx, img_ctx
+
+
+def _hostdev_name(bus: str | None, device: str | None) -> str | None:
+    """The device as the guest document lists it (HostDevice.name): `pci:0000:03:00.0`."""
+    if device is None:
+        return None
+    return f"{bus}:{device}" if bus else device
+
+
+class GuestRow(NamedTuple):
+    """What the guest document and the per-guest metrics say about one guest (immutable).
+
+    Device lists are sorted tuples in DEVICE_LISTS order; security labels are sorted by model.
+    """
+
+    uuid: str
+    name: str | None
+    virt: str | None
+    state: str
+    vm_pid: int | None
+    last_op: str | None
+    last_reason: str | None
+    last_result: str | None
+    last_event_time: float | None
+    started_at: float | None
+    stopped_at: float | None
+    vcpus: int | None
+    iothreads: int | None
+    memory_bytes: int | None
+    devices: _Devices
+    security: tuple[_Label, ...]
+    failures: int
+
+
+def row_document(row: GuestRow) -> dict[str, Any]:
+    """Return the guest document of CONTRACT.md (without `events`) for one row."""
+    doc: dict[str, Any] = {
+        "uuid": row.uuid,
+        "name": row.name,
+        "virt": row.virt,
+        "state": row.state,
+        "vm_pid": row.vm_pid,
+        "last_op": row.last_op,
+        "last_reason": row.last_reason,
+        "last_result": row.last_result,
+        "last_event_time": row.last_event_time,
+        "started_at": row.started_at,
+        "stopped_at": row.stopped_at,
+        "vcpus": row.vcpus,
+        "iothreads": row.iothreads,
+        "memory_bytes": row.memory_bytes,
+    }
+    for name, items in zip(DEVICE_LISTS, row.devices, strict=True):
+        doc[name] = list(items)
+    doc["security"] = [{"model": m, "vm_ctx": v, "img_ctx": i} for m, v, i in row.security]
+    doc["failures"] = row.failures
+    return doc
+
+
+def _with(items: tuple[str, ...], value: str) -> tuple[str, ...]:
+    if value in items:
+        return items
+    return tuple(sorted((*items, value)))
+
+
+def _without(items: tuple[str, ...], value: str) -> tuple[str, ...]:
+    if value not in items:
+        return items
+    return tuple(x for x in items if x != value)
+
+
 class Guest:
-    """The mutable state of one guest; only GuestTable touches it, under its lock."""
+    """The mutable state of one guest; only GuestTable touches it, under its lock.
+
+    Memory matters (10,000 guests): device lists and security labels are immutable
+    tuples replaced on change (a snapshot can hold them without copying), events are
+    packed tuples in a plain list, and the row for readers is cached until a change.
+    """
 
     __slots__ = (
         "devices",
-        "doc",
         "events",
         "failures",
         "iothreads",
@@ -177,6 +263,7 @@ class Guest:
         "memory_bytes",
         "name",
         "phase_open",
+        "row",
         "security",
         "started_at",
         "state",
@@ -187,7 +274,7 @@ class Guest:
         "vm_pid",
     )
 
-    def __init__(self, uuid: str, max_events: int) -> None:
+    def __init__(self, uuid: str) -> None:
         self.uuid = uuid
         self.name: str | None = None
         self.virt: str | None = None
@@ -202,63 +289,77 @@ class Guest:
         self.vcpus: int | None = None
         self.iothreads: int | None = None
         self.memory_bytes: int | None = None
-        # List name -> members; only lists in use have a set (an empty set costs 216 bytes).
-        self.devices: dict[str, set[str]] = {}
-        # model -> (vm_ctx, img_ctx); the latest label of each model wins.
-        self.security: dict[str | None, tuple[str | None, str | None]] = {}
+        # One sorted tuple per DEVICE_LISTS entry.
+        self.devices: _Devices = NO_DEVICES
+        # (model, vm_ctx, img_ctx) in first-seen order of model; the latest label of a model wins.
+        self.security: tuple[_Label, ...] = ()
         self.failures = 0
         # True between the first record of a start phase and its op=start.
         self.phase_open = False
-        self.events: deque[_Packed] = deque(maxlen=max_events)
-        # The cached guest document; None after any change.
-        self.doc: dict[str, Any] | None = None
+        # Packed records, oldest first (at most max_events).
+        self.events: list[_Packed] = []
+        # The cached row for readers; None after any change.
+        self.row: GuestRow | None = None
 
     def begin_phase(self) -> None:
         """Start describing a new start: forget the previous run's resources."""
-        self.devices.clear()
+        self.devices = NO_DEVICES
         self.vcpus = None
         self.iothreads = None
         self.memory_bytes = None
         self.phase_open = True
 
+    def add_device(self, index: int, value: str) -> None:
+        items = self.devices[index]
+        new = _with(items, value)
+        if new is not items:
+            d = list(self.devices)
+            d[index] = new
+            self.devices = tuple(d)
+
+    def remove_device(self, index: int, value: str) -> None:
+        items = self.devices[index]
+        new = _without(items, value)
+        if new is not items:
+            d = list(self.devices)
+            d[index] = new
+            self.devices = tuple(d)
+
+    def set_label(self, label: _Label) -> None:
+        model = label[0]
+        labels = list(self.security)
+        for i, old in enumerate(labels):
+            if old[0] == model:
+                labels[i] = label
+                break
+        else:
+            labels.append(label)
+        self.security = tuple(labels)
+
+    def make_row(self) -> GuestRow:
+        security = self.security
+        if len(security) > 1:
+            security = tuple(sorted(security, key=lambda label: label[0] or ""))
+        row = self.row = GuestRow(
+            self.uuid, self.name, self.virt, self.state, self.vm_pid, self.last_op,
+            self.last_reason, self.last_result, self.last_event_time, self.started_at,
+            self.stopped_at, self.vcpus, self.iothreads, self.memory_bytes, self.devices,
+            security, self.failures,
+        )  # fmt: skip
+        return row
+
     def document(self) -> dict[str, Any]:
-        doc = self.doc
-        if doc is None:
-            doc = {
-                "uuid": self.uuid,
-                "name": self.name,
-                "virt": self.virt,
-                "state": self.state,
-                "vm_pid": self.vm_pid,
-                "last_op": self.last_op,
-                "last_reason": self.last_reason,
-                "last_result": self.last_result,
-                "last_event_time": self.last_event_time,
-                "started_at": self.started_at,
-                "stopped_at": self.stopped_at,
-                "vcpus": self.vcpus,
-                "iothreads": self.iothreads,
-                "memory_bytes": self.memory_bytes,
-            }
-            for name in DEVICE_LISTS:
-                doc[name] = sorted(self.devices.get(name, ()))
-            doc["security"] = [
-                {"model": model, "vm_ctx": ctx[0], "img_ctx": ctx[1]}
-                for model, ctx in sorted(self.security.items(), key=lambda kv: kv[0] or "")
-            ]
-            doc["failures"] = self.failures
-            self.doc = doc
-        return doc
+        return row_document(self.row or self.make_row())
 
     def to_json(self) -> dict[str, Any]:
-        doc = dict(self.document())
+        doc = self.document()
         doc["phase_open"] = self.phase_open
         doc["events"] = [_unpack(p).to_json() for p in self.events]
         return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], max_events: int, packer: _Packer) -> Guest:
-        g = cls(str(doc["uuid"]), max_events)
+        g = cls(str(doc["uuid"]))
         g.name = doc.get("name")
         g.virt = doc.get("virt")
         g.state = doc.get("state") or "unknown"
@@ -272,23 +373,27 @@ class Guest:
         g.vcpus = doc.get("vcpus")
         g.iothreads = doc.get("iothreads")
         g.memory_bytes = doc.get("memory_bytes")
-        for name in DEVICE_LISTS:
-            if doc.get(name):
-                g.devices[name] = set(doc[name])
+        g.devices = tuple(tuple(sorted(set(doc.get(name) or ()))) for name in DEVICE_LISTS)
         for label in doc.get("security") or ():
-            g.security[label.get("model")] = (label.get("vm_ctx"), label.get("img_ctx"))
+            g.set_label(
+                packer.share((label.get("model"), label.get("vm_ctx"), label.get("img_ctx")))
+            )
         g.failures = int(doc.get("failures") or 0)
         g.phase_open = bool(doc.get("phase_open"))
-        for event in doc.get("events") or ():
-            g.events.append(packer.pack(AuditRecord.from_json(event)))
+        if max_events > 0:
+            events = [packer.pack(AuditRecord.from_json(e)) for e in doc.get("events") or ()]
+            g.events = events[-max_events:]
         return g
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A consistent copy of the table for one scrape or API answer (never mutated)."""
+    """A consistent copy of the table for one scrape or API answer (never mutated).
 
-    guests: tuple[dict[str, Any], ...]
+    `guests` holds one immutable row per tracked guest, least recently changed first.
+    """
+
+    guests: tuple[GuestRow, ...]
     records: dict[tuple[str, str, str], int]
     operations: dict[tuple[str, str, str, str], int]
     resources: dict[tuple[str, str, str, str], int]
@@ -300,9 +405,9 @@ class Snapshot:
         return len(self.guests)
 
 
-def _result(record: AuditRecord) -> str:
-    res = record.result
-    return res if res is not None else ABSENT
+# Records applied under one taking of the lock: long enough to make the lock cheap, short
+# enough that a scrape never waits more than ~1 ms for ingestion.
+BATCH: Final = 256
 
 
 class GuestTable:
@@ -328,34 +433,53 @@ class GuestTable:
 
     def apply(self, record: AuditRecord) -> None:
         """Apply one libvirt record: counters first, then the guest it names."""
+        with self._lock:
+            self._apply(record)
+
+    def apply_many(self, records: Sequence[AuditRecord]) -> None:
+        """Apply records in order, as `apply` each, taking the lock once per BATCH records."""
+        lock = self._lock
+        one = self._apply
+        for i in range(0, len(records), BATCH):
+            with lock:
+                for record in records[i : i + BATCH]:
+                    one(record)
+
+    def _apply(self, record: AuditRecord) -> None:
         fields = record.fields
         bound = self._bound
-        result = _result(record)
+        # AuditRecord.result, inlined: this runs for every record.
+        res = fields.get("res")
+        if res == "success" or res == "1":
+            result = "success"
+        elif res == "failed" or res == "0":
+            result = "failed"
+        else:
+            result = ABSENT if res is None else res
         type_id = record.type_id
-        with self._lock:
-            virt = bound("virt", fields.get("virt"))
-            key3 = (record.type, virt, result)
-            self.records[key3] = self.records.get(key3, 0) + 1
-            if type_id == VIRT_CONTROL:
-                op = bound("op", fields.get("op"))
-                key4 = (virt, op, bound("reason", fields.get("reason")), result)
-                self.operations[key4] = self.operations.get(key4, 0) + 1
-            elif type_id == VIRT_RESOURCE:
-                resrc = bound("resrc", fields.get("resrc"))
-                key4 = (virt, resrc, bound("reason", fields.get("reason")), result)
-                self.resources[key4] = self.resources.get(key4, 0) + 1
-            elif type_id == VIRT_MACHINE_ID:
-                key3 = (virt, bound("model", fields.get("model")), result)
-                self.labels[key3] = self.labels.get(key3, 0) + 1
-            uuid = fields.get("uuid")
-            if uuid is None:
-                return
-            guest = self._guests.get(uuid)
-            if guest is None:
-                guest = self._add(uuid)
-            else:
-                self._guests.move_to_end(uuid)
-            self._update(guest, record, result)
+        virt = bound("virt", fields.get("virt"))
+        key3 = (record.type, virt, result)
+        self.records[key3] = self.records.get(key3, 0) + 1
+        if type_id == VIRT_CONTROL:
+            key4 = (virt, bound("op", fields.get("op")), bound("reason", fields.get("reason")),
+                    result)  # fmt: skip
+            self.operations[key4] = self.operations.get(key4, 0) + 1
+        elif type_id == VIRT_RESOURCE:
+            key4 = (virt, bound("resrc", fields.get("resrc")),
+                    bound("reason", fields.get("reason")), result)  # fmt: skip
+            self.resources[key4] = self.resources.get(key4, 0) + 1
+        elif type_id == VIRT_MACHINE_ID:
+            key3 = (virt, bound("model", fields.get("model")), result)
+            self.labels[key3] = self.labels.get(key3, 0) + 1
+        uuid = fields.get("uuid")
+        if uuid is None:
+            return
+        guest = self._guests.get(uuid)
+        if guest is None:
+            guest = self._add(uuid)
+        else:
+            self._guests.move_to_end(uuid)
+        self._update(guest, record, result)
 
     def _add(self, uuid: str) -> Guest:
         limit = max(1, self.config.max_guests)
@@ -363,7 +487,7 @@ class GuestTable:
             # Prefer forgetting the longest-stopped guest; else the least recently active one.
             victim = next(iter(self._stopped)) if self._stopped else next(iter(self._guests))
             self._forget(victim)
-        guest = Guest(uuid, self.config.max_events)
+        guest = Guest(uuid)
         self._guests[uuid] = guest
         return guest
 
@@ -373,12 +497,21 @@ class GuestTable:
         self.evicted += 1
 
     def _update(self, g: Guest, record: AuditRecord, result: str) -> None:
-        g.doc = None
-        g.events.append(self._packer.pack(record))
-        name = record.fields.get("vm")
+        g.row = None
+        max_events = self.config.max_events
+        events = g.events
+        if max_events > 0:
+            events.append(self._packer.pack(record))
+            if len(events) > max_events:
+                # Also trims a history kept under a larger limit before a reload.
+                del events[: len(events) - max_events]
+        elif events:
+            events.clear()
+        fields = record.fields
+        name = fields.get("vm")
         if name is not None:
             g.name = name
-        virt = record.fields.get("virt")
+        virt = fields.get("virt")
         if virt is not None:
             g.virt = virt
         t = record.time
@@ -387,64 +520,91 @@ class GuestTable:
         failed = result != "success"
         if failed and result == "failed":
             g.failures += 1
-        v = view(record)
-        if isinstance(v, Control):
-            g.last_op = v.op
-            g.last_reason = v.reason
+        # What monitord.audit.record.view() says, read straight from the fields: building
+        # the typed view costs more than the rest of the update.
+        type_id = record.type_id
+        if type_id == VIRT_CONTROL:
+            g.last_op = op = fields.get("op")
+            g.last_reason = fields.get("reason")
             g.last_result = result or None
-            self._control(g, v, t, failed)
+            self._control(g, op, to_int(fields.get("vm-pid")), t, failed)
             return
         if failed:
             return  # a failed resource or label record changes nothing
-        if isinstance(v, MachineId):
-            g.security[v.model] = (v.vm_ctx, v.img_ctx)
+        if type_id == VIRT_MACHINE_ID:
+            g.set_label(
+                self._packer.share(
+                    (fields.get("model"), fields.get("vm-ctx"), fields.get("img-ctx"))
+                )
+            )
             return
-        if v is None:
+        if type_id != VIRT_RESOURCE:
             return
-        reason = record.fields.get("reason")
+        reason = fields.get("reason")
         if reason == "start" and g.state != "running" and not g.phase_open:
             g.begin_phase()
-        if isinstance(v, DeviceChange):
-            target = _CHANGE_LISTS.get(v.resrc)
-            if target is not None:
-                items = g.devices.setdefault(target, set())
-                if v.old is not None:
-                    items.discard(v.old)
-                if v.new is not None:
-                    items.add(v.new)
-        elif isinstance(v, CountChange):
-            if v.new is not None:
-                if v.resrc == "mem":
-                    g.memory_bytes = v.new * 1024
-                elif v.resrc == "vcpu":
-                    g.vcpus = v.new
+        resrc = fields.get("resrc")
+        # The forms of monitord.audit.record.resource_view, in its order.
+        if resrc is None:
+            return  # OtherResource
+        if resrc == "net" and "net" in fields and "old-net" not in fields:
+            return  # NetOpen: counted, no list changes
+        if resrc in COUNT_RESOURCES:
+            new = to_int(fields.get(f"new-{resrc}"))
+            if new is not None:
+                if resrc == "mem":
+                    g.memory_bytes = new * 1024
+                elif resrc == "vcpu":
+                    g.vcpus = new
                 else:
-                    g.iothreads = v.new
-        elif isinstance(v, HostDevice):
-            self._set_member(g.devices, "hostdevs", v.name, reason)
-        elif isinstance(v, Tpm):
-            self._set_member(g.devices, "tpms", v.device, reason)
-        elif isinstance(v, PathResource):
-            target = _PATH_LISTS.get(v.resrc)
+                    g.iothreads = new
+            return
+        if resrc == "cgroup":
+            return  # CgroupAcl: counted, no list changes
+        if resrc == "dev":
+            self._set_member(g, _HOSTDEVS, _hostdev_name(fields.get("bus"), fields.get("device")),
+                             reason)  # fmt: skip
+            return
+        if resrc == "hostdev":
+            if "disk" in fields:
+                self._set_member(g, _HOSTDEVS, _hostdev_name("disk", fields.get("disk")), reason)
+                return
+            if "chardev" in fields:
+                device = _hostdev_name("chardev", fields.get("chardev"))
+                self._set_member(g, _HOSTDEVS, device, reason)
+                return
+        if resrc in TPM_RESOURCES:
+            self._set_member(g, _TPMS, fields.get("device"), reason)
+            return
+        if resrc in PATH_RESOURCES:
+            self._set_member(g, _LIST_INDEX[_PATH_LISTS[resrc]], fields.get("path"), reason)
+            return
+        old_key = f"old-{resrc}"
+        new_key = f"new-{resrc}"
+        if old_key in fields or new_key in fields:
+            target = _CHANGE_LISTS.get(resrc)
             if target is not None:
-                self._set_member(g.devices, target, v.path, reason)
-        # NetOpen, CgroupAcl, OtherResource: counted, no list changes.
+                index = _LIST_INDEX[target]
+                old = fields.get(old_key)
+                if old is not None:
+                    g.remove_device(index, old)
+                new_value = fields.get(new_key)
+                if new_value is not None:
+                    g.add_device(index, new_value)
+        # OtherResource: counted, no list changes.
 
     @staticmethod
-    def _set_member(
-        devices: dict[str, set[str]], name: str, value: str | None, reason: str | None
-    ) -> None:
+    def _set_member(g: Guest, index: int, value: str | None, reason: str | None) -> None:
         if value is None:
             return
         if reason == "detach":
-            items = devices.get(name)
-            if items is not None:
-                items.discard(value)
+            g.remove_device(index, value)
         else:
-            devices.setdefault(name, set()).add(value)
+            g.add_device(index, value)
 
-    def _control(self, g: Guest, c: Control, t: float, failed: bool) -> None:
-        op = c.op
+    def _control(
+        self, g: Guest, op: str | None, vm_pid: int | None, t: float, failed: bool
+    ) -> None:
         if op == "start":
             # A start attempt closes its phase either way: the next attempt resets again.
             if failed:
@@ -456,7 +616,7 @@ class GuestTable:
             g.state = "running"
             g.started_at = t
             g.stopped_at = None
-            g.vm_pid = c.vm_pid if c.vm_pid else None
+            g.vm_pid = vm_pid if vm_pid else None
             self._stopped.pop(g.uuid, None)
         elif op == "stop":
             if failed:
@@ -478,8 +638,8 @@ class GuestTable:
                 g.stopped_at = None
                 g.phase_open = False
                 self._stopped.pop(g.uuid, None)
-            if c.vm_pid:
-                g.vm_pid = c.vm_pid
+            if vm_pid:
+                g.vm_pid = vm_pid
 
     def expire(self, now: float) -> int:
         """Forget guests stopped before `now - forget_stopped_after` (record time) and
@@ -504,9 +664,9 @@ class GuestTable:
     # -- readers (any thread) --------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Return a consistent copy: documents of changed guests are rebuilt, others reused."""
+        """Return a consistent copy: rows of changed guests are rebuilt, others reused."""
         with self._lock:
-            guests = tuple(g.document() for g in self._guests.values())
+            guests = tuple([g.row or g.make_row() for g in self._guests.values()])
             return Snapshot(
                 guests=guests,
                 records=dict(self.records),
@@ -526,10 +686,10 @@ class GuestTable:
 
     def document(self, now: float | None = None) -> dict[str, Any]:
         """Return the `GET /api/v1/guests` document (guests by name, then UUID)."""
-        guests = self.snapshot().guests
+        rows = sorted(self.snapshot().guests, key=lambda r: (r.name or "", r.uuid))
         return {
             "generated_at": self.clock() if now is None else now,
-            "guests": sorted(guests, key=lambda d: (d["name"] or "", d["uuid"])),
+            "guests": [row_document(r) for r in rows],
         }
 
     def guest_document(self, uuid: str) -> dict[str, Any] | None:
@@ -538,8 +698,9 @@ class GuestTable:
             g = self._guests.get(uuid)
             if g is None:
                 return None
-            doc = dict(g.document())
+            row = g.row or g.make_row()
             packed = list(g.events)
+        doc = row_document(row)
         doc["events"] = [_unpack(p).to_json() for p in packed]
         return doc
 

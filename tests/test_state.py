@@ -366,3 +366,143 @@ def test_snapshots_are_consistent_while_ingesting() -> None:
     th.join()
     assert not bad
     assert t.guests_tracked == 300
+
+
+def _reference_devices(records: list[AuditRecord]) -> dict[str, Any]:
+    """The device lists, counts and labels of one guest from monitord.audit.record.view()."""
+    from monitord.audit.record import (
+        Control,
+        CountChange,
+        DeviceChange,
+        HostDevice,
+        MachineId,
+        PathResource,
+        Tpm,
+        view,
+    )
+
+    change = {"disk": "disks", "net": "nics", "fs": "filesystems", "chardev": "chardevs",
+              "rng": "rngs", "smartcard": "smartcards", "redir": "hostdevs"}  # fmt: skip
+    paths = {"shmem": "shmems", "ivshmem-socket": "shmems", "evdev": "inputs"}
+    lists: dict[str, set[str]] = {}
+    counts: dict[str, int | None] = {"mem": None, "vcpu": None, "iothread": None}
+    labels: dict[str | None, tuple[str | None, str | None]] = {}
+
+    def member(name: str, value: str | None, reason: str | None) -> None:
+        if value is not None:
+            if reason == "detach":
+                lists.get(name, set()).discard(value)
+            else:
+                lists.setdefault(name, set()).add(value)
+
+    for r in records:
+        v = view(r)
+        if r.result != "success" or isinstance(v, Control) or v is None:
+            continue
+        if isinstance(v, MachineId):
+            labels[v.model] = (v.vm_ctx, v.img_ctx)
+        elif isinstance(v, DeviceChange) and v.resrc in change:
+            if v.old is not None:
+                lists.setdefault(change[v.resrc], set()).discard(v.old)
+            if v.new is not None:
+                lists.setdefault(change[v.resrc], set()).add(v.new)
+        elif isinstance(v, CountChange) and v.new is not None:
+            counts[v.resrc] = v.new
+        elif isinstance(v, HostDevice):
+            member("hostdevs", v.name, v.reason)
+        elif isinstance(v, Tpm):
+            member("tpms", v.device, v.reason)
+        elif isinstance(v, PathResource):
+            member(paths[v.resrc], v.path, v.reason)
+    doc: dict[str, Any] = {k: sorted(v) for k, v in lists.items() if v}
+    doc["counts"] = counts
+    doc["security"] = sorted(labels.items(), key=lambda kv: kv[0] or "")
+    return doc
+
+
+def test_updates_agree_with_the_typed_views() -> None:
+    """The table reads fields directly; it must say what view() says for every resource form."""
+    log, t = Log(), table()
+    records = [
+        log.resource("dev", "start", 'bus=pci device="0000:03:00.0"'),
+        log.resource("dev", "start", 'device="nobus"'),
+        log.resource("dev", "start", "bus=usb device=?"),
+        log.resource("hostdev", "start", 'chardev="/dev/ttyS0"', virt="lxc"),
+        log.resource("hostdev", "start", 'old-hostdev="?" new-hostdev="/x"', virt="lxc"),
+        log.resource("redir", "attach", 'old-redir="?" new-redir="usb:spice"'),
+        log.resource("tpm-emulator", "start", 'device="/run/swtpm.sock"'),
+        log.resource("tpm", "detach", 'device="/dev/tpm9"'),
+        log.resource("ivshmem-socket", "start", "path=/run/ivshmem.sock"),
+        log.resource("evdev", "start", "path=/dev/input/event1"),
+        log.resource("evdev", "detach", "path=/dev/input/event1"),
+        log.resource("iothread", "start", "old-iothread=0 new-iothread=4"),
+        log.resource("mem", "update", "old-mem=65536 new-mem=?"),
+        log.resource("vcpu", "update", "old-vcpu=2 new-vcpu=8"),
+        log.resource("net", "attach", 'old-net="?" new-net="52:54:00:00:00:09"'),
+        log.resource(
+            "net", "open", "net=52:54:00:00:00:09 path=2F6465762F6E65742F74756E rdev=0A:C8"
+        ),
+        log.resource("net", "update", 'old-net="52:54:00:00:00:09" new-net="52:54:00:00:00:0a"'),
+        log.resource("cgroup", "allow", 'cgroup="/x" class=path path="/dev/null" acl=rw'),
+        log.resource("weird", "start", 'old-weird="?" new-weird="w"'),
+        log.resource("disk", "detach", 'old-disk="/not/there" new-disk="?"'),
+        log.resource("disk", "attach", 'old-disk="?" new-disk="/d/f"', res="failed"),
+        log.rec("VIRT_RESOURCE", f'virt=kvm reason=start vm="web01" uuid={UUID}'),
+        log.label("selinux", "a:b:c"),
+        log.label("dac", "+1:+1"),
+        log.label("selinux", "a:b:d"),
+    ]
+    feed(t, records)
+    g = guest(t)
+    ref = _reference_devices(records)
+    for name in ("disks", "nics", "filesystems", "chardevs", "rngs", "smartcards", "hostdevs",
+                 "tpms", "shmems", "inputs"):  # fmt: skip
+        assert g[name] == ref.get(name, []), name
+    assert g["hostdevs"] == ["chardev:/dev/ttyS0", "nobus", "pci:0000:03:00.0", "usb:spice"]
+    assert (g["memory_bytes"], g["vcpus"], g["iothreads"]) == (None, 8, 4)
+    assert ref["counts"] == {"mem": None, "vcpu": 8, "iothread": 4}
+    assert [(s["model"], s["vm_ctx"]) for s in g["security"]] == [
+        (m, ctx[0]) for m, ctx in ref["security"]
+    ]
+
+
+def test_apply_many_equals_apply() -> None:
+    """A batch applied under one lock gives exactly what one apply per record gives."""
+    from monitord.audit.parser import StreamParser
+    from monitord.simulate import mixed_log
+
+    records = StreamParser().feed(b"".join(mixed_log(3, 20_000)))
+    assert len(records) > 500
+    one, many = table(max_guests=8, max_events=7), table(max_guests=8, max_events=7)
+    for r in records:
+        one.apply(r)
+    many.apply_many(records)
+    assert many.to_json() == one.to_json()
+    assert many.document() == one.document()
+    assert many.snapshot() == one.snapshot()
+
+
+def test_snapshot_rows_are_never_changed_afterwards() -> None:
+    """A snapshot keeps what it saw: later records build new rows instead of editing old ones."""
+    log, t = Log(), table()
+    feed(t, log.start(disks=("/d/a",)))
+    before = t.snapshot().guests[0]
+    t.apply(log.disk("attach", new="/d/b"))
+    t.apply(log.label("dac", "+1:+1"))
+    assert before.devices[0] == ("/d/a",) and before.security == ()
+    after = t.snapshot().guests[0]
+    assert after.devices[0] == ("/d/a", "/d/b") and after.security == (("dac", "+1:+1", "+1:+1"),)
+    assert t.snapshot().guests[0] is after  # unchanged guests reuse their row
+
+
+def test_max_events_lowered_applies_to_tracked_guests() -> None:
+    """After a reload lowers state.max_events, a guest's next record trims its history."""
+    log, t = Log(), table(max_events=10)
+    for i in range(10):
+        t.apply(log.disk("attach", new=f"/d/{i}"))
+    t.config = StateConfig(max_events=3)
+    t.apply(log.disk("attach", new="/d/new"))
+    assert [e["fields"]["new-disk"] for e in guest(t)["events"]] == ["/d/8", "/d/9", "/d/new"]
+    t.config = StateConfig(max_events=0)
+    t.apply(log.disk("attach", new="/d/more"))
+    assert guest(t)["events"] == []
