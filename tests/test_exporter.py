@@ -190,3 +190,46 @@ def test_registries_are_independent() -> None:
     make_registry(table, tel, "a")
     make_registry(table, tel, "b")
     assert REGISTRY.get_sample_value("monitord_guests_tracked") is None
+
+
+def test_fast_render_follows_renames_states_labels_and_evictions() -> None:
+    """Cached per-guest pieces are rebuilt when a guest changes; odd label values are escaped."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    log = Log()
+    table = GuestTable(StateConfig(max_guests=3), clock=lambda: 0.0)
+    reg = make_registry(table, Telemetry(source="file"), "1.2.3")
+    om = "application/openmetrics-text; version=1.0.0"
+
+    def same() -> str:
+        text = render(reg, None)[0].decode()
+        assert _samples(text, False) == _samples(generate_latest(reg).decode(), False)
+        om_text = render(reg, om)[0].decode()
+        assert _samples(om_text, True) == _samples(om_latest(reg).decode(), True)
+        return text
+
+    odd = 'a\\b "c'
+    feed(table, log.start(vm=odd, disks=("/d/1", "/d/2")))
+    table.apply(log.resource("tpm", "start", 'device="/dev/tpm0"', vm=odd))
+    table.apply(log.resource("evdev", "start", "path=/dev/input/event3", vm=odd))
+    table.apply(log.label("selinux", 'x:"y"\\z', vm=odd))
+    table.apply(log.rec("VIRT_MACHINE_ID", f'virt=kvm vm="{odd}" uuid={UUID} vm-ctx=? img-ctx=?'))
+    feed(table, log.start(uuid=UUID2, vm="db01"))
+    text = same()
+    assert 'kind="tpm"' in text and 'kind="input"' in text and 'kind="rng"' not in text
+    name = table.document()["guests"][0]["name"]
+    assert '"' in name and "\\" in name  # what the parser made of the quoted name
+    assert 'domain="' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' in text
+    first = text
+    table.apply(log.disk("attach", new="/d/3", vm="renamed"))  # a new name and one more disk
+    text = same()
+    assert 'domain="renamed"' in text and 'domain="a \\"b\\"' not in text and text != first
+    table.apply(log.control("stop", "shutdown", uuid=UUID2, vm="db01"))
+    assert (
+        'libvirt_audit_domain_running{uuid="' + UUID2 + '",domain="db01",virt="kvm"} 0.0' in same()
+    )
+    u3, u4 = "00000000-0000-0000-0000-000000000003", "00000000-0000-0000-0000-000000000004"
+    feed(table, log.start(uuid=u3, vm="c3"))
+    feed(table, log.start(uuid=u4, vm="c4"))  # evicts the stopped db01
+    text = same()
+    assert UUID2 not in text and u4 in text
