@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from monitord.audit import ParseStats, StreamParser, parallel
 from monitord.audit.jsonl import RecordEncoder
+from monitord.audit.parser import candidate_spans
 from monitord.audit.record import AuditRecord, make_record
 from monitord.simulate import mixed_log, write_lines
 from tests.conftest import DATA, ROOT, SAMPLES
@@ -156,3 +157,20 @@ def test_parse_cli_file_equals_stdin(tmp_path: Path) -> None:
     assert by_file.stdout.count(b"\n") > 10_000
     assert by_file.stdout == by_stdin.stdout
     assert by_file.stderr.replace(str(log).encode(), b"<stdin>") == by_stdin.stderr
+
+
+def test_candidate_needle_in_node_name() -> None:
+    """A VIRT needle inside the node name: each needle counts by its first occurrence in the line.
+
+    (The one-pass search keeps what the former two-pass search found.)
+    """
+    lines = [
+        b"node=type=VIRT_x type=VIRT_CONTROL msg=audit(1.0:1): a\n",
+        b"node=type=UNKNOWN[25 type=VIRT_CONTROL msg=audit(1.0:2): b\n",
+        b"node=type=VIRT_x type=UNKNOWN[2501] msg=audit(1.0:3): c\n",
+        b"node=h x type=VIRT_CONTROL msg=audit(1.0:4): d\n",
+        b"node=h type=VIRT_RESOURCE msg=audit(1.0:5): e",
+    ]
+    buf = b"".join(lines)
+    found = [buf[a:b] for a, b in candidate_spans(buf)]
+    assert found == [lines[1][:-1], lines[2][:-1], lines[4]]
