@@ -30,12 +30,13 @@ from monitord.audit import StreamParser
 p = StreamParser()
 n = 0
 t = time.perf_counter()
+c = time.process_time()
 with open(sys.argv[1], "rb", buffering=0) as f:
     while chunk := f.read(1 << 20):
         n += len(p.feed(chunk))
 n += len(p.finish())
 dt = time.perf_counter() - t
-print(n, p.stats.lines, dt)
+print(n, p.stats.lines, dt, time.process_time() - c)
 """
 
 
@@ -156,7 +157,7 @@ def main() -> int:
             records = int(out[0])
         r_step = rss_of([PY, "-c", PARSE_ONLY, str(mixed)])
         r_step_small = rss_of([PY, "-c", PARSE_ONLY, str(small)])
-        t_virt = float("inf")
+        t_virt = c_virt = float("inf")
         for _ in range(args.repeat):
             out = subprocess.run(
                 [PY, "-c", PARSE_ONLY, str(virt)],
@@ -166,6 +167,7 @@ def main() -> int:
                 cwd=ROOT,
             ).stdout.split()
             t_virt = min(t_virt, float(out[2]))
+            c_virt = min(c_virt, float(out[3]))
             virt_records = int(out[0])
         t_mon_virt = run([monitord, "parse", str(virt)], args.repeat)
         load_after = os.getloadavg()[0]
@@ -200,7 +202,8 @@ def main() -> int:
                 f"parse step, VIRT-only log ({args.virt_lines} records)",
                 f"{t_virt:.2f} s",
                 "",
-                f"{virt_records / t_virt:,.0f} records/s (target >= 200,000/s)",
+                f"{virt_records / t_virt:,.0f} records/s by wall time, "
+                f"{virt_records / c_virt:,.0f}/s by CPU time (target >= 200,000/s)",
             ),
             (
                 "`monitord parse` VIRT-only log (JSON out)",
