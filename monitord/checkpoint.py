@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -84,3 +85,53 @@ class CheckpointStore:
             log.warning("old checkpoint kept as %s", target)
         except OSError as err:
             log.error("cannot set aside checkpoint %s: %s", self.path, err.strerror)
+
+
+class BackgroundSave:
+    """At most one checkpoint written by a forked child; the parent reaps it without blocking."""
+
+    def __init__(self, store: CheckpointStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.pid: int | None = None
+        self.taken_at = 0.0
+
+    def start(self, build: Callable[[], dict[str, Any]], in_child: Callable[[], None]) -> bool:
+        """Fork a child that runs in_child(), then saves build(); False if one is running."""
+        if self.pid is not None:
+            return False
+        taken_at = self.clock()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, checked through its result
+            code = 1
+            try:
+                in_child()
+                self.store.save(build())
+                code = 0
+            except OSError as err:
+                log.error("cannot write checkpoint %s: %s", self.store.path, err.strerror)
+            except BaseException:
+                log.exception("checkpoint child failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.pid, self.taken_at = pid, taken_at
+        return True
+
+    def poll(self) -> tuple[bool, float] | None:
+        """Return (succeeded, snapshot time) once the child has ended, None while it runs."""
+        if self.pid is None:
+            return None
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.pid = None
+        return os.waitstatus_to_exitcode(status) == 0, self.taken_at
+
+    def wait(self) -> tuple[bool, float] | None:
+        """Wait for a running child (before a synchronous save, so files land in order)."""
+        if self.pid is None:
+            return None
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        return os.waitstatus_to_exitcode(status) == 0, self.taken_at

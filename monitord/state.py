@@ -706,6 +706,10 @@ class GuestTable:
 
     # -- checkpoint ------------------------------------------------------------
 
+    def after_fork(self) -> None:
+        """In a forked child (the checkpoint writer): replace the lock a reader thread may hold."""
+        self._lock = threading.Lock()
+
     def to_json(self) -> dict[str, Any]:
         """Return everything needed to restore this table exactly (checkpoint)."""
         with self._lock:

@@ -83,6 +83,10 @@ class Telemetry:
         with self.alerts_lock:
             self.alerts[(sink, outcome)] += n
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock held by a thread that did not survive the fork is void."""
+        self.alerts_lock = threading.Lock()
+
     def to_json(self) -> dict[str, Any]:
         with self.alerts_lock:
             alerts = [[sink, outcome, n] for (sink, outcome), n in self.alerts.items()]

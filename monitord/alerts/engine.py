@@ -208,6 +208,10 @@ class AlertEngine:
                 else:
                     queue.pop(name, None)
 
+    def after_fork(self) -> None:
+        """In a forked child (the checkpoint writer): replace the lock other threads may hold."""
+        self._lock = threading.Lock()
+
     def firing_count(self) -> int:
         """Return how many alerts are firing (cheap; the daemon loop asks often)."""
         return len(self._active)
