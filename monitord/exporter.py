@@ -438,9 +438,21 @@ class _PieceCache:
 
 def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
     """Return the /metrics body and its content type, negotiated from an Accept header."""
+    parts, content_type = render_parts(registry, accept)
+    # One join: the 15 MiB body of 10,000 guests is copied once.
+    return b"".join(parts), content_type
+
+
+def render_parts(registry: CollectorRegistry, accept: str | None) -> tuple[list[bytes], str]:
+    """Return the /metrics body as pieces (to be sent in blocks) and its content type.
+
+    The listener writes the pieces in small blocks instead of joining one body:
+    a 15 MiB body for 10,000 guests, allocated at each scrape, is what made the
+    allocator keep ~80 MiB more resident than the guest table needs.
+    """
     encoder, content_type = choose_encoder(accept or "")
     if not isinstance(registry, MonitordRegistry):
-        return encoder(registry), content_type
+        return [encoder(registry)], content_type
     openmetrics = content_type.startswith("application/openmetrics-text")
     head = encoder(registry.base)
     if openmetrics:
@@ -455,8 +467,7 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
         parts += pieces
     if openmetrics:
         parts.append(b"# EOF\n")
-    # One join: the 15 MiB body of 10,000 guests is copied once.
-    return b"".join(parts), content_type
+    return parts, content_type
 
 
 def make_registry(

@@ -351,3 +351,17 @@ def test_scrapes_do_not_block_ingestion() -> None:
         for th in threads:
             th.join()
         web.stop()
+
+
+def test_guest_list_is_encoded_piecewise_exactly_like_json_dumps() -> None:
+    """The streamed /api/v1/guests body has the very bytes of one json.dumps of the document."""
+    from monitord.web import _document_parts
+
+    docs: list[dict[str, Any]] = [
+        {"generated_at": 1.5, "guests": [{"name": "caf\u00e9 \udcff", "disks": []}, {"x": None}]},
+        {"generated_at": 2.0, "guests": []},
+        {},
+    ]
+    for doc in docs:
+        expected = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        assert b"".join(_document_parts(doc)) == expected
