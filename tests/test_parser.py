@@ -356,3 +356,14 @@ def test_stream_reset_and_stats_round_trip() -> None:
     assert stats.ignored["not_virt"] > 0 and stats.ignored["not_libvirt"] > 0 and stats.errors
     assert ParseStats.from_json(json.loads(json.dumps(stats.to_json()))) == stats
     assert stats.lines == data.count(b"\n") and stats.bytes == len(partial) + len(data)
+
+
+def test_absurd_timestamp_is_bad_timestamp_not_inf() -> None:
+    """A timestamp of hundreds of digits is a bad_timestamp error, never a time of inf."""
+    line = (
+        "type=VIRT_CONTROL msg=audit(" + "9" * 400 + ".123:7): pid=1 uid=0 auid=1 ses=1 "
+        "msg='virt=kvm op=start reason=booted vm=\"a\" uuid=u vm-pid=1 res=success'"
+    )
+    with pytest.raises(ParseError) as err:
+        parse_line(line)
+    assert err.value.reason == "bad_timestamp"

@@ -385,6 +385,8 @@ def parse_line(line: bytes | str) -> AuditRecord | Ignored:
         and stamp.replace(".", "", 1).isdigit()
         and stamp.isascii()
         and serial_text.isascii()
+        # 20 digits of seconds reach past year 10^12; more would overflow to inf.
+        and len(stamp) <= 32
     ):
         raise ParseError("bad_timestamp", f"{stamp}:{serial_text}")
     tail_text = text[close:]
