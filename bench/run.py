@@ -2,6 +2,8 @@
 
 Usage: `./bootstrap bench [NAME ...]` or `.venv/bin/python bench/run.py [NAME ...]`,
 where NAME is one of parse, follow, state, alerts, journal (default: all).
+Each run's raw report is kept in bench/out/NAME.md; bench/results/NAME.md is the
+curated record (numbers, machine, verdicts) that RESULTS.md gathers.
 `--collect` only rebuilds RESULTS.md from the results already recorded.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
+OUT = BENCH / "out"
 ORDER = ("parse", "follow", "state", "alerts", "journal")
 ISSUE = {"parse": 2, "follow": 3, "state": 4, "alerts": 5, "journal": 7}
 
@@ -68,8 +71,19 @@ def main() -> int:
         for name in args.names or ORDER:
             script = BENCH / f"bench_{name}.py"
             print(f"== {script.name}", flush=True)
-            if subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
-                failed.append(name)
+            # Raw reports land in bench/out/ (not versioned); results/NAME.md is the curated
+            # record with verdicts, updated from them when numbers change.
+            OUT.mkdir(exist_ok=True)
+            with open(OUT / f"{name}.md", "w") as report:
+                proc = subprocess.Popen(
+                    [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+                )
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    report.write(line)
+                if proc.wait() != 0:
+                    failed.append(name)
     collect()
     print(f"wrote {BENCH / 'RESULTS.md'}")
     if failed:
