@@ -7,7 +7,7 @@ import importlib
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from monitord import __version__
 from monitord.audit import parallel
@@ -34,8 +34,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (CONTRACT.md: one-line message, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="monitord",
         description="Follow libvirt's VIRT_* audit records; serve guest state, metrics and alerts.",
     )
