@@ -4,15 +4,60 @@ The document equals `json.dumps(record.to_json())`. Most of it (the inner
 fields, the daemon's pid/uid/subj, the enrichment) repeats from record to
 record, so its serialised pieces are cached; only time and serial are new
 each time.
+
+`json_line_converter` goes from a candidate line straight to its JSON line. When
+the optional C extension `monitord.audit._fastparse` is built (and
+MONITORD_PURE_PYTHON is not set), it converts the common libvirt lines itself and
+hands every other line to the Python path, which stays the reference.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Final
 
+from monitord.audit.parser import (
+    NOT_LIBVIRT,
+    NOT_VIRT,
+    Ignored,
+    RegionConverter,
+    parse_line,
+)
 from monitord.audit.record import AuditRecord
+
+LineToJson = Callable[[bytes], bytes | Ignored]
+
+
+def _load_accelerator() -> ModuleType | None:
+    if os.environ.get("MONITORD_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from monitord.audit import _fastparse
+    except ImportError:  # not built (no compiler at install time): the Python path
+        return None
+    _fastparse.setup(NOT_VIRT, NOT_LIBVIRT)
+    return _fastparse
+
+
+_FAST: Final = _load_accelerator()
+# Which path `monitord parse` takes: "c" (the extension, Python for unusual lines) or "python".
+ACCELERATOR: Final = "c" if _FAST is not None else "python"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonConverter:
+    """Candidate lines -> JSON lines: `line` for one line, `region` (C) for whole buffers.
+
+    Give both to `StreamParser.feed_as(chunk, c.line, c.region)`.
+    """
+
+    line: LineToJson
+    region: RegionConverter[bytes] | None = None
+
 
 _CACHE_LIMIT: Final = 4096
 _HEAD_KEYS: Final = ("virt", "vm", "uuid", "result", "op", "reason", "resrc")
@@ -80,3 +125,41 @@ class RecordEncoder:
             f'"node":{self._small_json(record.node)},{pieces[0]},{outer},{pieces[1]},'
             f'"enrichment":{enr}}}'
         )
+
+
+def python_line_converter() -> LineToJson:
+    """The reference path: parse_line, then RecordEncoder (one JSON line with its newline)."""
+    encode = RecordEncoder().encode
+
+    def convert(line: bytes) -> bytes | Ignored:
+        outcome = parse_line(line)
+        if isinstance(outcome, Ignored):
+            return outcome
+        return (encode(outcome) + "\n").encode()
+
+    return convert
+
+
+def json_converter(accelerated: bool = True) -> JsonConverter:
+    """Candidate lines -> their JSON lines (bytes, newline included), Ignored or ParseError.
+
+    Uses the C extension when it is available and `accelerated`: it converts whole
+    regions and leaves the lines it does not handle (and every malformed line) to the
+    Python path, so the output is the same either way.
+    """
+    return converter_with(_FAST if accelerated else None)
+
+
+def converter_with(fast: ModuleType | None) -> JsonConverter:
+    """`json_converter` over a given accelerator module (None: pure Python)."""
+    slow = python_line_converter()
+    if fast is None:
+        return JsonConverter(slow)
+    line_json = fast.line_json
+
+    def convert(line: bytes) -> bytes | Ignored:
+        out: bytes | Ignored | None = line_json(line)
+        return out if out is not None else slow(line)
+
+    region: RegionConverter[bytes] = fast.region_json
+    return JsonConverter(convert, region)

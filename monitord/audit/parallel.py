@@ -21,7 +21,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import IO, Any, BinaryIO, Final, TextIO
 
-from monitord.audit.parser import ParseError, ParseStats, StreamParser
+from monitord.audit.jsonl import JsonConverter
+from monitord.audit.parser import Ignored, ParseError, ParseStats, StreamParser, parse_line
 from monitord.audit.record import AuditRecord
 from monitord.errors import InputError
 
@@ -31,6 +32,8 @@ _HEADER: Final = struct.Struct("<I")
 
 ErrorReport = Callable[[ParseError, bytes], None]
 Encode = Callable[[AuditRecord], str]
+# Candidate lines -> JSON lines with newline (monitord.audit.jsonl.json_converter).
+Convert = JsonConverter
 # Worker -> parent messages: ("segment", size, [(reason, detail, line), ...]),
 # ("stats", ParseStats.to_json()), ("input_error", message) or ("crash", text).
 _Message = tuple[Any, ...]
@@ -92,7 +95,8 @@ def _run_segment(
     start: int,
     end: int | None,
     read_size: int,
-    emit: Callable[[list[AuditRecord]], None],
+    convert: Convert,
+    emit: Callable[[list[bytes]], None],
 ) -> None:
     """Parse [start, end) (end None: to EOF, then finish) exactly as the sequential reader."""
     parser.reset()
@@ -106,13 +110,13 @@ def _run_segment(
         if not chunk:
             break
         pos += len(chunk)
-        records = parser.feed(chunk)
-        if records:
-            emit(records)
+        lines = parser.feed_as(chunk, convert.line, convert.region)
+        if lines:
+            emit(lines)
     if end is None:
-        records = parser.finish()
-        if records:
-            emit(records)
+        lines = parser.finish_as(convert.line, convert.region)
+        if lines:
+            emit(lines)
 
 
 def _send(fd: int, message: _Message) -> None:
@@ -145,7 +149,7 @@ def _worker(
     segments: Sequence[tuple[int, int | None]],
     read_size: int,
     max_line_length: int,
-    make_encode: Callable[[], Encode],
+    make_convert: Callable[[], Convert],
     files: Sequence[IO[bytes]],
     results: int,
     credits: int,
@@ -163,7 +167,7 @@ def _worker(
             sampled.append((err.reason, err.detail, line[:200]))
 
     parser = StreamParser(max_line_length=max_line_length, on_error=on_error)
-    encode = make_encode()
+    convert = make_convert()
     for i, (start, end) in enumerate(segments):
         _read_exact(credits, 1)  # the parent has copied what this file held before
         out = files[i % len(files)]
@@ -171,10 +175,10 @@ def _worker(
         out.truncate()
         write = out.write
 
-        def emit(records: list[AuditRecord], write: Callable[[bytes], object] = write) -> None:
-            write(("\n".join([encode(r) for r in records]) + "\n").encode())
+        def emit(lines: list[bytes], write: Callable[[bytes], object] = write) -> None:
+            write(b"".join(lines))
 
-        _run_segment(fd, name, parser, start, end, read_size, emit)
+        _run_segment(fd, name, parser, start, end, read_size, convert, emit)
         out.flush()
         _send(results, ("segment", out.tell(), sampled))
         sampled = []
@@ -187,18 +191,24 @@ def parse_file(
     stats: ParseStats,
     on_error: ErrorReport,
     out: TextIO,
-    make_encode: Callable[[], Encode],
+    make_encode: Callable[[], Encode] | None,
     read_size: int,
     *,
     segment_size: int = SEGMENT_SIZE,
     max_line_length: int | None = None,
     error_limit: int = 20,
+    make_convert: Callable[[], Convert] | None = None,
 ) -> None:
     """Parse a regular file on two processes; print what the sequential path prints.
 
     Records go to `out` as JSON Lines, malformed lines to `on_error` (in file order,
-    the worker's first `error_limit` of them), counters into `stats`.
+    the worker's first `error_limit` of them), counters into `stats`. `make_convert`
+    (one candidate line -> its JSON line), when given, replaces `make_encode`.
     """
+    if make_convert is None:
+        if make_encode is None:
+            raise ValueError("parse_file needs make_encode or make_convert")
+        make_convert = _converter_of(make_encode)
     fd = stream.fileno()
     size = os.fstat(fd).st_size
     parser = StreamParser(stats=stats, on_error=on_error)
@@ -208,13 +218,15 @@ def parse_file(
     bounds: list[tuple[int, int | None]] = [
         (cut, cuts[i + 1] if i + 1 < len(cuts) else None) for i, cut in enumerate(cuts)
     ]
-    encode = make_encode()
+    convert = make_convert()
+    out.flush()  # everything below writes bytes to out.buffer
+    sink = out.buffer
 
-    def emit(records: list[AuditRecord]) -> None:
-        out.write("\n".join([encode(r) for r in records]) + "\n")
+    def emit(lines: list[bytes]) -> None:
+        sink.write(b"".join(lines))
 
     if len(bounds) < 2:
-        _run_segment(fd, name, parser, 0, None, read_size, emit)
+        _run_segment(fd, name, parser, 0, None, read_size, convert, emit)
         return
     import tempfile  # here: `monitord parse` of small inputs starts without it
 
@@ -236,7 +248,7 @@ def parse_file(
                 bounds[1::2],
                 read_size,
                 parser.max_line_length,
-                make_encode,
+                make_convert,
                 files,
                 results_w,
                 credits_r,
@@ -254,14 +266,12 @@ def parse_file(
     os.close(credits_r)
     try:
         os.write(credits_w, b"xx")  # one credit per temporary file
-        sink = out.buffer
         for i, (start, end) in enumerate(bounds):
             if i % 2 == 0:
-                _run_segment(fd, name, parser, start, end, read_size, emit)
+                _run_segment(fd, name, parser, start, end, read_size, convert, emit)
                 continue
             message = _receive(results_r)
             _raise_for(message)
-            out.flush()
             copy = files[(i // 2) % 2].fileno()
             size_out = int(message[1])
             offset = 0
@@ -293,6 +303,23 @@ def parse_file(
         except ProcessLookupError:  # pragma: no cover - already reaped
             pass
         os.waitpid(pid, 0)
+
+
+def _converter_of(make_encode: Callable[[], Encode]) -> Callable[[], Convert]:
+    """A line converter from a record encoder (parse_line, then encode)."""
+
+    def make() -> Convert:
+        encode = make_encode()
+
+        def convert(line: bytes) -> bytes | Ignored:
+            outcome = parse_line(line)
+            if isinstance(outcome, Ignored):
+                return outcome
+            return (encode(outcome) + "\n").encode()
+
+        return JsonConverter(convert)
+
+    return make
 
 
 def _raise_for(message: _Message) -> None:

@@ -74,6 +74,7 @@ _ENCODED_PATH_RESRC: Final = frozenset({"net", "cgroup"})
 
 _TOKEN_CACHE_LIMIT: Final = 1 << 16
 _V = TypeVar("_V")
+_T = TypeVar("_T")
 
 
 def _is_encoded(key: str) -> bool:
@@ -495,6 +496,15 @@ class ParseStats:
 
 
 ErrorHandler = Callable[[ParseError, bytes], None]
+# One candidate line -> what the caller wants of it (a record, its JSON line...), or
+# Ignored; raises ParseError for malformed lines, exactly as parse_line does.
+LineConverter = Callable[[bytes], _T | Ignored]
+# A whole region at once (the C accelerator): (buf, end, max_line_length) -> (lines,
+# candidate lines, records, not_virt, not_libvirt, items), where items are converted runs
+# of lines and (start, stop) spans of the lines left to the LineConverter, in line order.
+RegionConverter = Callable[
+    [bytes, int, int], tuple[int, int, int, int, int, list[_T | tuple[int, int]]]
+]
 
 
 class StreamParser:
@@ -539,6 +549,21 @@ class StreamParser:
 
     def feed(self, chunk: bytes) -> list[AuditRecord]:
         """Consume bytes; return the records of every line completed by them."""
+        return self.feed_as(chunk, parse_line)
+
+    def feed_as(
+        self,
+        chunk: bytes,
+        convert: LineConverter[_T],
+        region: RegionConverter[_T] | None = None,
+    ) -> list[_T]:
+        """Like `feed`, with each candidate line turned into a `_T` by `convert`.
+
+        `convert` behaves as `parse_line` (an `Ignored`, or `ParseError` raised) for the
+        lines that are not records; `monitord parse` uses it to go straight to JSON.
+        With `region`, whole runs of lines are converted at once (items may then hold
+        several lines each) and `convert` gets only the lines `region` leaves to it.
+        """
         stats = self.stats
         stats.bytes += len(chunk)
         if self._discarding:
@@ -554,15 +579,21 @@ class StreamParser:
             self._hold(buf)
             return []
         self._hold(buf[last_nl + 1 :])
-        return self._parse_lines(buf, last_nl + 1)
+        return self._parse_lines(buf, last_nl + 1, convert, region)
 
     def finish(self) -> list[AuditRecord]:
         """Treat a remaining partial line as complete (end of a finished input)."""
+        return self.finish_as(parse_line)
+
+    def finish_as(
+        self, convert: LineConverter[_T], region: RegionConverter[_T] | None = None
+    ) -> list[_T]:
+        """Like `finish`, with lines turned into `_T` by `convert` (see `feed_as`)."""
         rest, self._partial = self._partial, b""
         self._discarding = False
         if not rest:
             return []
-        return self._parse_lines(rest + b"\n", len(rest) + 1)
+        return self._parse_lines(rest + b"\n", len(rest) + 1, convert, region)
 
     def _hold(self, tail: bytes) -> None:
         if len(tail) > self.max_line_length:
@@ -572,7 +603,15 @@ class StreamParser:
         else:
             self._partial = tail
 
-    def _parse_lines(self, buf: bytes, end: int) -> list[AuditRecord]:
+    def _parse_lines(
+        self,
+        buf: bytes,
+        end: int,
+        convert: LineConverter[_T],
+        region_convert: RegionConverter[_T] | None = None,
+    ) -> list[_T]:
+        if region_convert is not None:
+            return self._parse_region(buf, end, convert, region_convert)
         stats = self.stats
         region = buf  # buf[end:] holds no newline, so it adds no line and no span
         # Counting by deletion runs at memchr speed; bytes.count(b"\n") is several times slower.
@@ -580,7 +619,7 @@ class StreamParser:
         stats.lines += nlines
         spans = candidate_spans(region, end)
         stats.ignored["not_virt"] += nlines - len(spans)
-        records: list[AuditRecord] = []
+        records: list[_T] = []
         max_len = self.max_line_length
         for start, stop in spans:
             if stop - start > max_len:
@@ -589,7 +628,7 @@ class StreamParser:
                 )
                 continue
             try:
-                outcome = parse_line(region[start:stop])
+                outcome = convert(region[start:stop])
             except ParseError as err:
                 self._error(err, region[start:stop])
                 continue
@@ -599,6 +638,43 @@ class StreamParser:
                 records.append(outcome)
         stats.records += len(records)
         return records
+
+    def _parse_region(
+        self,
+        buf: bytes,
+        end: int,
+        convert: LineConverter[_T],
+        region_convert: RegionConverter[_T],
+    ) -> list[_T]:
+        """`_parse_lines` with a RegionConverter: the same counts, errors and output."""
+        stats = self.stats
+        max_len = self.max_line_length
+        nlines, nspans, nrecords, not_virt, not_libvirt, items = region_convert(buf, end, max_len)
+        stats.lines += nlines
+        stats.ignored["not_virt"] += nlines - nspans + not_virt
+        if not_libvirt:
+            stats.ignored["not_libvirt"] += not_libvirt
+        out: list[_T] = []
+        for item in items:
+            if type(item) is not tuple:
+                out.append(cast(_T, item))
+                continue
+            start, stop = item
+            if stop - start > max_len:
+                self._error(ParseError("line_too_long", f"{stop - start} bytes"), buf[start:stop])
+                continue
+            try:
+                outcome = convert(buf[start:stop])
+            except ParseError as err:
+                self._error(err, buf[start:stop])
+                continue
+            if isinstance(outcome, Ignored):
+                stats.ignored[outcome.reason] += 1
+            else:
+                nrecords += 1
+                out.append(outcome)
+        stats.records += nrecords
+        return out
 
     def _error(self, err: ParseError, line: bytes) -> None:
         self.stats.errors[err.reason] += 1
