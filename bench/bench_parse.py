@@ -40,7 +40,13 @@ print(n, p.stats.lines, dt, time.process_time() - c)
 """
 
 
-def run(cmd: list[str], repeat: int, pipe: bool = False, stdin: Path | None = None) -> float:
+def run(
+    cmd: list[str],
+    repeat: int,
+    pipe: bool = False,
+    stdin: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> float:
     """Run cmd with stdout to /dev/null (or a pipe); return the best wall time in seconds.
 
     GNU grep stops at the first match when its output is /dev/null, so it gets a pipe.
@@ -52,7 +58,11 @@ def run(cmd: list[str], repeat: int, pipe: bool = False, stdin: Path | None = No
         start = time.perf_counter()
         with open(stdin, "rb") if stdin else open(os.devnull, "rb") as f:
             subprocess.run(
-                cmd, stdin=f, stdout=subprocess.PIPE if pipe else subprocess.DEVNULL, check=True
+                cmd,
+                stdin=f,
+                stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,
+                check=True,
+                env=env,
             )
         wall = time.perf_counter() - start
         after = os.times()
@@ -65,6 +75,15 @@ def run(cmd: list[str], repeat: int, pipe: bool = False, stdin: Path | None = No
 
 
 CPU: dict[str, float] = {}
+PURE = {**os.environ, "MONITORD_PURE_PYTHON": "1"}
+
+
+def accelerator() -> str:
+    """Which path `monitord parse` takes here: "c" or "python" (extension not built)."""
+    code = "from monitord.audit import jsonl; print(jsonl.ACCELERATOR)"
+    return subprocess.run(
+        [PY, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
 
 
 def rss_of(cmd: list[str]) -> int:
@@ -170,6 +189,10 @@ def main() -> int:
             c_virt = min(c_virt, float(out[3]))
             virt_records = int(out[0])
         t_mon_virt = run([monitord, "parse", str(virt)], args.repeat)
+        # The same commands with the C accelerator switched off (the pure-Python reference).
+        t_pure = run([monitord, "parse", str(mixed)], args.repeat, env=PURE)
+        c_pure = CPU[f"{monitord} parse {mixed}"]
+        t_pure_virt = run([monitord, "parse", str(virt)], args.repeat, env=PURE)
         load_after = os.getloadavg()[0]
 
         rows = [
@@ -178,6 +201,12 @@ def main() -> int:
                 f"{t_mon:.2f} s",
                 f"{r_mon / 1024:.0f} MiB",
                 f"{t_aus / t_mon:.2f}x faster than ausearch (target >= 3x); CPU {c_mon:.2f} s",
+            ),
+            (
+                "same, `MONITORD_PURE_PYTHON=1` (no C accelerator)",
+                f"{t_pure:.2f} s",
+                "",
+                f"{t_aus / t_pure:.2f}x faster than ausearch; CPU {c_pure:.2f} s",
             ),
             (
                 "`monitord parse < F > /dev/null` (mixed; stdin: one process)",
@@ -212,6 +241,12 @@ def main() -> int:
                 f"{virt_records / t_mon_virt:,.0f} records/s",
             ),
             (
+                "same, `MONITORD_PURE_PYTHON=1`",
+                f"{t_pure_virt:.2f} s",
+                "",
+                f"{virt_records / t_pure_virt:,.0f} records/s",
+            ),
+            (
                 f"parse step, mixed log of {args.lines // 10} lines",
                 "",
                 f"{r_step_small / 1024:.0f} MiB",
@@ -222,6 +257,8 @@ def main() -> int:
         "# Parser benchmark (`bench/bench_parse.py`)",
         "",
         f"Machine: {machine()}.",
+        f"`monitord parse` path: {accelerator()} (C accelerator monitord.audit._fastparse; "
+        "MONITORD_PURE_PYTHON=1 rows: the pure-Python reference).",
         f"Input: seeded mixed log, {args.lines:,} lines, {size_mb:.0f} MB, {n_virt:,} VIRT "
         f"lines (~5%, incl. dockerd's), enriched; best of {args.repeat}. Load average "
         f"{load_before:.2f} before, {load_after:.2f} after (other work on the machine "
