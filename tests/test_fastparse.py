@@ -23,7 +23,16 @@ from hypothesis import strategies as st
 
 from monitord import simulate
 from monitord.audit import jsonl, parallel
-from monitord.audit.parser import Ignored, ParseError, ParseStats, StreamParser, candidate_spans
+from monitord.audit.parser import (
+    NOT_LIBVIRT,
+    NOT_VIRT,
+    Ignored,
+    ParseError,
+    ParseStats,
+    StreamParser,
+    candidate_spans,
+)
+from monitord.audit.record import AuditRecord, make_record
 from tests.conftest import DATA, IN_CI, ROOT, SAMPLES
 from tests.test_encoding import audit_encode_nv_string, line_with
 from tests.test_parser_fuzz import REAL, mutate
@@ -40,7 +49,7 @@ def _load() -> ModuleType:
 
 
 fast = _load()
-fast.setup(jsonl.NOT_VIRT, jsonl.NOT_LIBVIRT)
+fast.setup(NOT_VIRT, NOT_LIBVIRT, make_record)
 REFERENCE = jsonl.python_line_converter()
 GOLDEN = sorted(DATA.glob("*.log")) + sorted((DATA / "real").glob("*.log"))
 GOLDEN += sorted(SAMPLES.glob("*.log"))
@@ -91,6 +100,30 @@ def stream(
     return b"".join(out), errors, parser.stats.to_json()
 
 
+def records(
+    data: bytes, read_size: int, accelerated: bool, max_line_length: int = 64 * 1024
+) -> tuple[list[object], list[tuple[str, str, bytes]], dict[str, object]]:
+    """What StreamParser.feed gives (replay, the daemon): records, errors, counters."""
+    errors: list[tuple[str, str, bytes]] = []
+    parser = StreamParser(
+        max_line_length=max_line_length,
+        on_error=lambda err, line: errors.append((err.reason, err.detail, line)),
+        accelerated=accelerated,
+    )
+    if accelerated:  # this test runs the C path even under MONITORD_PURE_PYTHON=1
+        parser._region = fast.region_records
+    got: list[AuditRecord] = []
+    for i in range(0, len(data), read_size):
+        got += parser.feed(data[i : i + read_size])
+    got += parser.finish()
+    # Equal records with their fields and enrichment in the same order, of the same types.
+    exact: list[object] = [
+        (r, type(r), [(k, type(v)) for k, v in r.fields.items()], list(r.enrichment.items()))
+        for r in got
+    ]
+    return exact, errors, parser.stats.to_json()
+
+
 def check_stream(data: bytes, read_sizes: Iterable[int] = (1 << 20, 4096, 333)) -> bytes:
     """The C path's output, errors and counters equal the Python path's; return the output."""
     out = b""
@@ -102,6 +135,9 @@ def check_stream(data: bytes, read_sizes: Iterable[int] = (1 << 20, 4096, 333)) 
             assert got[1] == want[1]
             assert got[2] == want[2]
             out = got[0]
+            want_r = records(data, size, accelerated=False, max_line_length=max_len)
+            got_r = records(data, size, accelerated=True, max_line_length=max_len)
+            assert got_r == want_r
     return out
 
 
@@ -266,6 +302,8 @@ def test_any_name_or_path(raw: bytes) -> None:
         )
     ]
     assert all(check_line(line.rstrip(b"\n")) for line in lines)
+    data = b"".join(lines)
+    assert records(data, 1 << 20, True) == records(data, 1 << 20, False)
 
 
 @settings(max_examples=200, deadline=None)
@@ -273,8 +311,14 @@ def test_any_name_or_path(raw: bytes) -> None:
 def test_any_text_in_a_line(text: str) -> None:
     """Arbitrary text in the inner message and the enrichment never makes C disagree."""
     raw = text.encode("utf-8", "surrogateescape")
-    check_line(b"type=VIRT_CONTROL msg=audit(1.5:2): pid=1 msg='virt=kvm uuid=u vm=" + raw + b"'")
-    check_line(b"type=VIRT_CONTROL msg=audit(1.5:2): pid=1 msg='virt=kvm uuid=u'\x1d" + raw)
+    lines = [
+        b"type=VIRT_CONTROL msg=audit(1.5:2): pid=1 msg='virt=kvm uuid=u vm=" + raw + b"'",
+        b"type=VIRT_CONTROL msg=audit(1.5:2): pid=1 msg='virt=kvm uuid=u'\x1d" + raw,
+    ]
+    for line in lines:
+        check_line(line)
+        data = line + b"\n"
+        assert records(data, 1 << 20, True) == records(data, 1 << 20, False)
 
 
 def test_two_process_parse_matches(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@
 
 static PyObject *not_virt_obj = NULL;
 static PyObject *not_libvirt_obj = NULL;
+static PyObject *make_record_obj = NULL; /* record.make_record: AuditRecord's 12 arguments */
+static PyObject *built_record = NULL;    /* the record convert() built (want_record) */
 
 /* ---- a growable byte buffer ---------------------------------------------------------- */
 
@@ -418,7 +420,12 @@ typedef struct {
 
 /* Build the JSON line into out_buf. 0 = done, FALLBACK, -1 = Python error; an ignored line
  * sets *ignored. */
-static int convert(const char *s, Py_ssize_t n, PyObject **ignored) {
+static int build_record(const char *type_name, Py_ssize_t type_len, long type_id, double t,
+                        long long serial, const char *node, Py_ssize_t node_len, Field *fields,
+                        int nf, const long long *ints, const int *has_int, const char *subj,
+                        Py_ssize_t subj_len, const Pair *enr, int ne);
+
+static int convert(const char *s, Py_ssize_t n, PyObject **ignored, int want_record) {
     Py_ssize_t i, gs = -1;
     while (n > 0 && (s[n - 1] == '\r' || s[n - 1] == '\n'))
         n--;
@@ -626,6 +633,13 @@ static int convert(const char *s, Py_ssize_t n, PyObject **ignored) {
     double t = PyOS_string_to_double(stamp, NULL, NULL);
     if (t == -1.0 && PyErr_Occurred())
         return -1;
+    if (want_record) {
+        const char *subj = ov[4];
+        if (subj != NULL && ol[4] == 1 && subj[0] == '?')
+            subj = NULL;
+        return build_record(type_name, type_len, type_id, t, serial, node_len < 0 ? NULL : s + 5,
+                            node_len, fields, nf, ints, has_int, subj, ol[4], enr, ne);
+    }
     char *trepr = PyOS_double_to_string(t, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (trepr == NULL)
         return -1;
@@ -716,7 +730,7 @@ static PyObject *line_json(PyObject *self, PyObject *arg) {
         return NULL;
     }
     PyObject *ignored = NULL;
-    int rc = convert(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), &ignored);
+    int rc = convert(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), &ignored, 0);
     if (rc < 0)
         return NULL;
     if (rc == FALLBACK)
@@ -804,8 +818,7 @@ static Py_ssize_t count_newlines(const char *buf, Py_ssize_t n) {
     return count;
 }
 
-static PyObject *region_json(PyObject *self, PyObject *args) {
-    (void)self;
+static PyObject *region(PyObject *args, int want_record) {
     Py_buffer view;
     Py_ssize_t end, max_len;
     if (!PyArg_ParseTuple(args, "y*nn", &view, &end, &max_len))
@@ -851,7 +864,7 @@ static PyObject *region_json(PyObject *self, PyObject *args) {
         int rc = FALLBACK;
         PyObject *ignored = NULL;
         if (line_end - line_start <= max_len) {
-            rc = convert(buf + line_start, line_end - line_start, &ignored);
+            rc = convert(buf + line_start, line_end - line_start, &ignored, want_record);
             if (rc < 0)
                 goto fail;
         }
@@ -869,6 +882,12 @@ static PyObject *region_json(PyObject *self, PyObject *args) {
             nvirt++;
         } else if (ignored == not_libvirt_obj) {
             nlib++;
+        } else if (want_record) {
+            nrec++;
+            int arc = PyList_Append(items, built_record);
+            Py_CLEAR(built_record);
+            if (arc < 0)
+                goto fail;
         } else {
             nrec++;
             if (buf_put(&run_buf, out_buf.data, out_buf.len) < 0)
@@ -885,11 +904,104 @@ fail:
     return NULL;
 }
 
+static PyObject *region_json(PyObject *self, PyObject *args) {
+    (void)self;
+    return region(args, 0);
+}
+
+static PyObject *region_records(PyObject *self, PyObject *args) {
+    (void)self;
+    if (make_record_obj == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() got no make_record");
+        return NULL;
+    }
+    return region(args, 1);
+}
+
+/* ---- records (parse_line's AuditRecord) -------------------------------------------------- */
+
+/* str of bytes as parse_line has it: the line decoded utf-8/surrogateescape (ASCII here),
+ * hex values decoded the same way; interned, so repeated keys and values share memory. */
+static PyObject *text_of(const char *p, Py_ssize_t n) {
+    PyObject *u = PyUnicode_DecodeUTF8(p, n, "surrogateescape");
+    if (u != NULL && n <= 64)
+        PyUnicode_InternInPlace(&u);
+    return u;
+}
+
+static PyObject *int_or_none(int has, long long v) {
+    if (!has)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(v);
+}
+
+static int build_record(const char *type_name, Py_ssize_t type_len, long type_id, double t,
+                        long long serial, const char *node, Py_ssize_t node_len, Field *fields,
+                        int nf, const long long *ints, const int *has_int, const char *subj,
+                        Py_ssize_t subj_len, const Pair *enr, int ne) {
+    PyObject *args[12] = {NULL};
+    PyObject *fdict = NULL, *edict = NULL;
+    int rc = -1;
+    args[0] = text_of(type_name, type_len);
+    args[1] = PyLong_FromLong(type_id);
+    args[2] = PyFloat_FromDouble(t);
+    args[3] = PyLong_FromLongLong(serial);
+    if (node == NULL) {
+        args[4] = Py_NewRef(Py_None);
+    } else {
+        args[4] = text_of(node, node_len);
+    }
+    for (int k = 0; k < 4; k++)
+        args[5 + k] = int_or_none(has_int[k], ints[k]);
+    args[9] = subj == NULL ? Py_NewRef(Py_None) : text_of(subj, subj_len);
+    for (int k = 0; k < 10; k++)
+        if (args[k] == NULL)
+            goto done;
+    fdict = PyDict_New();
+    edict = PyDict_New();
+    if (fdict == NULL || edict == NULL)
+        goto done;
+    for (int j = 0; j < nf; j++) {
+        PyObject *key = text_of(fields[j].key, fields[j].klen);
+        PyObject *val = fields[j].is_none ? Py_NewRef(Py_None)
+                                          : text_of(arena.data + fields[j].off, fields[j].vlen);
+        int drc = (key == NULL || val == NULL) ? -1 : PyDict_SetItem(fdict, key, val);
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (drc < 0)
+            goto done;
+    }
+    for (int j = 0; j < ne; j++) {
+        PyObject *key = text_of(enr[j].key, enr[j].klen);
+        PyObject *val = text_of(enr[j].val, enr[j].vlen);
+        int drc = (key == NULL || val == NULL) ? -1 : PyDict_SetItem(edict, key, val);
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (drc < 0)
+            goto done;
+    }
+    args[10] = fdict;
+    args[11] = edict;
+    fdict = edict = NULL;
+    built_record = PyObject_Vectorcall(make_record_obj, args, 12, NULL);
+    rc = built_record == NULL ? -1 : 0;
+done:
+    for (int k = 0; k < 12; k++)
+        Py_XDECREF(args[k]);
+    Py_XDECREF(fdict);
+    Py_XDECREF(edict);
+    return rc;
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *nv, *nl;
-    if (!PyArg_ParseTuple(args, "OO", &nv, &nl))
+    PyObject *nv, *nl, *mk = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &nv, &nl, &mk))
         return NULL;
+    if (mk != NULL) {
+        Py_INCREF(mk);
+        Py_XSETREF(make_record_obj, mk);
+    }
     Py_INCREF(nv);
     Py_INCREF(nl);
     Py_XSETREF(not_virt_obj, nv);
@@ -904,7 +1016,10 @@ static PyMethodDef methods[] = {
      "region_json(buf, end, max_line_length) -> (lines, candidates, records, not_virt, "
      "not_libvirt, items): items are runs of JSON lines (bytes) and (start, stop) spans of "
      "the lines the Python path must convert"},
-    {"setup", setup, METH_VARARGS, "setup(not_virt, not_libvirt): the parser's ignored markers"},
+    {"region_records", region_records, METH_VARARGS,
+     "region_records(buf, end, max_line_length): region_json's result with AuditRecords "
+     "(built by make_record) for the JSON runs"},
+    {"setup", setup, METH_VARARGS, "setup(not_virt, not_libvirt[, make_record]): the parser's markers and record factory"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,15 +14,13 @@ hands every other line to the Python path, which stays the reference.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final
 
 from monitord.audit.parser import (
-    NOT_LIBVIRT,
-    NOT_VIRT,
+    ACCELERATOR_MODULE,
     Ignored,
     RegionConverter,
     parse_line,
@@ -32,18 +30,7 @@ from monitord.audit.record import AuditRecord
 LineToJson = Callable[[bytes], bytes | Ignored]
 
 
-def _load_accelerator() -> ModuleType | None:
-    if os.environ.get("MONITORD_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from monitord.audit import _fastparse
-    except ImportError:  # not built (no compiler at install time): the Python path
-        return None
-    _fastparse.setup(NOT_VIRT, NOT_LIBVIRT)
-    return _fastparse
-
-
-_FAST: Final = _load_accelerator()
+_FAST: Final = ACCELERATOR_MODULE
 # Which path `monitord parse` takes: "c" (the extension, Python for unusual lines) or "python".
 ACCELERATOR: Final = "c" if _FAST is not None else "python"
 

@@ -8,10 +8,12 @@ whole chunks of bytes and decodes only those.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Final, Generic, Literal, TypeVar, cast
 
 from monitord.audit.encoding import decode_hex
@@ -520,8 +522,16 @@ class StreamParser:
         stats: ParseStats | None = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         on_error: ErrorHandler | None = None,
+        *,
+        accelerated: bool = True,
     ) -> None:
         self.stats = stats if stats is not None else ParseStats()
+        # The C accelerator (when built) reads the common lines; the rest take parse_line.
+        self._region: RegionConverter[AuditRecord] | None = (
+            ACCELERATOR_MODULE.region_records
+            if accelerated and ACCELERATOR_MODULE is not None
+            else None
+        )
         self.max_line_length = max_line_length
         self.on_error = on_error
         self._partial = b""
@@ -549,7 +559,7 @@ class StreamParser:
 
     def feed(self, chunk: bytes) -> list[AuditRecord]:
         """Consume bytes; return the records of every line completed by them."""
-        return self.feed_as(chunk, parse_line)
+        return self.feed_as(chunk, parse_line, self._region)
 
     def feed_as(
         self,
@@ -583,7 +593,7 @@ class StreamParser:
 
     def finish(self) -> list[AuditRecord]:
         """Treat a remaining partial line as complete (end of a finished input)."""
-        return self.finish_as(parse_line)
+        return self.finish_as(parse_line, self._region)
 
     def finish_as(
         self, convert: LineConverter[_T], region: RegionConverter[_T] | None = None
@@ -680,6 +690,23 @@ class StreamParser:
         self.stats.errors[err.reason] += 1
         if self.on_error is not None:
             self.on_error(err, line)
+
+
+def _load_accelerator() -> ModuleType | None:
+    """The optional C extension, None when not built or MONITORD_PURE_PYTHON is set."""
+    if os.environ.get("MONITORD_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from monitord.audit import _fastparse
+    except ImportError:  # not built (no compiler at install time): the Python path
+        return None
+    _fastparse.setup(NOT_VIRT, NOT_LIBVIRT, make_record)
+    return _fastparse
+
+
+ACCELERATOR_MODULE: Final = _load_accelerator()
+# Which path the parser takes: "c" (the extension, Python for unusual lines) or "python".
+ACCELERATOR: Final = "c" if ACCELERATOR_MODULE is not None else "python"
 
 
 def iter_records(
