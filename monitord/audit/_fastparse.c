@@ -924,15 +924,27 @@ static PyObject *region_records(PyObject *self, PyObject *args) {
  * hex values decoded the same way; interned, so repeated keys and values share memory. */
 static PyObject *text_of(const char *p, Py_ssize_t n) {
     PyObject *u = PyUnicode_DecodeUTF8(p, n, "surrogateescape");
-    if (u != NULL && n <= 64)
+    if (u != NULL)
         PyUnicode_InternInPlace(&u);
     return u;
 }
 
-static PyObject *int_or_none(int has, long long v) {
+/* pid, uid, auid and ses repeat from record to record (the daemon's): the last int object
+ * of each is reused, as the Python path shares them through its cache of outer fields. */
+static PyObject *last_int[4] = {NULL, NULL, NULL, NULL};
+static long long last_val[4];
+
+static PyObject *int_or_none(int k, int has, long long v) {
     if (!has)
         Py_RETURN_NONE;
-    return PyLong_FromLongLong(v);
+    if (last_int[k] != NULL && last_val[k] == v)
+        return Py_NewRef(last_int[k]);
+    PyObject *obj = PyLong_FromLongLong(v);
+    if (obj != NULL) {
+        Py_XSETREF(last_int[k], Py_NewRef(obj));
+        last_val[k] = v;
+    }
+    return obj;
 }
 
 static int build_record(const char *type_name, Py_ssize_t type_len, long type_id, double t,
@@ -952,7 +964,7 @@ static int build_record(const char *type_name, Py_ssize_t type_len, long type_id
         args[4] = text_of(node, node_len);
     }
     for (int k = 0; k < 4; k++)
-        args[5 + k] = int_or_none(has_int[k], ints[k]);
+        args[5 + k] = int_or_none(k, has_int[k], ints[k]);
     args[9] = subj == NULL ? Py_NewRef(Py_None) : text_of(subj, subj_len);
     for (int k = 0; k < 10; k++)
         if (args[k] == NULL)
