@@ -12,7 +12,7 @@ from typing import BinaryIO, NoReturn
 from monitord import __version__
 from monitord.audit import parallel
 from monitord.audit.jsonl import json_converter
-from monitord.audit.parser import ParseError, StreamParser
+from monitord.audit.parser import ACCELERATOR, ParseError, StreamParser
 from monitord.errors import InputError, RuntimeFailure, UserError
 
 READ_SIZE = 1 << 20
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="monitord",
         description="Follow libvirt's VIRT_* audit records; serve guest state, metrics and alerts.",
     )
-    parser.add_argument("--version", action="version", version=f"monitord {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"monitord {__version__} (parser: {ACCELERATOR})"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="the daemon")
