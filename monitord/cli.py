@@ -6,16 +6,15 @@ import argparse
 import importlib
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO, NoReturn
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from monitord import __version__
 from monitord.audit import parallel
 from monitord.audit.jsonl import json_converter
 from monitord.audit.parser import ACCELERATOR, ParseError, StreamParser
-from monitord.errors import InputError, RuntimeFailure, UserError
-
-READ_SIZE = 1 << 20
+from monitord.errors import RuntimeFailure, UserError
+from monitord.inputs import READ_SIZE, open_all, read_chunks
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -75,36 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_inputs(names: Sequence[str]) -> list[tuple[str, BinaryIO]]:
-    """Open every named input up front, so an unreadable one fails before any output."""
-    if not names:
-        return [("<stdin>", sys.stdin.buffer)]
-    opened: list[tuple[str, BinaryIO]] = []
-    for name in names:
-        if name == "-":
-            opened.append(("<stdin>", sys.stdin.buffer))
-            continue
-        try:
-            opened.append((name, open(name, "rb")))  # noqa: SIM115 - closed by the caller
-        except IsADirectoryError:
-            raise InputError(f"cannot read {name}: is a directory") from None
-        except OSError as err:
-            raise InputError(f"cannot read {name}: {err.strerror}") from None
-    return opened
-
-
-def read_chunks(stream: BinaryIO, name: str) -> Iterator[bytes]:
-    """Yield a file's content in large chunks; a read error is an InputError."""
-    while True:
-        try:
-            chunk = stream.read(READ_SIZE)
-        except OSError as err:
-            raise InputError(f"cannot read {name}: {err.strerror}") from None
-        if not chunk:
-            return
-        yield chunk
-
-
 class ErrorReporter:
     """Print malformed lines to stderr, at most `limit` of them, then only count."""
 
@@ -123,7 +92,7 @@ class ErrorReporter:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    inputs = _open_inputs(args.files)
+    inputs = open_all(args.files)
     reporter = ErrorReporter()
     out = sys.stdout
     sink = out.buffer  # the JSON lines are ASCII bytes (ensure_ascii), written as such

@@ -19,35 +19,10 @@ from monitord.audit.parser import ParseStats, StreamParser
 from monitord.audit.record import AuditRecord
 from monitord.config import StateConfig
 from monitord.errors import InputError
+from monitord.inputs import READ_SIZE, open_all, read_chunks
 from monitord.pipeline import Pipeline
 from monitord.state import GuestTable
 from monitord.telemetry import Telemetry
-
-READ_SIZE = 1 << 20
-
-
-def open_all(names: list[str]) -> list[tuple[str, BinaryIO]]:
-    """Open every input before reading any, so an unreadable one fails with no output."""
-    if not names:
-        return [("<stdin>", sys.stdin.buffer)]
-    opened: list[tuple[str, BinaryIO]] = []
-    try:
-        for name in names:
-            if name == "-":
-                opened.append(("<stdin>", sys.stdin.buffer))
-                continue
-            try:
-                opened.append((name, open(name, "rb")))  # noqa: SIM115 - closed by replay()
-            except IsADirectoryError:
-                raise InputError(f"cannot read {name}: is a directory") from None
-            except OSError as err:
-                raise InputError(f"cannot read {name}: {err.strerror}") from None
-    except InputError:
-        for _, stream in opened:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-        raise
-    return opened
 
 
 def replay(
@@ -75,13 +50,7 @@ def replay(
             ):
                 _two_processes(name, stream, parser, pipeline, table, telemetry)
                 continue
-            while True:
-                try:
-                    chunk = stream.read(READ_SIZE)
-                except OSError as err:
-                    raise InputError(f"cannot read {name}: {err.strerror}") from None
-                if not chunk:
-                    break
+            for chunk in read_chunks(stream, name):
                 _apply(parser.feed(chunk), pipeline, table, telemetry)
             _apply(parser.finish(), pipeline, table, telemetry)
         finally:

@@ -14,7 +14,8 @@ from monitord import guesttable
 from monitord.cli import main
 from monitord.config import HttpConfig, StateConfig
 from monitord.exporter import make_registry
-from monitord.replay import open_all, replay
+from monitord.inputs import open_all
+from monitord.replay import replay
 from monitord.state import GuestTable
 from monitord.telemetry import Telemetry
 from monitord.web import WebServer

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Final, Generic, Literal, TypeVar, cast
 
 from monitord.audit.encoding import decode_hex
-from monitord.audit.record import AuditRecord, make_record
+from monitord.audit.record import AuditRecord, make_record, to_int
 from monitord.audit.types import VIRT_FIRST, VIRT_LAST, VIRT_NUMBERS, type_name
 
 ParseErrorReason = Literal[
@@ -227,15 +227,6 @@ def _parse_enrichment(text: str) -> dict[str, str]:
     return out
 
 
-def _int_or_none(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
 def _parse_outer(text: str) -> _Outer:
     outer: dict[str, str] = {}
     for token in text.split():
@@ -244,10 +235,10 @@ def _parse_outer(text: str) -> _Outer:
             outer[key] = value
     subj = outer.get("subj")
     return (
-        _int_or_none(outer.get("pid")),
-        _int_or_none(outer.get("uid")),
-        _int_or_none(outer.get("auid")),
-        _int_or_none(outer.get("ses")),
+        to_int(outer.get("pid")),
+        to_int(outer.get("uid")),
+        to_int(outer.get("auid")),
+        to_int(outer.get("ses")),
         None if subj in (None, "?") else subj,
     )
 
