@@ -30,7 +30,6 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,8 @@ from monitord.config import (  # noqa: E402
 from monitord.daemon import Daemon  # noqa: E402
 from monitord.simulate import Fleet, mixed_log, write_lines  # noqa: E402
 from monitord.state import GuestTable  # noqa: E402
+from tests.daemonproc import free_port  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -219,14 +220,6 @@ class InProcessDaemon:
             raise RuntimeError("daemon thread did not stop")
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 # -- 1. latency -------------------------------------------------------------------------
 
 
@@ -255,7 +248,7 @@ def latency_run(tmp: Path, rate: float, seconds: float, preload_guests: int) -> 
     writer.wait(timeout=seconds * 3 + 60)
     doc = json.loads(stamps_path.read_text())
     serials: list[int] = doc["serials"]
-    wait_for(lambda: len(d.table.applied) >= len(serials), 60, "every record applied")
+    wait_until(lambda: len(d.table.applied) >= len(serials), 60, 0.05, what="every record applied")
     applied = dict(d.table.applied)
     d.stop()
     lat = [(applied[s] - t) * 1000 for s, t in zip(serials, doc["stamps"], strict=True)]
@@ -318,7 +311,7 @@ def throughput_run(tmp: Path, src: Path, lines: int, rate: float) -> dict[str, A
     writer.wait(timeout=600)
     w = json.loads(result.read_text())
     stats = d.daemon.telemetry.parse
-    wait_for(lambda: stats.lines >= lines, 600, "the daemon to read every line")
+    wait_until(lambda: stats.lines >= lines, 600, 0.05, what="the daemon to read every line")
     done_seen = time.monotonic()
     last_applied = d.table.last_applied
     records = stats.records
@@ -375,13 +368,6 @@ def bench_throughput(tmp: Path, quick: bool) -> list[str]:
 
 
 # -- 3. idle ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def proc_snapshot(pid: int) -> dict[str, Any]:

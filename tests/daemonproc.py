@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests import waiting
 from tests.conftest import ROOT
 
 
@@ -159,15 +160,7 @@ class MonitordProcess:
 
 
 def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
-    """Poll predicate() until it returns a truthy value (returned), else fail after timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError, AssertionError) as err:
-            last_error = err
-        time.sleep(interval)
-    raise AssertionError(f"not reached within {timeout} s (last error: {last_error!r})")
+    """Wait for a daemon's answer: errors while it starts or restarts count as "not yet"."""
+    return waiting.wait_until(
+        predicate, timeout, interval, ignore=(OSError, ValueError, KeyError, AssertionError)
+    )

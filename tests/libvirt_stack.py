@@ -45,7 +45,8 @@ from typing import IO
 from xml.sax.saxutils import escape, quoteattr
 
 from tests.conftest import need_root, need_tool
-from tests.realstack import Auditd, running_auditd, wait_for
+from tests.realstack import Auditd, running_auditd
+from tests.waiting import wait_until as wait_for
 
 URI = "qemu:///system"
 QEMU_USER = "libvirt-qemu"

@@ -162,16 +162,6 @@ def running_auditd(root: Path, extra_conf: dict[str, str] | None = None) -> Iter
             daemon.stop()
 
 
-def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Wait until predicate() is true; fail with a clear message after timeout."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
-
-
 def lines_of_type(path: Path, type_name: str) -> list[str]:
     if not path.exists():
         return []

@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +26,7 @@ from monitord.audit.record import AuditRecord
 from monitord.config import AlertsConfig, WebhookConfig
 from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
+from tests.waiting import wait_until as wait_for
 
 UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"
 BASE = "http://127.0.0.1:9781"
@@ -64,15 +65,6 @@ def disk_record(res: str = "failed", **kw: Any) -> AuditRecord:
         new_disk='"/var/lib/libvirt/images/data.qcow2"',
         **kw,
     )
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `cond` until true (a condition on real state, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 # A real HTTP receiver

@@ -39,7 +39,8 @@ from tests.journalfiles import (
     syslog_entry,
     write_journal,
 )
-from tests.realstack import Auditd, auditd_lock, auditd_pid, wait_for
+from tests.realstack import Auditd, auditd_lock, auditd_pid
+from tests.waiting import wait_until as wait_for
 
 UUID = "5b1e8f0c-3d44-4a55-9e0b-6c2f0a9d1e77"
 UUID2 = "0f0e1d2c-3b4a-4596-a7b8-c9d0e1f2a3b4"

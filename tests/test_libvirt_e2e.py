@@ -24,7 +24,8 @@ from tests.alertmanager import Alertmanager
 from tests.conftest import DATA, ROOT, need_root, need_tool
 from tests.daemonproc import MonitordProcess, free_port, monitord_cmd, wait_until
 from tests.libvirt_stack import drive, running_libvirt, virsh_view
-from tests.realstack import running_auditd, wait_for
+from tests.realstack import running_auditd
+from tests.waiting import wait_until as wait_for
 
 REAL = DATA / "real"
 CORPUS = REAL / "libvirt-9.0-qemu-7.2.log"

@@ -21,20 +21,12 @@ from monitord.web import WebServer
 from tests.conftest import need_tool
 from tests.daemonproc import free_port
 from tests.test_state import Log, feed
+from tests.waiting import wait_until
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as err:
-            last = err
-        time.sleep(0.2)  # polling an external process: no event to wait on
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    # Polling an external process: no event to wait on.
+    return wait_until(check, timeout, 0.2, what=what, ignore=(OSError,))
 
 
 @pytest.fixture
