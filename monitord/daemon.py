@@ -278,8 +278,7 @@ class Daemon:
                 next_tick = mono + TICK
                 if self.alerts is not None:
                     self.alerts.tick(now)
-            if getattr(source, "rotated", False):
-                source.rotated = False  # type: ignore[attr-defined]
+            if source.take_switch():
                 self._dirty = True
                 next_checkpoint = 0.0  # checkpoint at once on rotation
             self._reap_checkpoint()

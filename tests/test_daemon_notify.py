@@ -88,6 +88,9 @@ class StuckSource:
     def finished(self) -> bool:
         return False
 
+    def take_switch(self) -> bool:
+        return False
+
     def health(self) -> Health:
         return Health(True)
 

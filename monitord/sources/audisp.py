@@ -131,6 +131,9 @@ class AudispSource:
     def queued_bytes(self) -> int:
         return self._queued
 
+    def take_switch(self) -> bool:
+        return False  # a pipe has no files to switch between
+
     def health(self) -> Health:
         if self._error is not None:
             return Health(False, self._error)

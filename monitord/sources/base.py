@@ -47,6 +47,9 @@ class Source(Protocol):
     def finished(self) -> bool:
         """True when the source has ended for good (EOF on the plugin pipe)."""
 
+    def take_switch(self) -> bool:
+        """True once after the source moved to another file (rotation): checkpoint now."""
+
     def health(self) -> Health:
         """Open and readable, or why not."""
 

@@ -96,7 +96,7 @@ class FileSource:
         self._health = Health(False, f"{self.path}: not opened yet")
         self._problem_logged: str | None = None
         self._last_check = 0.0
-        self.rotated = False  # set on every switch of file; the daemon checkpoints then
+        self._switched = False  # set on every switch of file; the daemon checkpoints then
 
     # -- Source protocol ------------------------------------------------------------
 
@@ -154,6 +154,10 @@ class FileSource:
     @property
     def finished(self) -> bool:
         return False
+
+    def take_switch(self) -> bool:
+        switched, self._switched = self._switched, False
+        return switched
 
     def health(self) -> Health:
         return self._health
@@ -222,7 +226,7 @@ class FileSource:
         self.parser.reset()
         f.offset = 0
         f.head, f.head_len = "", 0
-        self.rotated = True
+        self._switched = True
 
     def _advance(self, old: _OpenFile) -> bool:
         """Open the file written after `old`: each rotation in order, however many happened.
@@ -313,7 +317,7 @@ class FileSource:
         start = st.st_size if at_end else offset
         self._file = _OpenFile(fd=fd, path=path, dev=st.st_dev, ino=st.st_ino, offset=start)
         self.parser.reset()
-        self.rotated = True
+        self._switched = True
         self._set_ok()
         log.info("reading %s from offset %d", path, start)
         return True
