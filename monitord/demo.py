@@ -30,6 +30,7 @@ from monitord.config import parse_listen
 from monitord.errors import RuntimeFailure, UserError
 from monitord.guesttable import render
 from monitord.simulate import AuditClock, Fleet, noise_lines
+from monitord.status import fetch
 
 SEED: Final = 2026
 GUESTS: Final = 7
@@ -126,12 +127,11 @@ class StreamWriter:
             self._write(batch)
 
 
-def _get_json(url: str) -> dict[str, Any] | None:
+def _guests(base: str) -> dict[str, Any] | None:
+    """The daemon's guest document, None while it does not answer (the table waits)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            doc: dict[str, Any] = json.loads(resp.read())
-            return doc
-    except (OSError, ValueError):
+        return fetch(base, timeout=2)
+    except RuntimeFailure:
         return None
 
 
@@ -262,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
                     screen.alert(_alert_line(receiver.alerts.get_nowait()))
                 except queue.Empty:
                     break
-            screen.draw(header, _get_json(base + "/api/v1/guests"))
+            screen.draw(header, _guests(base))
             stopping.wait(REFRESH)
             if proc.poll() is not None:
                 raise RuntimeFailure(f"the demo daemon exited with code {proc.returncode}")
@@ -271,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         writer.stop.set()
-        doc = _get_json(base + "/api/v1/guests")
+        doc = _guests(base)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
