@@ -38,7 +38,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +175,11 @@ class StampedTable(GuestTable):
         self.applied: dict[int, float] = {}
         self.last_applied = 0.0
 
-    def apply(self, record: AuditRecord) -> None:
-        super().apply(record)
+    def apply_many(self, records: Sequence[AuditRecord]) -> None:
+        super().apply_many(records)
         self.last_applied = t = time.monotonic()
-        self.applied[record.serial] = t
+        for record in records:
+            self.applied[record.serial] = t
 
 
 class InProcessDaemon:

@@ -13,7 +13,7 @@ from monitord.telemetry import Telemetry
 class RecordConsumer(Protocol):
     """The guest table: takes every libvirt record in log order."""
 
-    def apply(self, record: AuditRecord) -> None: ...
+    def apply_many(self, records: Sequence[AuditRecord]) -> None: ...
 
 
 class AlertObserver(Protocol):
@@ -42,12 +42,12 @@ class Pipeline:
         if not records:
             return
         telemetry = self.telemetry
-        table = self.table
         alerts = self.alerts
         now = self.clock() if live else 0.0
         last = telemetry.last_record_time
+        # The table takes its lock once per batch, not once per record.
+        self.table.apply_many(records)
         for record in records:
-            table.apply(record)
             if alerts is not None:
                 alerts.observe(record, live)
             if last is None or record.time > last:
