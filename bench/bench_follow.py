@@ -278,8 +278,8 @@ def bench_latency(tmp: Path, quick: bool) -> list[str]:
         "Writer process: one `write()` per record (simulator VIRT records, 12 guests), paced "
         "on CLOCK_MONOTONIC. Daemon: the real `Daemon` in a thread (FileSource with inotify, "
         "StreamParser, Pipeline with alerts, GuestTable, checkpoint every 5 s with fsync, "
-        "HTTP listener up); latency = monotonic time after `GuestTable.apply` returned minus "
-        "time just before the writer's `write()`.",
+        "HTTP listener up); latency = monotonic time after `GuestTable.apply_many` returned "
+        "for its batch minus time just before the writer's `write()`.",
         "",
         "| rate (achieved) | guests tracked | records | p50 ms | p99 ms | p99.9 ms | max ms | "
         "> 20 ms |",
