@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
-import ipaddress
 import math
 import os
 import re
 import stat
-import tomllib
 import types
 import typing
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +179,8 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"port {port} is out of range (0-65535) in {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        import ipaddress  # here, not at the top: every command imports this module
+
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -196,6 +194,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _check_url(value: str) -> str:
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
@@ -341,6 +341,8 @@ class _Builder:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
+                import difflib
+
                 close = difflib.get_close_matches(key, list(known), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise self.fail((*path, key), f"unknown key{hint}")
@@ -455,6 +457,8 @@ def _kind(value: object) -> str:
 
 def parse_config(text: str, source: str | None = None) -> Config:
     """Validate TOML text into a `Config`; `source` names the file in error messages."""
+    import tomllib  # only commands that read a config file pay for it
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
