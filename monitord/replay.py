@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import marshal
 import os
 import signal
 import struct
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Final, cast
 
 from monitord import guesttable
-from monitord.audit import parallel
-from monitord.audit.parser import ParseStats, StreamParser
+from monitord.audit import parallel, prefilter
+from monitord.audit.parser import FastContext, ParseStats, StreamParser
 from monitord.audit.record import AuditRecord
 from monitord.config import StateConfig
 from monitord.errors import InputError
-from monitord.inputs import READ_SIZE, open_all, read_chunks
+from monitord.inputs import READ_SIZE, open_all, read_chunks, refill_chunks
 from monitord.pipeline import Pipeline
 from monitord.state import GuestTable
 from monitord.telemetry import Telemetry
@@ -34,15 +34,29 @@ def replay(
 ) -> Telemetry:
     """Feed the inputs, in order, through parser and pipeline; expire by record time.
 
-    With `workers=2`, a large regular file is parsed on two cores (`_two_processes`);
-    the table, counters and telemetry end exactly as with one.
+    With the C accelerator and a table that keeps no events (`monitord replay`'s), lines
+    are applied to the table by C as they are read (`StreamParser.feed_apply`), on one
+    core. Otherwise, with `workers=2`, a large regular file is parsed on two cores
+    (`_two_processes`). The table, counters and telemetry end exactly the same either way.
     """
     telemetry = telemetry if telemetry is not None else Telemetry(source="file")
     pipeline = Pipeline(table, telemetry, alerts=None)
+    context = table.fast_context()
     for name, stream in inputs:
         # One parser per file: a partial last line never joins the next file's first.
         parser = StreamParser(stats=telemetry.parse)
         try:
+            if context is not None and parser.accelerated:
+                if (
+                    workers > 1
+                    and stream is not sys.stdin.buffer
+                    and prefilter.available()
+                    and parallel.worth_it(stream, min_size)
+                ):
+                    _prefiltered(stream, name, parser, context, pipeline, table, telemetry)
+                else:
+                    _applied_in_c(stream, name, parser, context, pipeline, table, telemetry)
+                continue
             if (
                 workers > 1
                 and stream is not sys.stdin.buffer
@@ -68,6 +82,53 @@ def _apply(
     pipeline.apply(records, live=False)
     if telemetry.last_record_time is not None:
         table.expire(telemetry.last_record_time)
+
+
+def _applied_in_c(
+    stream: BinaryIO,
+    name: str,
+    parser: StreamParser,
+    context: FastContext,
+    pipeline: Pipeline,
+    table: GuestTable,
+    telemetry: Telemetry,
+) -> None:
+    """`_apply` per chunk, with C applying the lines it reads straight to the table."""
+    apply = functools.partial(pipeline.apply, live=False)
+    for chunk in refill_chunks(stream, name):
+        _expire(parser.feed_apply(chunk, context, apply), table, telemetry)
+    _expire(parser.finish_apply(context, apply), table, telemetry)
+
+
+def _prefiltered(
+    stream: BinaryIO,
+    name: str,
+    parser: StreamParser,
+    context: FastContext,
+    pipeline: Pipeline,
+    table: GuestTable,
+    telemetry: Telemetry,
+) -> None:
+    """`_applied_in_c` on two cores: a forked reader reads, counts and scans the file and
+    passes on only each chunk's candidate lines (monitord.audit.prefilter), which this
+    process parses and applies meanwhile, after the same chunks as one reader would."""
+    found = ParseStats()  # what parsing the candidate lines finds; the reader counts the rest
+    lines = StreamParser(stats=found, max_line_length=parser.max_line_length)
+    apply = functools.partial(pipeline.apply, live=False)
+    for chunk in prefilter.candidate_chunks(stream, name, parser.stats, parser.max_line_length):
+        _expire(lines.apply_lines(chunk, context, apply), table, telemetry)
+    # Every line `lines` read was a candidate line the reader counted already.
+    found.lines = 0
+    _merge_stats(parser.stats, found)
+
+
+def _expire(latest: float | None, table: GuestTable, telemetry: Telemetry) -> None:
+    """After a chunk applied in C: the newest record time so far, then expiry by it."""
+    last = telemetry.last_record_time
+    if latest is not None and (last is None or latest > last):
+        telemetry.last_record_time = last = latest
+    if last is not None:
+        table.expire(last)
 
 
 _LENGTH: Final = struct.Struct("<Q")
@@ -179,6 +240,8 @@ def _two_processes(
         for records in _read_segment(fd, name, parser, 0, None):
             _apply(records, pipeline, table, telemetry)
         return
+    import tempfile  # only this path needs it (and it costs `replay` 3 ms to import)
+
     with tempfile.TemporaryFile() as spool:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -224,7 +287,8 @@ def _merge_stats(into: ParseStats, more: ParseStats) -> None:
 
 def main(args: argparse.Namespace) -> int:
     inputs = open_all(list(args.files))
-    table = GuestTable(StateConfig())
+    # The document has no `events`: keeping none lets C apply the records (fast_context).
+    table = GuestTable(StateConfig(max_events=0))
     # Both cores when there are two and a file is large enough to repay the fork.
     telemetry = replay(inputs, table, workers=min(2, parallel.usable_cpus()))
     doc = table.document()

@@ -71,6 +71,16 @@ _PATH_LISTS: Final[dict[str, str]] = {
     "ivshmem-socket": "shmems",
     "evdev": "inputs",
 }
+# `resrc` of a count record -> the Guest attribute its new-X sets, and the unit (memory is KiB).
+_COUNT_ATTRS: Final[dict[str, tuple[str, int]]] = {
+    "mem": ("memory_bytes", 1024),
+    "vcpu": ("vcpus", 1),
+    "iothread": ("iothreads", 1),
+}
+assert set(_COUNT_ATTRS) == COUNT_RESOURCES
+# The resource forms the C accelerator hands to `_update` (their own fields decide the
+# list); it applies the others itself (GuestTable.fast_context).
+_PYTHON_FORMS: Final = frozenset({"dev", "hostdev", *TPM_RESOURCES, *PATH_RESOURCES})
 
 _V = TypeVar("_V")
 
@@ -549,15 +559,11 @@ class GuestTable:
             return  # OtherResource
         if resrc == "net" and "net" in fields and "old-net" not in fields:
             return  # NetOpen: counted, no list changes
-        if resrc in COUNT_RESOURCES:
+        counted = _COUNT_ATTRS.get(resrc)
+        if counted is not None:
             new = to_int(fields.get(f"new-{resrc}"))
             if new is not None:
-                if resrc == "mem":
-                    g.memory_bytes = new * 1024
-                elif resrc == "vcpu":
-                    g.vcpus = new
-                else:
-                    g.iothreads = new
+                setattr(g, counted[0], new * counted[1])
             return
         if resrc == "cgroup":
             return  # CgroupAcl: counted, no list changes
@@ -640,6 +646,22 @@ class GuestTable:
                 self._stopped.pop(g.uuid, None)
             if vm_pid:
                 g.vm_pid = vm_pid
+
+    def fast_context(self) -> tuple[object, ...] | None:
+        """What the C accelerator's `region_apply` needs to apply records to this table
+        itself (StreamParser.feed_apply), or None when it cannot: records are kept as
+        events (`state.max_events` > 0), which takes whole records.
+
+        For a table with one user (`monitord replay`): C applies records without the lock.
+        """
+        if self.config.max_events > 0:
+            return None
+        lists = {resrc: _LIST_INDEX[name] for resrc, name in _CHANGE_LISTS.items()}
+        return (
+            self._guests, self.records, self.operations, self.resources, self.labels,
+            self._bound.seen, self._bound.limit, self._add, self._update, lists,
+            _COUNT_ATTRS, _PYTHON_FORMS, self._control, self._packer.share,
+        )  # fmt: skip
 
     def expire(self, now: float) -> int:
         """Forget guests stopped before `now - forget_stopped_after` (record time) and

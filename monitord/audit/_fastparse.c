@@ -1,4 +1,4 @@
-/* Optional accelerator for `monitord parse`: one candidate audit line -> its JSON line.
+/* Optional accelerator of the parser: candidate audit lines found and read in C.
  *
  * line_json(line) returns exactly the bytes the pure-Python path produces
  * (parse_line + RecordEncoder, plus "\n"), the parser's NOT_VIRT / NOT_LIBVIRT
@@ -7,10 +7,27 @@
  * after the stamp, small integers); anything else, and every line that would
  * be a ParseError, returns None, so the Python code stays the reference for
  * every unusual case and for the exact error reasons.
+ *
+ * The region_* functions do that for every candidate line of a buffer (found with
+ * SSE2/AVX2 where the CPU has them): as JSON lines (`monitord parse`), as AuditRecords
+ * (the daemon), as the lines themselves (replay's forked reader) or applied straight
+ * to a guest table (`monitord replay`; see region_apply).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h> /* T_OBJECT_EX: the kind of member a __slots__ entry is */
 #include <string.h>
+/* MONITORD_NO_SIMD builds the portable loops only (how they are tested on x86-64). */
+#if defined(MONITORD_NO_SIMD)
+#undef __SSE2__
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h> /* baseline on x86-64; other machines take the portable loops */
+#endif
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(MONITORD_NO_SIMD)
+#include <immintrin.h> /* AVX2 versions of the two scans, chosen at run time */
+#define HAVE_AVX2_DISPATCH 1
+#endif
 
 static PyObject *not_virt_obj = NULL;
 static PyObject *not_libvirt_obj = NULL;
@@ -143,6 +160,22 @@ static Py_ssize_t find_byte(const char *s, Py_ssize_t from, Py_ssize_t to, char 
     return p ? (Py_ssize_t)(p - s) : -1;
 }
 
+/* a[:n] == b[:n] for the short keys and values of a record: inline, no call to memcmp */
+static inline int same(const char *a, const char *b, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+/* the next c in s[from:to] by a plain loop: tokens are short, a memchr call costs more */
+static inline Py_ssize_t next_byte(const char *s, Py_ssize_t from, Py_ssize_t to, char c) {
+    for (Py_ssize_t i = from; i < to; i++)
+        if (s[i] == c)
+            return i;
+    return -1;
+}
+
 static Py_ssize_t find_str(const char *s, Py_ssize_t from, Py_ssize_t to, const char *needle,
                            Py_ssize_t nlen) {
     if (from < 0)
@@ -247,11 +280,34 @@ static const KeyRule KEY_RULES[] = {
     RULE("hostname", 0), RULE("addr", 0), RULE("terminal", 0), RULE("user", 0),
     RULE("auid", 0), RULE("uid", 0), {NULL, 0, 0}};
 
-static int is_encoded_key(const char *k, Py_ssize_t n) {
+/* KEY_RULES grouped by key length, built on first use: a key is compared with the few
+ * rules of its length only */
+#define RULE_LEN_MAX 16
+#define RULES_PER_LEN 12
+static const KeyRule *rules_by_len[RULE_LEN_MAX][RULES_PER_LEN];
+static int rules_indexed = 0;
+
+static void index_rules(void) {
+    int count[RULE_LEN_MAX] = {0};
     for (const KeyRule *r = KEY_RULES; r->name; r++)
-        if (r->len == n && r->name[0] == k[0] && memcmp(r->name, k, (size_t)n) == 0)
-            return r->encoded;
-    return n >= 4 && (memcmp(k, "old-", 4) == 0 || memcmp(k, "new-", 4) == 0);
+        if (r->len < RULE_LEN_MAX && count[r->len] < RULES_PER_LEN - 1)
+            rules_by_len[r->len][count[r->len]++] = r; /* a NULL always ends a list */
+    rules_indexed = 1;
+}
+
+static int is_encoded_key(const char *k, Py_ssize_t n) {
+    if (!rules_indexed)
+        index_rules();
+    if (n < RULE_LEN_MAX) {
+        for (const KeyRule *const *r = rules_by_len[n]; *r; r++)
+            if ((*r)->name[0] == k[0] && same((*r)->name, k, n))
+                return (*r)->encoded;
+    } else {
+        for (const KeyRule *r = KEY_RULES; r->name; r++)
+            if (r->len == n && r->name[0] == k[0] && same(r->name, k, n))
+                return r->encoded;
+    }
+    return n >= 4 && (same(k, "old-", 4) || same(k, "new-", 4));
 }
 
 /* decode_value(key, value, encoded) into the arena; sets f->is_none/off/vlen. */
@@ -303,7 +359,7 @@ static int parse_fields(const char *s, Py_ssize_t n, Field *fields) {
     arena.len = 0;
     /* tokens = inner.split(" "): n + 1 tokens for n spaces (empty ones included) */
     while (i <= n) {
-        Py_ssize_t te = find_byte(s, i, n, ' ');
+        Py_ssize_t te = next_byte(s, i, n, ' ');
         if (te < 0)
             te = n;
         const char *tok = s + i;
@@ -311,7 +367,8 @@ static int parse_fields(const char *s, Py_ssize_t n, Field *fields) {
         i = te + 1;
         if (tl == 0)
             continue;
-        const char *eqp = memchr(tok, '=', (size_t)tl);
+        Py_ssize_t eqi = next_byte(tok, 0, tl, '=');
+        const char *eqp = eqi < 0 ? NULL : tok + eqi;
         if (eqp == NULL || eqp == tok) {
             /* a bare token continues the last raw value */
             if (last >= 0 && !fields[last].is_none) {
@@ -333,7 +390,7 @@ static int parse_fields(const char *s, Py_ssize_t n, Field *fields) {
             /* a quoted value with spaces: up to the first later token ending in '"' */
             Py_ssize_t end = n;
             while (i <= n) {
-                Py_ssize_t e2 = find_byte(s, i, n, ' ');
+                Py_ssize_t e2 = next_byte(s, i, n, ' ');
                 if (e2 < 0)
                     e2 = n;
                 Py_ssize_t start2 = i;
@@ -349,7 +406,7 @@ static int parse_fields(const char *s, Py_ssize_t n, Field *fields) {
         int dup = 0;
         for (int j = 0; j < nf; j++) {
             if (fields[j].klen == kl && fields[j].key[0] == tok[0] &&
-                memcmp(fields[j].key, tok, (size_t)kl) == 0) {
+                same(fields[j].key, tok, kl)) {
                 dup = 1;
                 break;
             }
@@ -388,7 +445,7 @@ static int parse_fields(const char *s, Py_ssize_t n, Field *fields) {
 static Field *get_field_n(Field *fields, int nf, const char *key, Py_ssize_t kl) {
     for (int j = 0; j < nf; j++)
         if (fields[j].klen == kl && fields[j].key[0] == key[0] &&
-            memcmp(fields[j].key, key, (size_t)kl) == 0)
+            same(fields[j].key, key, kl))
             return &fields[j];
     return NULL;
 }
@@ -424,17 +481,44 @@ static int build_record(const char *type_name, Py_ssize_t type_len, long type_id
                         long long serial, const char *node, Py_ssize_t node_len, Field *fields,
                         int nf, const long long *ints, const int *has_int, const char *subj,
                         Py_ssize_t subj_len, const Pair *enr, int ne);
+/* The record applied to the guest table (region_apply); same arguments as build_record. */
+static int apply_line(const char *type_name, Py_ssize_t type_len, long type_id, double t,
+                      long long serial, const char *node, Py_ssize_t node_len, Field *fields,
+                      int nf, const long long *ints, const int *has_int, const char *subj,
+                      Py_ssize_t subj_len, const Pair *enr, int ne);
+
+/* convert()'s modes: the JSON line, an AuditRecord, or applied to the guest table */
+#define WANT_JSON 0
+#define WANT_RECORD 1
+#define WANT_APPLY 2
+#define WANT_LINES 3 /* region_lines: the candidate lines, unparsed */
 
 static int convert(const char *s, Py_ssize_t n, PyObject **ignored, int want_record) {
     Py_ssize_t i, gs = -1;
     while (n > 0 && (s[n - 1] == '\r' || s[n - 1] == '\n'))
         n--;
-    for (i = 0; i < n; i++) {
+    i = 0;
+    while (i < n) {
+#if defined(__SSE2__)
+        if (i + 16 <= n) { /* 16 bytes at once; on a non-printable one, go straight to it */
+            __m128i x = _mm_loadu_si128((const __m128i *)(s + i));
+            __m128i odd = _mm_or_si128(_mm_cmplt_epi8(x, _mm_set1_epi8(0x20)),
+                                       _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)));
+            int mask = _mm_movemask_epi8(odd);
+            if (mask == 0) {
+                i += 16;
+                continue;
+            }
+            i += __builtin_ctz((unsigned)mask);
+        }
+#endif
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c <= 0x7e)
+        if (c >= 0x20 && c <= 0x7e) {
+            i++;
             continue;
+        }
         if (c == 0x1d && gs < 0) {
-            gs = i;
+            gs = i++;
             continue;
         }
         return FALLBACK;
@@ -637,6 +721,10 @@ static int convert(const char *s, Py_ssize_t n, PyObject **ignored, int want_rec
         const char *subj = ov[4];
         if (subj != NULL && ol[4] == 1 && subj[0] == '?')
             subj = NULL;
+        if (want_record == WANT_APPLY)
+            return apply_line(type_name, type_len, type_id, t, serial,
+                              node_len < 0 ? NULL : s + 5, node_len, fields, nf, ints, has_int,
+                              subj, ol[4], enr, ne);
         return build_record(type_name, type_len, type_id, t, serial, node_len < 0 ? NULL : s + 5,
                             node_len, fields, nf, ints, has_int, subj, ol[4], enr, ne);
     }
@@ -770,6 +858,7 @@ static int other_needle_heads(const char *buf, Py_ssize_t pos, Py_ssize_t line_s
            !contains(buf, line_start, head, NEEDLE1, NLEN(NEEDLE1));
 }
 
+#if !defined(__SSE2__)
 /* buf.find(needle, from, size) for a needle "type=" + rarer text */
 static Py_ssize_t find_needle(const char *buf, Py_ssize_t from, Py_ssize_t size,
                               const char *needle, Py_ssize_t n) {
@@ -786,6 +875,7 @@ static Py_ssize_t find_needle(const char *buf, Py_ssize_t from, Py_ssize_t size,
     }
     return -1;
 }
+#endif
 
 static int flush_run(PyObject *items, Buf *run) {
     if (run->len == 0)
@@ -801,10 +891,62 @@ static int flush_run(PyObject *items, Buf *run) {
 
 static Buf run_buf = {NULL, 0, 0};
 
-/* bytes equal to '\n', eight at a time (exact: no carries between bytes) */
-static Py_ssize_t count_newlines(const char *buf, Py_ssize_t n) {
-    const unsigned long long ones7 = 0x7f7f7f7f7f7f7f7fULL, nl = 0x0a0a0a0a0a0a0a0aULL;
+#ifdef HAVE_AVX2_DISPATCH
+static int use_avx2 = -1; /* -1: not asked yet */
+
+static int avx2(void) {
+    if (use_avx2 < 0) {
+        __builtin_cpu_init();
+        use_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return use_avx2;
+}
+
+/* count_newlines on 32 bytes at a time */
+__attribute__((target("avx2"))) static Py_ssize_t count_newlines_avx2(const char *buf,
+                                                                     Py_ssize_t n) {
+    const __m256i nl = _mm256_set1_epi8('\n');
     Py_ssize_t count = 0, i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(buf + i));
+        count += __builtin_popcount((unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, nl)));
+    }
+    for (; i < n; i++)
+        count += buf[i] == '\n';
+    return count;
+}
+#endif
+
+/* bytes equal to '\n' in buf[:n] */
+static Py_ssize_t count_newlines_portable(const char *buf, Py_ssize_t n);
+
+static Py_ssize_t count_newlines(const char *buf, Py_ssize_t n) {
+#ifdef HAVE_AVX2_DISPATCH
+    if (avx2())
+        return count_newlines_avx2(buf, n);
+#endif
+    return count_newlines_portable(buf, n);
+}
+
+static Py_ssize_t count_newlines_portable(const char *buf, Py_ssize_t n) {
+    Py_ssize_t count = 0, i = 0;
+#if defined(__SSE2__)
+    const __m128i nl = _mm_set1_epi8('\n');
+    while (i + 16 <= n) {
+        /* each byte lane counts up to 255 matches, then the lanes are summed */
+        __m128i acc = _mm_setzero_si128();
+        Py_ssize_t stop = n - i > 16 * 255 ? i + 16 * 255 : n;
+        for (; i + 16 <= stop; i += 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(buf + i));
+            acc = _mm_sub_epi8(acc, _mm_cmpeq_epi8(x, nl));
+        }
+        __m128i sums = _mm_sad_epu8(acc, _mm_setzero_si128());
+        count += (Py_ssize_t)_mm_cvtsi128_si64(sums) +
+                 (Py_ssize_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums));
+    }
+#else
+    /* eight at a time (exact: no carries between bytes) */
+    const unsigned long long ones7 = 0x7f7f7f7f7f7f7f7fULL, nl = 0x0a0a0a0a0a0a0a0aULL;
     for (; i + 8 <= n; i += 8) {
         unsigned long long x;
         memcpy(&x, buf + i, 8);
@@ -813,45 +955,123 @@ static Py_ssize_t count_newlines(const char *buf, Py_ssize_t n) {
         y = ~(y | x | ones7); /* 0x80 in each zero byte, nothing else */
         count += (Py_ssize_t)(((y >> 7) * 0x0101010101010101ULL) >> 56);
     }
+#endif
     for (; i < n; i++)
         count += buf[i] == '\n';
     return count;
 }
 
-static PyObject *region(PyObject *args, int want_record) {
-    Py_buffer view;
-    Py_ssize_t end, max_len;
-    if (!PyArg_ParseTuple(args, "y*nn", &view, &end, &max_len))
-        return NULL;
-    if (not_virt_obj == NULL || not_libvirt_obj == NULL) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() was not called");
-        return NULL;
+/* The scan of a region: where the next candidate line is (parser.candidate_spans). */
+typedef struct {
+    const char *buf;
+    Py_ssize_t size; /* lines end at or before it */
+    Py_ssize_t from; /* the search goes on here */
+    Py_ssize_t next1, next2; /* without SSE2: each needle's next match; -2 unknown, -1 none */
+} Scan;
+
+static void scan_init(Scan *sc, const char *buf, Py_ssize_t from, Py_ssize_t size) {
+    sc->buf = buf;
+    sc->size = size;
+    sc->from = from;
+    sc->next1 = sc->next2 = -2;
+}
+
+/* The leftmost start of either needle in [from, size), the whole needle before size; -1: none.
+ * (parser.py's _CANDIDATE regex: `type=VIRT_|type=UNKNOWN\[25`) */
+#ifdef HAVE_AVX2_DISPATCH
+/* find_either's block loop on 32 starts at once; returns where the scalar tail begins */
+__attribute__((target("avx2"))) static Py_ssize_t find_either_avx2(const char *buf,
+                                                                  Py_ssize_t i,
+                                                                  Py_ssize_t size,
+                                                                  Py_ssize_t *found) {
+    const __m256i v = _mm256_set1_epi8('V'), under = _mm256_set1_epi8('_');
+    const __m256i u = _mm256_set1_epi8('U'), bracket = _mm256_set1_epi8('[');
+    for (; i + 44 <= size; i += 32) {
+        __m256i at5 = _mm256_loadu_si256((const __m256i *)(buf + i + 5));
+        __m256i m1 = _mm256_and_si256(
+            _mm256_cmpeq_epi8(at5, v),
+            _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(buf + i + 9)), under));
+        __m256i m2 = _mm256_and_si256(
+            _mm256_cmpeq_epi8(at5, u),
+            _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(buf + i + 12)), bracket));
+        unsigned mask = (unsigned)_mm256_movemask_epi8(_mm256_or_si256(m1, m2));
+        while (mask) {
+            Py_ssize_t p = i + __builtin_ctz(mask);
+            if (starts(buf, p, size, NEEDLE1, NLEN(NEEDLE1)) ||
+                starts(buf, p, size, NEEDLE2, NLEN(NEEDLE2))) {
+                *found = p;
+                return i;
+            }
+            mask &= mask - 1;
+        }
     }
-    const char *buf = view.buf;
-    Py_ssize_t size = end < view.len ? end : view.len;
-    Py_ssize_t nlines = 0, nspans = 0, nrec = 0, nvirt = 0, nlib = 0;
-    PyObject *items = PyList_New(0);
-    if (items == NULL)
-        goto fail;
-    /* newlines in the whole buffer, as parser.py counts them (buf[end:] holds none) */
-    nlines = count_newlines(buf, view.len);
-    run_buf.len = 0;
-    Py_ssize_t from = 0, next1 = -2, next2 = -2; /* -2: not searched yet, -1: none left */
-    while (from < size) {
+    *found = -1;
+    return i;
+}
+#endif
+
+static Py_ssize_t find_either(Scan *sc) {
+    const char *buf = sc->buf;
+    Py_ssize_t i = sc->from, size = sc->size;
+#ifdef HAVE_AVX2_DISPATCH
+    if (avx2()) {
+        Py_ssize_t found;
+        i = find_either_avx2(buf, i, size, &found);
+        if (found >= 0)
+            return found;
+    }
+#endif
+#if defined(__SSE2__)
+    /* 16 starts at once: 'V' at +5 and '_' at +9, or 'U' at +5 and '[' at +12; then memcmp */
+    const __m128i v = _mm_set1_epi8('V'), under = _mm_set1_epi8('_');
+    const __m128i u = _mm_set1_epi8('U'), bracket = _mm_set1_epi8('[');
+    for (; i + 28 <= size; i += 16) {
+        __m128i at5 = _mm_loadu_si128((const __m128i *)(buf + i + 5));
+        __m128i m1 = _mm_and_si128(_mm_cmpeq_epi8(at5, v),
+                                   _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(buf + i + 9)), under));
+        __m128i m2 = _mm_and_si128(_mm_cmpeq_epi8(at5, u),
+                                   _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(buf + i + 12)), bracket));
+        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(m1, m2));
+        while (mask) {
+            Py_ssize_t p = i + __builtin_ctz(mask);
+            if (starts(buf, p, size, NEEDLE1, NLEN(NEEDLE1)) ||
+                starts(buf, p, size, NEEDLE2, NLEN(NEEDLE2)))
+                return p;
+            mask &= mask - 1;
+        }
+    }
+    for (; i + NLEN(NEEDLE1) <= size; i++)
+        if (starts(buf, i, size, NEEDLE1, NLEN(NEEDLE1)) ||
+            starts(buf, i, size, NEEDLE2, NLEN(NEEDLE2)))
+            return i;
+    return -1;
+#else
+    /* a needle is searched again only once the scan has passed its last match */
+    if (sc->next1 == -2 || (sc->next1 >= 0 && sc->next1 < i))
+        sc->next1 = find_needle(buf, i, size, NEEDLE1, NLEN(NEEDLE1));
+    if (sc->next2 == -2 || (sc->next2 >= 0 && sc->next2 < i))
+        sc->next2 = find_needle(buf, i, size, NEEDLE2, NLEN(NEEDLE2));
+    Py_ssize_t n1 = sc->next1, n2 = sc->next2;
+    return n1 < 0 ? n2 : (n2 < 0 || n1 < n2 ? n1 : n2);
+#endif
+}
+
+/* 1 and the next candidate line in [*line_start, *line_end), or 0 at the region's end */
+static int scan_next(Scan *sc, Py_ssize_t *line_start_out, Py_ssize_t *line_end_out) {
+    const char *buf = sc->buf;
+    Py_ssize_t size = sc->size;
+    while (sc->from < size) {
         /* the leftmost match of either needle (the regex's alternation) */
-        if (next1 == -2 || (next1 >= 0 && next1 < from))
-            next1 = find_needle(buf, from, size, NEEDLE1, NLEN(NEEDLE1));
-        if (next2 == -2 || (next2 >= 0 && next2 < from))
-            next2 = find_needle(buf, from, size, NEEDLE2, NLEN(NEEDLE2));
-        Py_ssize_t pos = next1 < 0 ? next2 : (next2 < 0 || next1 < next2 ? next1 : next2);
-        if (pos < 0)
-            break;
+        Py_ssize_t pos = find_either(sc);
+        if (pos < 0) {
+            sc->from = size;
+            return 0;
+        }
         /* the match runs to the end of its line; the next search starts there */
         Py_ssize_t line_end = find_byte(buf, pos, size, '\n');
         if (line_end < 0)
             line_end = size;
-        from = line_end;
+        sc->from = line_end;
         Py_ssize_t line_start = pos;
         while (line_start > 0 && buf[line_start - 1] != '\n')
             line_start--;
@@ -860,9 +1080,48 @@ static PyObject *region(PyObject *args, int want_record) {
                (find_byte(buf, line_start, pos, ' ') == pos - 1 ||
                 other_needle_heads(buf, pos, line_start, line_end)))))
             continue;
+        *line_start_out = line_start;
+        *line_end_out = line_end;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *region(PyObject *args, int want_record) {
+    Py_buffer view;
+    Py_ssize_t end, max_len, start = 0;
+    if (!PyArg_ParseTuple(args, "y*nn|n", &view, &end, &max_len, &start))
+        return NULL;
+    if (start < 0 || start > view.len)
+        start = view.len;
+    if (not_virt_obj == NULL || not_libvirt_obj == NULL) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() was not called");
+        return NULL;
+    }
+    const char *buf = view.buf;
+    Py_ssize_t size = end < view.len ? end : view.len;
+    Py_ssize_t nlines = 0, nspans = 0, nrec = 0, nvirt = 0, nlib = 0;
+    Py_ssize_t line_start, line_end;
+    Scan sc;
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
+        goto fail;
+    /* newlines from start to the buffer's end, as parser.py counts them (buf[end:] holds none) */
+    nlines = count_newlines(buf + start, view.len - start);
+    run_buf.len = 0;
+    scan_init(&sc, buf, start, size);
+    while (scan_next(&sc, &line_start, &line_end)) {
         nspans++;
         int rc = FALLBACK;
         PyObject *ignored = NULL;
+        if (want_record == WANT_LINES && line_end - line_start <= max_len) {
+            /* the candidate line itself, for a reader in another process to parse */
+            if (buf_put(&run_buf, buf + line_start, line_end - line_start) < 0 ||
+                buf_put(&run_buf, "\n", 1) < 0)
+                goto fail;
+            continue;
+        }
         if (line_end - line_start <= max_len) {
             rc = convert(buf + line_start, line_end - line_start, &ignored, want_record);
             if (rc < 0)
@@ -907,6 +1166,11 @@ fail:
 static PyObject *region_json(PyObject *self, PyObject *args) {
     (void)self;
     return region(args, 0);
+}
+
+static PyObject *region_lines(PyObject *self, PyObject *args) {
+    (void)self;
+    return region(args, WANT_LINES);
 }
 
 static PyObject *region_records(PyObject *self, PyObject *args) {
@@ -1005,6 +1269,690 @@ done:
     return rc;
 }
 
+/* ---- region_apply: records applied to the guest table straight from their fields ---------
+ *
+ * state.py's GuestTable._apply for the table `monitord replay` builds (no kept events):
+ * the counters, the label bounds, the guest's place in the table and, for resource
+ * records (most of a log), the guest's update, all without building an AuditRecord.
+ * Every other record (lifecycle, security label, the rarer resource forms) is built as
+ * an AuditRecord and handed to GuestTable._update, so the Python code stays the
+ * reference; what stays here is checked against it record for record
+ * (tests/test_fastapply.py). The tables it needs (which resrc changes which list, which
+ * forms go to Python) come from GuestTable.fast_context(), not copies in C.
+ */
+
+typedef struct {
+    PyObject *obj;
+    Py_ssize_t len;
+    char bytes[96];
+} TextSlot;
+
+/* text_of, remembering the last value of one field: uuid, vm and virt repeat a lot */
+static PyObject *cached_text(TextSlot *slot, const char *p, Py_ssize_t n) {
+    if (slot->obj != NULL && slot->len == n && same(slot->bytes, p, n))
+        return Py_NewRef(slot->obj);
+    PyObject *u = text_of(p, n);
+    if (u != NULL && n <= (Py_ssize_t)sizeof slot->bytes) {
+        Py_XSETREF(slot->obj, Py_NewRef(u));
+        slot->len = n;
+        memcpy(slot->bytes, p, (size_t)n);
+    }
+    return u;
+}
+
+enum { T_TYPE, T_RES, T_VIRT, T_OP, T_REASON, T_RESRC, T_MODEL, T_UUID, T_VM, T_VALUE, T_SLOTS };
+static TextSlot slots[T_SLOTS];
+
+/* fields.get(key) as the record's dict holds it: the str, or None for `?` and absent keys */
+static PyObject *value_of(int slot, Field *f) {
+    if (f == NULL || f->is_none)
+        return Py_NewRef(Py_None);
+    return cached_text(&slots[slot], arena.data + f->off, f->vlen);
+}
+
+#define VALUE_IS(f, lit) ((f) != NULL && !(f)->is_none && EQ(arena.data + (f)->off, (f)->vlen, lit))
+
+/* GuestTable.fast_context(), unpacked for one region_apply call (borrowed references) */
+typedef struct {
+    PyObject *guests;   /* OrderedDict uuid -> Guest */
+    PyObject *counters[4]; /* records, operations, resources, labels */
+    PyObject *seen;     /* LabelBound.seen: label -> set of values */
+    Py_ssize_t limit;   /* LabelBound.limit */
+    PyObject *add;      /* GuestTable._add(uuid) -> Guest */
+    PyObject *update;   /* GuestTable._update(guest, record, result) */
+    PyObject *move;     /* guests.move_to_end */
+    PyObject *lists;    /* resrc -> index of the device list its old-X/new-X change */
+    PyObject *counts;   /* resrc -> (attribute, factor): mem, vcpu, iothread */
+    PyObject *python;   /* resrc values whose update GuestTable._update does */
+    PyObject *control;  /* GuestTable._control(guest, op, vm_pid, time, failed) */
+    PyObject *share;    /* the table's _Packer.share: one object for equal labels */
+    PyObject *last_uuid; /* owned: the guest moved to the end last in this call */
+    double latest;
+    int have_latest;
+} Table;
+
+static Table tab;
+
+static PyObject *S_success, *S_failed, *S_absent, *S_other, *S_running;
+static PyObject *L_virt, *L_op, *L_reason, *L_resrc, *L_model;
+static PyObject *A_row, *A_events, *A_name, *A_virt, *A_last_event_time, *A_failures, *A_state,
+    *A_phase_open, *A_devices, *A_last_op, *A_last_reason, *A_last_result, *M_begin_phase,
+    *M_set_label;
+
+static int intern_names(void) {
+    if (S_success != NULL)
+        return 0;
+#define INTERN(var, text)                                     \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) \
+        return -1;
+    INTERN(S_success, "success")
+    INTERN(S_failed, "failed")
+    INTERN(S_absent, "")
+    INTERN(S_other, "other")
+    INTERN(S_running, "running")
+    INTERN(L_virt, "virt")
+    INTERN(L_op, "op")
+    INTERN(L_reason, "reason")
+    INTERN(L_resrc, "resrc")
+    INTERN(L_model, "model")
+    INTERN(A_row, "row")
+    INTERN(A_events, "events")
+    INTERN(A_name, "name")
+    INTERN(A_virt, "virt")
+    INTERN(A_last_event_time, "last_event_time")
+    INTERN(A_failures, "failures")
+    INTERN(A_state, "state")
+    INTERN(A_phase_open, "phase_open")
+    INTERN(A_devices, "devices")
+    INTERN(A_last_op, "last_op")
+    INTERN(A_last_reason, "last_reason")
+    INTERN(A_last_result, "last_result")
+    INTERN(M_begin_phase, "begin_phase")
+    INTERN(M_set_label, "set_label")
+#undef INTERN
+    return 0;
+}
+
+/* LabelBound.__call__(label, value): a new reference */
+static PyObject *bound(PyObject *label, PyObject *value) {
+    if (value == Py_None)
+        return Py_NewRef(S_absent);
+    PyObject *values = PyDict_GetItemWithError(tab.seen, label);
+    if (values == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        values = PySet_New(NULL);
+        if (values == NULL)
+            return NULL;
+        int rc = PyDict_SetItem(tab.seen, label, values);
+        Py_DECREF(values); /* the dict holds it */
+        if (rc < 0)
+            return NULL;
+    }
+    int has = PySet_Contains(values, value);
+    if (has < 0)
+        return NULL;
+    if (has)
+        return Py_NewRef(value);
+    if (PySet_GET_SIZE(values) >= tab.limit)
+        return Py_NewRef(S_other);
+    if (PySet_Add(values, value) < 0)
+        return NULL;
+    return Py_NewRef(value);
+}
+
+/* counter[key] = counter.get(key, 0) + 1; steals key */
+static int count_key(PyObject *counter, PyObject *key) {
+    if (key == NULL)
+        return -1;
+    PyObject *old = PyDict_GetItemWithError(counter, key);
+    PyObject *n;
+    if (old != NULL) {
+        long long v = PyLong_AsLongLong(old);
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+        n = PyLong_FromLongLong(v + 1);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    } else {
+        n = PyLong_FromLong(1);
+    }
+    int rc = n == NULL ? -1 : PyDict_SetItem(counter, key, n);
+    Py_XDECREF(n);
+    Py_DECREF(key);
+    return rc;
+}
+
+/* A Guest's attributes are __slots__ members: read and written at their offset (what their
+ * member descriptors do, without the attribute lookup); anything else by name. */
+#define SLOT_CACHE 32
+static PyObject *slot_type = NULL; /* the type the offsets are for */
+static PyObject *slot_names[SLOT_CACHE];
+static Py_ssize_t slot_offsets[SLOT_CACHE]; /* -1: not a plain slot */
+static int slot_count = 0;
+
+static Py_ssize_t slot_offset(PyObject *g, PyObject *name) {
+    if ((PyObject *)Py_TYPE(g) != slot_type) {
+        Py_XSETREF(slot_type, Py_NewRef((PyObject *)Py_TYPE(g)));
+        slot_count = 0;
+    }
+    for (int i = 0; i < slot_count; i++)
+        if (slot_names[i] == name) /* interned names */
+            return slot_offsets[i];
+    Py_ssize_t offset = -1;
+    PyObject *descr = PyObject_GetAttr(slot_type, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+    } else {
+        if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
+                offset = m->offset;
+        }
+        Py_DECREF(descr);
+    }
+    if (slot_count < SLOT_CACHE) {
+        slot_names[slot_count] = name; /* interned for good: no reference needed */
+        slot_offsets[slot_count++] = offset;
+    }
+    return offset;
+}
+
+/* getattr(g, name): a new reference */
+static PyObject *get_attr(PyObject *g, PyObject *name) {
+    Py_ssize_t off = slot_offset(g, name);
+    if (off > 0) {
+        PyObject *v = *(PyObject **)((char *)g + off);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(g, name);
+}
+
+/* setattr(g, name, value), stealing value */
+static int set_attr(PyObject *g, PyObject *name, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    Py_ssize_t off = slot_offset(g, name);
+    if (off > 0) {
+        PyObject **slot = (PyObject **)((char *)g + off);
+        Py_XSETREF(*slot, value);
+        return 0;
+    }
+    int rc = PyObject_SetAttr(g, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* Guest.add_device / remove_device: the device list at index, a sorted tuple, with value
+ * joining (add) or leaving it; the guest's devices tuple is replaced only on a change. */
+static int change_device(PyObject *g, Py_ssize_t index, Field *f, int add) {
+    if (f == NULL || f->is_none)
+        return 0;
+    PyObject *value = value_of(T_VALUE, f);
+    PyObject *devices = value == NULL ? NULL : get_attr(g, A_devices);
+    PyObject *items2 = NULL, *devices2 = NULL;
+    int rc = -1;
+    if (devices == NULL)
+        goto done;
+    if (!PyTuple_Check(devices) || index >= PyTuple_GET_SIZE(devices) ||
+        !PyTuple_Check(PyTuple_GET_ITEM(devices, index))) {
+        PyErr_SetString(PyExc_RuntimeError, "Guest.devices is not a tuple of tuples");
+        goto done;
+    }
+    PyObject *items = PyTuple_GET_ITEM(devices, index);
+    Py_ssize_t n = PyTuple_GET_SIZE(items), at = n, found = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int cmp = PyUnicode_Compare(PyTuple_GET_ITEM(items, i), value);
+        if (cmp == -1 && PyErr_Occurred())
+            goto done;
+        if (cmp == 0) {
+            found = i;
+            break;
+        }
+        if (cmp > 0 && at == n)
+            at = i; /* the sorted place of a new value */
+    }
+    if (add ? found >= 0 : found < 0) {
+        rc = 0; /* already there / not there: nothing changes */
+        goto done;
+    }
+    items2 = PyTuple_New(add ? n + 1 : n - 1);
+    if (items2 == NULL)
+        goto done;
+    for (Py_ssize_t i = 0, j = 0; i < n; i++) {
+        if (add && i == at)
+            PyTuple_SET_ITEM(items2, j++, Py_NewRef(value));
+        if (!add && i == found)
+            continue;
+        PyTuple_SET_ITEM(items2, j++, Py_NewRef(PyTuple_GET_ITEM(items, i)));
+    }
+    if (add && at == n)
+        PyTuple_SET_ITEM(items2, n, Py_NewRef(value));
+    Py_ssize_t nd = PyTuple_GET_SIZE(devices);
+    devices2 = PyTuple_New(nd);
+    if (devices2 == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < nd; i++)
+        PyTuple_SET_ITEM(devices2, i, Py_NewRef(i == index ? items2 : PyTuple_GET_ITEM(devices, i)));
+    rc = PyObject_SetAttr(g, A_devices, devices2);
+done:
+    Py_XDECREF(items2);
+    Py_XDECREF(devices2);
+    Py_XDECREF(devices);
+    Py_XDECREF(value);
+    return rc;
+}
+
+/* a count as to_int() reads it, for plain decimal text only: 1 = number, 0 = ask Python */
+static int plain_count(Field *f, long long *out) {
+    const char *v = arena.data + f->off;
+    Py_ssize_t n = f->vlen;
+    if (n < 1 || n > 15)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return int_of(v, n, out) == 1;
+}
+
+/* GuestTable._update up to the record's kind (no events kept): 1 = go on, 0 = done, -1 */
+static int update_common(PyObject *g, double t, PyObject *result, PyObject *virt_raw,
+                         Field *fields, int nf, int control) {
+    if (set_attr(g, A_row, Py_NewRef(Py_None)) < 0)
+        return -1;
+    PyObject *events = get_attr(g, A_events);
+    if (events == NULL)
+        return -1;
+    int rc = PyList_Check(events) && PyList_GET_SIZE(events) > 0
+                 ? PyList_SetSlice(events, 0, PyList_GET_SIZE(events), NULL)
+                 : 0;
+    Py_DECREF(events);
+    if (rc < 0)
+        return -1;
+    Field *vm = get_field(fields, nf, "vm");
+    if (vm != NULL && !vm->is_none && set_attr(g, A_name, value_of(T_VM, vm)) < 0)
+        return -1;
+    if (virt_raw != Py_None && set_attr(g, A_virt, Py_NewRef(virt_raw)) < 0)
+        return -1;
+    PyObject *last = get_attr(g, A_last_event_time);
+    if (last == NULL)
+        return -1;
+    int later = 1;
+    if (last != Py_None) {
+        double lt = PyFloat_AsDouble(last);
+        later = !(lt == -1.0 && PyErr_Occurred()) && t > lt;
+    }
+    Py_DECREF(last);
+    if (PyErr_Occurred())
+        return -1;
+    if (later && set_attr(g, A_last_event_time, PyFloat_FromDouble(t)) < 0)
+        return -1;
+    if (result == S_failed) {
+        PyObject *n = get_attr(g, A_failures);
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *sum = (n && one) ? PyNumber_Add(n, one) : NULL;
+        Py_XDECREF(n);
+        Py_XDECREF(one);
+        if (set_attr(g, A_failures, sum) < 0)
+            return -1;
+    }
+    /* a failed resource or label record changes nothing more; a lifecycle one goes on */
+    return control || result == S_success;
+}
+
+/* the rest of GuestTable._update for VIRT_CONTROL: last op, reason and result; _control */
+static int update_control(PyObject *g, double t, PyObject *result, PyObject *op,
+                          PyObject *reason, PyObject *vm_pid) {
+    if (set_attr(g, A_last_op, Py_NewRef(op)) < 0 ||
+        set_attr(g, A_last_reason, Py_NewRef(reason)) < 0 ||
+        set_attr(g, A_last_result, Py_NewRef(result == S_absent ? Py_None : result)) < 0)
+        return -1;
+    PyObject *when = PyFloat_FromDouble(t);
+    if (when == NULL)
+        return -1;
+    PyObject *out = PyObject_CallFunctionObjArgs(tab.control, g, op, vm_pid, when,
+                                                 result == S_success ? Py_False : Py_True, NULL);
+    Py_DECREF(when);
+    Py_XDECREF(out);
+    return out == NULL ? -1 : 0;
+}
+
+/* the rest of GuestTable._update for VIRT_MACHINE_ID: the model's label */
+static int update_label(PyObject *g, Field *fields, int nf) {
+    PyObject *triple = PyTuple_New(3);
+    if (triple == NULL)
+        return -1;
+    PyTuple_SET_ITEM(triple, 0, value_of(T_MODEL, get_field(fields, nf, "model")));
+    PyTuple_SET_ITEM(triple, 1, value_of(T_VALUE, get_field(fields, nf, "vm-ctx")));
+    PyTuple_SET_ITEM(triple, 2, value_of(T_VALUE, get_field(fields, nf, "img-ctx")));
+    for (int k = 0; k < 3; k++)
+        if (PyTuple_GET_ITEM(triple, k) == NULL) {
+            Py_DECREF(triple);
+            return -1;
+        }
+    PyObject *shared = PyObject_CallOneArg(tab.share, triple);
+    Py_DECREF(triple);
+    if (shared == NULL)
+        return -1;
+    PyObject *out = PyObject_CallMethodOneArg(g, M_set_label, shared);
+    Py_DECREF(shared);
+    Py_XDECREF(out);
+    return out == NULL ? -1 : 0;
+}
+
+/* the rest of GuestTable._update for a resource record that succeeded */
+static int update_resource(PyObject *g, Field *fields, int nf, Field *resrc_f, PyObject *resrc,
+                           PyObject *counted, long long count) {
+    Field *reason = get_field(fields, nf, "reason");
+    if (VALUE_IS(reason, "start")) {
+        PyObject *state = get_attr(g, A_state);
+        if (state == NULL)
+            return -1;
+        int running = PyUnicode_Check(state) && PyUnicode_Compare(state, S_running) == 0;
+        Py_DECREF(state);
+        if (!running) {
+            PyObject *phase = get_attr(g, A_phase_open);
+            int open = phase == NULL ? -1 : PyObject_IsTrue(phase);
+            Py_XDECREF(phase);
+            if (open < 0)
+                return -1;
+            if (!open) {
+                PyObject *out = PyObject_CallMethodNoArgs(g, M_begin_phase);
+                if (out == NULL)
+                    return -1;
+                Py_DECREF(out);
+            }
+        }
+    }
+    if (resrc_f == NULL || resrc_f->is_none)
+        return 0; /* OtherResource */
+    if (VALUE_IS(resrc_f, "net") && get_field(fields, nf, "net") != NULL &&
+        get_field(fields, nf, "old-net") == NULL)
+        return 0; /* NetOpen */
+    if (counted != NULL) { /* (attribute, factor); count < 0: new-X absent or `?` */
+        if (count < 0)
+            return 0;
+        long long factor = PyLong_AsLongLong(PyTuple_GET_ITEM(counted, 1));
+        if (factor == -1 && PyErr_Occurred())
+            return -1;
+        return set_attr(g, PyTuple_GET_ITEM(counted, 0), PyLong_FromLongLong(count * factor));
+    }
+    if (VALUE_IS(resrc_f, "cgroup"))
+        return 0; /* CgroupAcl */
+    /* DeviceChange: old-X leaves its list, new-X joins it */
+    char key[80];
+    Py_ssize_t rl = resrc_f->vlen;
+    if (rl > (Py_ssize_t)sizeof key - 4)
+        return 0; /* no list has so long a name */
+    PyObject *index = PyDict_GetItemWithError(tab.lists, resrc);
+    if (index == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t i = PyLong_AsSsize_t(index);
+    if (i < 0)
+        return PyErr_Occurred() ? -1 : 0;
+    memcpy(key, "old-", 4);
+    memcpy(key + 4, arena.data + resrc_f->off, (size_t)rl);
+    Field *old = get_field_n(fields, nf, key, rl + 4);
+    memcpy(key, "new-", 4);
+    Field *new = get_field_n(fields, nf, key, rl + 4);
+    if (change_device(g, i, old, 0) < 0)
+        return -1;
+    return change_device(g, i, new, 1);
+}
+
+/* the value of f as to_int() reads plain decimal text; 0 with *out = -1 for None (absent,
+ * `?`); -2: anything else, for Python to read */
+static int field_int(Field *f, long long *out) {
+    *out = -1;
+    if (f == NULL || f->is_none)
+        return 0;
+    return plain_count(f, out) ? 0 : -2;
+}
+
+static int apply_line(const char *type_name, Py_ssize_t type_len, long type_id, double t,
+                      long long serial, const char *node, Py_ssize_t node_len, Field *fields,
+                      int nf, const long long *ints, const int *has_int, const char *subj,
+                      Py_ssize_t subj_len, const Pair *enr, int ne) {
+    int rc = -1;
+    PyObject *result = NULL, *tname = NULL, *virt_raw = NULL, *virt = NULL, *a = NULL;
+    PyObject *b = NULL, *c = NULL, *resrc = NULL, *uuid = NULL, *g = NULL, *out = NULL;
+    PyObject *a_raw = NULL; /* op, as the record has it */
+    if (!tab.have_latest || t > tab.latest) {
+        tab.latest = t;
+        tab.have_latest = 1;
+    }
+    /* AuditRecord.result */
+    Field *res = get_field(fields, nf, "res");
+    if (VALUE_IS(res, "success") || VALUE_IS(res, "1"))
+        result = Py_NewRef(S_success);
+    else if (VALUE_IS(res, "failed") || VALUE_IS(res, "0"))
+        result = Py_NewRef(S_failed);
+    else if (res == NULL || res->is_none)
+        result = Py_NewRef(S_absent);
+    else
+        result = value_of(T_RES, res);
+    tname = cached_text(&slots[T_TYPE], type_name, type_len);
+    virt_raw = value_of(T_VIRT, get_field(fields, nf, "virt"));
+    if (result == NULL || tname == NULL || virt_raw == NULL)
+        goto done;
+    if ((virt = bound(L_virt, virt_raw)) == NULL)
+        goto done;
+    if (count_key(tab.counters[0], PyTuple_Pack(3, tname, virt, result)) < 0)
+        goto done;
+    Field *resrc_f = get_field(fields, nf, "resrc");
+    if (type_id == 2500 || type_id == 2501) {
+        int control = type_id == 2500;
+        a = control ? value_of(T_OP, get_field(fields, nf, "op")) : value_of(T_RESRC, resrc_f);
+        c = a == NULL ? NULL : value_of(T_REASON, get_field(fields, nf, "reason"));
+        if (c == NULL)
+            goto done;
+        if (control)
+            a_raw = Py_NewRef(a);
+        else
+            resrc = Py_NewRef(a);
+        Py_SETREF(a, bound(control ? L_op : L_resrc, a));
+        if (a == NULL)
+            goto done;
+        if ((b = bound(L_reason, c)) == NULL)
+            goto done;
+        if (count_key(tab.counters[control ? 1 : 2], PyTuple_Pack(4, virt, a, b, result)) < 0)
+            goto done;
+    } else if (type_id == 2502) {
+        if ((c = value_of(T_MODEL, get_field(fields, nf, "model"))) == NULL)
+            goto done;
+        if ((a = bound(L_model, c)) == NULL)
+            goto done;
+        if (count_key(tab.counters[3], PyTuple_Pack(3, virt, a, result)) < 0)
+            goto done;
+    }
+    if ((uuid = value_of(T_UUID, get_field(fields, nf, "uuid"))) == NULL)
+        goto done;
+    if (uuid == Py_None) {
+        rc = 0;
+        goto done;
+    }
+    g = PyDict_GetItemWithError(tab.guests, uuid);
+    if (g != NULL) {
+        Py_INCREF(g);
+        /* already last when the previous record was this guest's */
+        if (uuid != tab.last_uuid) {
+            if ((out = PyObject_CallOneArg(tab.move, uuid)) == NULL)
+                goto done;
+        }
+    } else if (PyErr_Occurred() || (g = PyObject_CallOneArg(tab.add, uuid)) == NULL) {
+        goto done;
+    }
+    Py_XSETREF(tab.last_uuid, Py_NewRef(uuid));
+    /* the guest's update here, unless the record's form is one GuestTable._update must read */
+    PyObject *counted = NULL;
+    long long number = -1;
+    int here = type_id >= 2500 && type_id <= 2502;
+    if (type_id == 2500) {
+        here = field_int(get_field(fields, nf, "vm-pid"), &number) == 0;
+    } else if (type_id == 2501 && resrc != Py_None) {
+        int slow = PySet_Contains(tab.python, resrc);
+        if (slow < 0)
+            goto done;
+        here = !slow;
+        counted = here ? PyDict_GetItemWithError(tab.counts, resrc) : NULL;
+        if (counted == NULL && PyErr_Occurred())
+            goto done;
+        if (counted != NULL) {
+            char key[24];
+            Py_ssize_t rl = resrc_f->vlen;
+            Field *nv = NULL;
+            if (rl <= 16) {
+                memcpy(key, "new-", 4);
+                memcpy(key + 4, arena.data + resrc_f->off, (size_t)rl);
+                nv = get_field_n(fields, nf, key, rl + 4);
+            }
+            here = field_int(nv, &number) == 0; /* signs, spaces, huge numbers: to_int decides */
+        }
+    }
+    if (here) {
+        int go = update_common(g, t, result, virt_raw, fields, nf, type_id == 2500);
+        if (go <= 0) {
+            rc = go;
+            goto done;
+        }
+        if (type_id == 2500) {
+            PyObject *pid = number < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(number);
+            rc = pid == NULL ? -1 : update_control(g, t, result, a_raw, c, pid);
+            Py_XDECREF(pid);
+        } else if (type_id == 2502) {
+            rc = update_label(g, fields, nf);
+        } else {
+            rc = update_resource(g, fields, nf, resrc_f, resrc, counted, number);
+        }
+        goto done;
+    }
+    if (build_record(type_name, type_len, type_id, t, serial, node, node_len, fields, nf, ints,
+                     has_int, subj, subj_len, enr, ne) < 0)
+        goto done;
+    out = PyObject_CallFunctionObjArgs(tab.update, g, built_record, result, NULL);
+    Py_CLEAR(built_record);
+    rc = out == NULL ? -1 : 0;
+done:
+    Py_XDECREF(result);
+    Py_XDECREF(tname);
+    Py_XDECREF(virt_raw);
+    Py_XDECREF(virt);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    Py_XDECREF(resrc);
+    Py_XDECREF(a_raw);
+    Py_XDECREF(uuid);
+    Py_XDECREF(g);
+    Py_XDECREF(out);
+    return rc;
+}
+
+/* region_apply(buf, start, end, max_line_length, context) */
+static PyObject *region_apply(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t start, end, max_len;
+    PyObject *ctx;
+    if (!PyArg_ParseTuple(args, "y*nnnO!", &view, &start, &end, &max_len, &PyTuple_Type, &ctx))
+        return NULL;
+    PyObject *result = NULL;
+    if (not_virt_obj == NULL || make_record_obj == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() was not called");
+        goto out;
+    }
+    if (PyTuple_GET_SIZE(ctx) != 14) {
+        PyErr_SetString(PyExc_TypeError, "region_apply: context is not GuestTable.fast_context()");
+        goto out;
+    }
+    if (intern_names() < 0)
+        goto out;
+    tab.guests = PyTuple_GET_ITEM(ctx, 0);
+    for (int k = 0; k < 4; k++)
+        tab.counters[k] = PyTuple_GET_ITEM(ctx, 1 + k);
+    tab.seen = PyTuple_GET_ITEM(ctx, 5);
+    tab.limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
+    tab.add = PyTuple_GET_ITEM(ctx, 7);
+    tab.update = PyTuple_GET_ITEM(ctx, 8);
+    tab.lists = PyTuple_GET_ITEM(ctx, 9);
+    tab.counts = PyTuple_GET_ITEM(ctx, 10);
+    tab.python = PyTuple_GET_ITEM(ctx, 11);
+    tab.control = PyTuple_GET_ITEM(ctx, 12);
+    tab.share = PyTuple_GET_ITEM(ctx, 13);
+    if (tab.limit == -1 && PyErr_Occurred())
+        goto out;
+    for (int k = 0; k < 4; k++)
+        if (!PyDict_Check(tab.counters[k]))
+            goto bad;
+    if (!PyDict_Check(tab.guests) || !PyDict_Check(tab.seen) || !PyDict_Check(tab.lists) ||
+        !PyDict_Check(tab.counts) || !PyAnySet_Check(tab.python))
+        goto bad;
+    tab.move = PyObject_GetAttrString(tab.guests, "move_to_end");
+    if (tab.move == NULL)
+        goto out;
+    tab.have_latest = 0;
+    tab.latest = 0.0;
+    tab.last_uuid = NULL;
+    const char *buf = view.buf;
+    Py_ssize_t size = end < view.len ? end : view.len;
+    Py_ssize_t nspans = 0, nrec = 0, nvirt = 0, nlib = 0, stop = -1, stop_end = -1;
+    Py_ssize_t line_start, line_end;
+    Scan sc;
+    scan_init(&sc, buf, start < 0 ? 0 : start, size);
+    while (scan_next(&sc, &line_start, &line_end)) {
+        nspans++;
+        int rc = FALLBACK;
+        PyObject *ignored = NULL;
+        if (line_end - line_start <= max_len) {
+            rc = convert(buf + line_start, line_end - line_start, &ignored, WANT_APPLY);
+            if (rc < 0)
+                goto out;
+        }
+        if (rc == FALLBACK) {
+            /* the Python path reads this line; the caller comes back after it */
+            stop = line_start;
+            stop_end = line_end;
+            break;
+        }
+        if (ignored == not_virt_obj)
+            nvirt++;
+        else if (ignored == not_libvirt_obj)
+            nlib++;
+        else
+            nrec++;
+    }
+    PyObject *latest = tab.have_latest ? PyFloat_FromDouble(tab.latest) : Py_NewRef(Py_None);
+    if (latest != NULL)
+        result = Py_BuildValue("(nnnnnnN)", nspans, nrec, nvirt, nlib, stop, stop_end, latest);
+    goto out;
+bad:
+    PyErr_SetString(PyExc_TypeError, "region_apply: context is not GuestTable.fast_context()");
+out:
+    Py_CLEAR(tab.move);
+    Py_CLEAR(tab.last_uuid);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *count_lines(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end))
+        return NULL;
+    if (start < 0)
+        start = 0;
+    if (end > view.len)
+        end = view.len;
+    Py_ssize_t n = end > start ? count_newlines((const char *)view.buf + start, end - start) : 0;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(n);
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *nv, *nl, *mk = NULL;
@@ -1031,6 +1979,16 @@ static PyMethodDef methods[] = {
     {"region_records", region_records, METH_VARARGS,
      "region_records(buf, end, max_line_length): region_json's result with AuditRecords "
      "(built by make_record) for the JSON runs"},
+    {"region_lines", region_lines, METH_VARARGS,
+     "region_lines(buf, end, max_line_length): region_json's result with runs of the candidate "
+     "lines themselves (each with its newline); spans only for lines over max_line_length"},
+    {"region_apply", region_apply, METH_VARARGS,
+     "region_apply(buf, start, end, max_line_length, context) -> (candidates, records, "
+     "not_virt, not_libvirt, stop, stop_end, latest): candidate lines from start applied to "
+     "the guest table of context (GuestTable.fast_context()); stops before the first line the "
+     "Python path must read ([stop, stop_end), -1 when none); latest: the newest record time"},
+    {"count_lines", count_lines, METH_VARARGS,
+     "count_lines(buf, start, end) -> the number of newline bytes in buf[start:end]"},
     {"setup", setup, METH_VARARGS, "setup(not_virt, not_libvirt[, make_record]): the parser's markers and record factory"},
     {NULL, NULL, 0, NULL},
 };

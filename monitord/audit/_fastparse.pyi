@@ -1,4 +1,4 @@
-"""Optional C accelerator of `monitord parse` (monitord/audit/_fastparse.c)."""
+"""Optional C accelerator of the parser and of `monitord replay` (monitord/audit/_fastparse.c)."""
 
 from collections.abc import Callable
 
@@ -25,3 +25,26 @@ def region_records(
     buf: bytes, end: int, max_line_length: int, /
 ) -> tuple[int, int, int, int, int, list[AuditRecord | tuple[int, int]]]:
     """region_json with records (built by make_record) instead of JSON lines."""
+
+def region_lines(
+    buf: bytes | bytearray, end: int, max_line_length: int, start: int = 0, /
+) -> tuple[int, int, int, int, int, list[bytes | tuple[int, int]]]:
+    """region_json with runs of the candidate lines themselves (newline-terminated)."""
+
+def region_apply(
+    buf: bytes | bytearray,
+    start: int,
+    end: int,
+    max_line_length: int,
+    context: tuple[object, ...],
+    /,
+) -> tuple[int, int, int, int, int, int, float | None]:
+    """Apply the candidate lines of buf[start:end] to GuestTable.fast_context()'s table.
+
+    Returns (candidates, records, not_virt, not_libvirt, stop, stop_end, latest): it stops
+    before the first line the Python path must read (buf[stop:stop_end]; -1 when none);
+    latest is the newest record time applied (None: none).
+    """
+
+def count_lines(buf: bytes | bytearray, start: int, end: int, /) -> int:
+    """The number of newline bytes in buf[start:end]."""
