@@ -74,7 +74,7 @@ _ENCODED_KEYS: Final = frozenset({"vm", "device", "disk", "chardev", "cgroup", "
 # `path` is encoded for `net reason=open` and `cgroup class=path`, raw elsewhere.
 _ENCODED_PATH_RESRC: Final = frozenset({"net", "cgroup"})
 
-_TOKEN_CACHE_LIMIT: Final = 1 << 16
+_TOKEN_CACHE_LIMIT: Final = 1 << 14
 _V = TypeVar("_V")
 _T = TypeVar("_T")
 
