@@ -243,16 +243,9 @@ def _two_processes(
     import tempfile  # only this path needs it (and it costs `replay` 3 ms to import)
 
     with tempfile.TemporaryFile() as spool:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the worker process (measured by its output)
-            code = 1
-            try:
-                _worker(fd, name, cut, parser.max_line_length, cast(BinaryIO, spool))
-                code = 0
-            finally:
-                os._exit(code)
+        pid = parallel.fork_worker(
+            lambda: _worker(fd, name, cut, parser.max_line_length, cast(BinaryIO, spool))
+        )
         try:
             for records in _read_segment(fd, name, parser, 0, cut):
                 _apply(records, pipeline, table, telemetry)

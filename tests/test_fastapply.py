@@ -242,3 +242,27 @@ def test_generated_records(records: list[tuple[Any, ...]], chunk: int) -> None:
     data = b"".join(render(n, r) for n, r in enumerate(records))
     py, c = both(cut(data, [chunk] * (len(data) // chunk + 1)), SMALL)
     assert c == py
+
+
+def test_one_region_at_a_time() -> None:
+    """The module's buffers serve one region at a time: a second caller, from a callback
+    (another thread could run there), gets an error, or the Python path for one line."""
+    from monitord.audit import parser as parser_module
+
+    fast = parser_module.ACCELERATOR_MODULE
+    assert fast is not None
+    line = (DATA / "real-libvirt.log").read_bytes().split(b"\n")[0] + b"\n"
+    seen: list[object] = []
+    table = GuestTable(ZERO_EVENTS)
+    add = table._add
+
+    def add_and_reenter(uuid: str) -> Any:
+        seen.append(fast.line_json(line))
+        with pytest.raises(RuntimeError, match="one parsing thread"):
+            fast.region_lines(line, len(line), 65536)
+        return add(uuid)
+
+    table._add = add_and_reenter  # type: ignore[method-assign]
+    StreamParser().feed_apply(line, table.fast_context(), table.apply_many)
+    assert seen == [None] and table.guests_tracked == 1
+    assert isinstance(fast.line_json(line), bytes)  # and afterwards as before

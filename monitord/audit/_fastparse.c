@@ -809,6 +809,26 @@ static int convert(const char *s, Py_ssize_t n, PyObject **ignored, int want_rec
     return rc ? -1 : 0;
 }
 
+/* The module's buffers (arena, out_buf, run_buf) and region_apply's table are its
+ * own, and records are built by calling back into Python, which may let another thread
+ * run: a second caller meanwhile gets an error instead of overwriting them. */
+static int busy = 0;
+
+static int enter(void) {
+    if (busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "_fastparse is parsing in another thread: one parsing thread only");
+        return -1;
+    }
+    busy = 1;
+    return 0;
+}
+
+static PyObject *leave(PyObject *result) {
+    busy = 0;
+    return result;
+}
+
 static PyObject *line_json(PyObject *self, PyObject *arg) {
     (void)self;
     if (!PyBytes_Check(arg))
@@ -817,6 +837,8 @@ static PyObject *line_json(PyObject *self, PyObject *arg) {
         PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() was not called");
         return NULL;
     }
+    if (busy) /* a region is being read (in another thread): this line takes the Python path */
+        Py_RETURN_NONE;
     PyObject *ignored = NULL;
     int rc = convert(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), &ignored, 0);
     if (rc < 0)
@@ -1165,12 +1187,12 @@ fail:
 
 static PyObject *region_json(PyObject *self, PyObject *args) {
     (void)self;
-    return region(args, 0);
+    return enter() < 0 ? NULL : leave(region(args, WANT_JSON));
 }
 
 static PyObject *region_lines(PyObject *self, PyObject *args) {
     (void)self;
-    return region(args, WANT_LINES);
+    return enter() < 0 ? NULL : leave(region(args, WANT_LINES));
 }
 
 static PyObject *region_records(PyObject *self, PyObject *args) {
@@ -1179,7 +1201,7 @@ static PyObject *region_records(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() got no make_record");
         return NULL;
     }
-    return region(args, 1);
+    return enter() < 0 ? NULL : leave(region(args, WANT_RECORD));
 }
 
 /* ---- records (parse_line's AuditRecord) -------------------------------------------------- */
@@ -1853,8 +1875,7 @@ done:
 }
 
 /* region_apply(buf, start, end, max_line_length, context) */
-static PyObject *region_apply(PyObject *self, PyObject *args) {
-    (void)self;
+static PyObject *region_apply_body(PyObject *args) {
     Py_buffer view;
     Py_ssize_t start, end, max_len;
     PyObject *ctx;
@@ -1936,6 +1957,11 @@ out:
     Py_CLEAR(tab.last_uuid);
     PyBuffer_Release(&view);
     return result;
+}
+
+static PyObject *region_apply(PyObject *self, PyObject *args) {
+    (void)self;
+    return enter() < 0 ? NULL : leave(region_apply_body(args));
 }
 
 static PyObject *count_lines(PyObject *self, PyObject *args) {

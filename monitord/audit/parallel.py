@@ -18,6 +18,7 @@ import pickle
 import signal
 import stat
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from typing import IO, Any, BinaryIO, Final, TextIO
 
@@ -45,6 +46,24 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def fork_worker(work: Callable[[], None]) -> int:
+    """Fork a process that runs work() and exits, 0 if it returned and 1 if it raised;
+    return its pid. Buffered output is flushed first, so the child never writes it again;
+    Ctrl-C is the parent's to handle (the child just ends)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the worker (checked by what it produces)
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
 
 
 def worth_it(stream: BinaryIO, min_size: int = MIN_SIZE) -> bool:

@@ -15,10 +15,10 @@ import fcntl
 import os
 import signal
 import struct
-import sys
 from collections.abc import Iterator
 from typing import BinaryIO, Final
 
+from monitord.audit.parallel import fork_worker
 from monitord.audit.parser import ACCELERATOR_MODULE, ParseStats, StreamParser
 from monitord.errors import InputError
 from monitord.inputs import READ_SIZE
@@ -56,17 +56,12 @@ def candidate_chunks(
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
     except OSError:  # pragma: no cover - a smaller pipe only means more wake-ups
         pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the reader process (checked by its output)
-        code = 1
-        try:
-            os.close(r)
-            _reader(fd, name, max_line_length, w)
-            code = 0
-        finally:
-            os._exit(code)
+
+    def reader() -> None:
+        os.close(r)
+        _reader(fd, name, max_line_length, w)
+
+    pid = fork_worker(reader)
     os.close(w)
     chunks = 0
     state = (0, 0)  # the reader's partial line length and discarding flag
