@@ -17,12 +17,12 @@ def line_json(line: bytes, /) -> bytes | Ignored | None:
     """One candidate line -> its JSON line (with newline), a marker, or None: use Python."""
 
 def region_json(
-    buf: bytes, end: int, max_line_length: int, /
+    buf: bytes | bytearray, end: int, max_line_length: int, start: int = 0, /
 ) -> tuple[int, int, int, int, int, list[bytes | tuple[int, int]]]:
     """Scan buf[:end] as StreamParser does; convert its candidate lines (see parser.py)."""
 
 def region_records(
-    buf: bytes, end: int, max_line_length: int, /
+    buf: bytes | bytearray, end: int, max_line_length: int, start: int = 0, /
 ) -> tuple[int, int, int, int, int, list[AuditRecord | tuple[int, int]]]:
     """region_json with records (built by make_record) instead of JSON lines."""
 

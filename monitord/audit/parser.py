@@ -415,10 +415,12 @@ _NEEDLES: Final = (b"type=VIRT_", b"type=UNKNOWN[25")
 _CANDIDATE: Final = re.compile(rb"type=(?:VIRT_|UNKNOWN\[25)[^\n]*")
 
 
-def candidate_spans(buf: bytes, end: int | None = None) -> list[tuple[int, int]]:
-    """Return (start, end) of every line in buf[:end] whose header names a VIRT type.
+def candidate_spans(
+    buf: bytes | bytearray, end: int | None = None, start: int = 0
+) -> list[tuple[int, int]]:
+    """Return (start, end) of every line in buf[start:end] whose header names a VIRT type.
 
-    buf[:end] holds whole lines. The search runs over bytes (one regex pass whose
+    buf[start:end] holds whole lines. The search runs over bytes (one regex pass whose
     literal prefix is found at memchr speed), so the ~95% of lines that are not VIRT
     records are never decoded.
     """
@@ -426,7 +428,7 @@ def candidate_spans(buf: bytes, end: int | None = None) -> list[tuple[int, int]]
     size = len(buf) if end is None else end
     rfind = buf.rfind
     append = spans.append
-    for m in _CANDIDATE.finditer(buf, 0, size):
+    for m in _CANDIDATE.finditer(buf, start, size):
         pos, line_end = m.span()
         line_start = rfind(b"\n", 0, pos) + 1
         # The needle must be the line's header: at its start or right after `node=NAME `.
@@ -492,11 +494,12 @@ ErrorHandler = Callable[[ParseError, bytes], None]
 # One candidate line -> what the caller wants of it (a record, its JSON line...), or
 # Ignored; raises ParseError for malformed lines, exactly as parse_line does.
 LineConverter = Callable[[bytes], _T | Ignored]
-# A whole region at once (the C accelerator): (buf, end, max_line_length) -> (lines,
-# candidate lines, records, not_virt, not_libvirt, items), where items are converted runs
-# of lines and (start, stop) spans of the lines left to the LineConverter, in line order.
+# A whole region at once (the C accelerator): (buf, end, max_line_length, start) -> (lines,
+# candidate lines, records, not_virt, not_libvirt, items) for buf[start:end], where items are
+# converted runs of lines and (start, stop) spans of the lines left to the LineConverter, in
+# line order.
 RegionConverter = Callable[
-    [bytes, int, int], tuple[int, int, int, int, int, list[_T | tuple[int, int]]]
+    [bytes | bytearray, int, int, int], tuple[int, int, int, int, int, list[_T | tuple[int, int]]]
 ]
 # What the C accelerator needs to apply records to a guest table itself
 # (GuestTable.fast_context()); opaque here.
@@ -569,7 +572,7 @@ class StreamParser:
 
     def feed_as(
         self,
-        chunk: bytes,
+        chunk: bytes | bytearray,
         convert: LineConverter[_T],
         region: RegionConverter[_T] | None = None,
     ) -> list[_T]:
@@ -580,22 +583,15 @@ class StreamParser:
         With `region`, whole runs of lines are converted at once (items may then hold
         several lines each) and `convert` gets only the lines `region` leaves to it.
         """
-        stats = self.stats
-        stats.bytes += len(chunk)
-        if self._discarding:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                return []
-            self._discarding = False
-            chunk = chunk[nl + 1 :]
-            stats.lines += 1
-        buf = self._partial + chunk if self._partial else chunk
-        last_nl = buf.rfind(b"\n")
-        if last_nl < 0:
-            self._hold(buf)
+        framed = self._frame(chunk)
+        if framed is None:
             return []
-        self._hold(buf[last_nl + 1 :])
-        return self._parse_lines(buf, last_nl + 1, convert, region)
+        head, start, end = framed
+        if not head:
+            return self._parse_lines(chunk, start, end, convert, region)
+        # In line order: the held line first (its errors are reported first too).
+        out = self._parse_lines(head, 0, len(head), convert, region)
+        return out + self._parse_lines(chunk, start, end, convert, region)
 
     def feed_apply(
         self, chunk: bytes | bytearray, context: FastContext | None, apply: RecordApplier
@@ -696,7 +692,7 @@ class StreamParser:
         self._discarding = False
         if not rest:
             return []
-        return self._parse_lines(rest + b"\n", len(rest) + 1, convert, region)
+        return self._parse_lines(rest + b"\n", 0, len(rest) + 1, convert, region)
 
     def _hold(self, tail: bytes) -> None:
         if len(tail) > self.max_line_length:
@@ -708,43 +704,35 @@ class StreamParser:
 
     def _parse_lines(
         self,
-        buf: bytes,
+        buf: bytes | bytearray,
+        start: int,
         end: int,
         convert: LineConverter[_T],
         region_convert: RegionConverter[_T] | None = None,
     ) -> list[_T]:
+        """The outcomes of the candidate lines among the whole lines of buf[start:end]."""
         if region_convert is not None:
-            return self._parse_region(buf, end, convert, region_convert)
+            return self._parse_region(buf, start, end, convert, region_convert)
         stats = self.stats
-        region = buf  # buf[end:] holds no newline, so it adds no line and no span
-        # Counting by deletion runs at memchr speed; bytes.count(b"\n") is several times slower.
-        nlines = len(region) - len(region.replace(b"\n", b""))
+        # buf[end:] holds no newline, so it adds no line and no span. Counting by deletion
+        # runs at memchr speed; bytes.count(b"\n") is several times slower.
+        rest = buf[start:] if start else buf
+        nlines = len(rest) - len(rest.replace(b"\n", b""))
         stats.lines += nlines
-        spans = candidate_spans(region, end)
+        spans = candidate_spans(buf, end, start)
         stats.ignored["not_virt"] += nlines - len(spans)
         records: list[_T] = []
-        max_len = self.max_line_length
-        for start, stop in spans:
-            if stop - start > max_len:
-                self._error(
-                    ParseError("line_too_long", f"{stop - start} bytes"), region[start:stop]
-                )
-                continue
-            try:
-                outcome = convert(region[start:stop])
-            except ParseError as err:
-                self._error(err, region[start:stop])
-                continue
-            if isinstance(outcome, Ignored):
-                stats.ignored[outcome.reason] += 1
-            else:
+        for first, stop in spans:
+            outcome = self._span(buf, first, stop, convert)
+            if outcome is not None:
                 records.append(outcome)
         stats.records += len(records)
         return records
 
     def _parse_region(
         self,
-        buf: bytes,
+        buf: bytes | bytearray,
+        start: int,
         end: int,
         convert: LineConverter[_T],
         region_convert: RegionConverter[_T],
@@ -752,7 +740,9 @@ class StreamParser:
         """`_parse_lines` with a RegionConverter: the same counts, errors and output."""
         stats = self.stats
         max_len = self.max_line_length
-        nlines, nspans, nrecords, not_virt, not_libvirt, items = region_convert(buf, end, max_len)
+        nlines, nspans, nrecords, not_virt, not_libvirt, items = region_convert(
+            buf, end, max_len, start
+        )
         stats.lines += nlines
         stats.ignored["not_virt"] += nlines - nspans + not_virt
         if not_libvirt:
@@ -769,16 +759,23 @@ class StreamParser:
         stats.records += nrecords
         return out
 
-    def _span(self, buf: bytes, start: int, stop: int, convert: LineConverter[_T]) -> _T | None:
-        """One candidate line the C accelerator left to the Python path: its outcome, or
-        None (ignored or malformed, and counted as such)."""
+    def _span(
+        self,
+        buf: bytes | bytearray | memoryview,
+        start: int,
+        stop: int,
+        convert: LineConverter[_T],
+    ) -> _T | None:
+        """One candidate line for the Python path: its outcome, or None (ignored or
+        malformed, and counted as such)."""
+        line = bytes(buf[start:stop])
         if stop - start > self.max_line_length:
-            self._error(ParseError("line_too_long", f"{stop - start} bytes"), buf[start:stop])
+            self._error(ParseError("line_too_long", f"{stop - start} bytes"), line)
             return None
         try:
-            outcome = convert(buf[start:stop])
+            outcome = convert(line)
         except ParseError as err:
-            self._error(err, buf[start:stop])
+            self._error(err, line)
             return None
         if isinstance(outcome, Ignored):
             self.stats.ignored[outcome.reason] += 1
@@ -815,7 +812,7 @@ class StreamParser:
                 latest = t
             if stop < 0:
                 break
-            record = self._span(bytes(buf[stop:stop_end]), 0, stop_end - stop, parse_line)
+            record = self._span(buf, stop, stop_end, parse_line)
             if record is not None:
                 stats.records += 1
                 apply([record])
@@ -837,7 +834,7 @@ class StreamParser:
         runs: list[bytes] = []
         for item in items:
             if type(item) is tuple:  # only over-long lines: counted as such by _span
-                self._span(bytes(buf[item[0] : item[1]]), 0, item[1] - item[0], _no_line)
+                self._span(buf, item[0], item[1], _no_line)
             else:
                 runs.append(cast(bytes, item))
         return b"".join(runs)
