@@ -35,9 +35,11 @@ def replay(
     """Feed the inputs, in order, through parser and pipeline; expire by record time.
 
     With the C accelerator and a table that keeps no events (`monitord replay`'s), lines
-    are applied to the table by C as they are read (`StreamParser.feed_apply`), on one
-    core. Otherwise, with `workers=2`, a large regular file is parsed on two cores
-    (`_two_processes`). The table, counters and telemetry end exactly the same either way.
+    are applied to the table by C as they are read (`StreamParser.feed_apply`); with
+    `workers=2`, a large regular file is read by a forked candidate reader meanwhile
+    (`_prefiltered`). Otherwise, with `workers=2`, a large regular file is parsed on two
+    cores (`_two_processes`). The table, counters and telemetry end exactly the same
+    whichever way.
     """
     telemetry = telemetry if telemetry is not None else Telemetry(source="file")
     pipeline = Pipeline(table, telemetry, alerts=None)

@@ -653,6 +653,7 @@ class GuestTable:
         events (`state.max_events` > 0), which takes whole records.
 
         For a table with one user (`monitord replay`): C applies records without the lock.
+        The context holds the table's dicts: ask again after `restore`.
         """
         if self.config.max_events > 0:
             return None
