@@ -1459,7 +1459,8 @@ static int slot_count = 0;
 static Py_ssize_t slot_offset(PyObject *g, PyObject *name) {
     if ((PyObject *)Py_TYPE(g) != slot_type) {
         Py_XSETREF(slot_type, Py_NewRef((PyObject *)Py_TYPE(g)));
-        slot_count = 0;
+        while (slot_count > 0)
+            Py_CLEAR(slot_names[--slot_count]);
     }
     for (int i = 0; i < slot_count; i++)
         if (slot_names[i] == name) /* interned names */
@@ -1476,8 +1477,8 @@ static Py_ssize_t slot_offset(PyObject *g, PyObject *name) {
         }
         Py_DECREF(descr);
     }
-    if (slot_count < SLOT_CACHE) {
-        slot_names[slot_count] = name; /* interned for good: no reference needed */
+    if (slot_count < SLOT_CACHE) { /* held: the address is compared, so it must not be reused */
+        slot_names[slot_count] = Py_NewRef(name);
         slot_offsets[slot_count++] = offset;
     }
     return offset;
