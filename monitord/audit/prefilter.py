@@ -63,8 +63,8 @@ def candidate_chunks(
 
     pid = fork_worker(reader)
     os.close(w)
-    chunks = 0
-    state = (0, 0)  # the reader's partial line length and discarding flag
+    # Where the reader's last message left it: bytes read, partial line length, discarding.
+    state = (0, 0, 0)
     ended = False
     # The lines are read into one reused buffer, header and all: no copies beyond the pipe's.
     buf = bytearray(READ_SIZE + max_line_length + 2 + _HEADER.size)
@@ -82,8 +82,7 @@ def candidate_chunks(
                 if kind == _END:
                     ended = True
                     break
-                chunks += 1
-                state = (pending, discarding)
+                state = (nbytes, pending, discarding)
                 yield memoryview(buf)[:size]
     finally:
         if not ended:
@@ -91,11 +90,10 @@ def candidate_chunks(
         os.waitpid(pid, 0)
     if ended:
         return
-    # The reader stopped after `chunks` chunks (the last one may be its final line):
-    # read on from there as it would have.
-    offset = chunks * READ_SIZE
+    # The reader stopped after `offset` bytes (a chunk end, or the file's end once it has
+    # sent its final line): read on from there as it would have.
+    offset, pending, discarding = state
     parser = StreamParser(stats=stats, max_line_length=max_line_length)
-    pending, discarding = state
     parser.resume(os.pread(fd, pending, offset - pending) if pending else b"", bool(discarding))
     # From here the parser counts into `stats` itself.
     for lines_, _ in _read_lines(fd, name, parser, offset):
@@ -175,8 +173,8 @@ def _message(kind: int, lines: bytes, stats: ParseStats, pending: int, discardin
 def _read_lines(
     fd: int, name: str, parser: StreamParser, offset: int
 ) -> Iterator[tuple[bytes, tuple[int, bool]]]:
-    """From offset on (a multiple of READ_SIZE): each chunk's candidate lines, and the
-    parser's state after it (partial line length, discarding)."""
+    """From offset on (a chunk end): each chunk's candidate lines, and the parser's state
+    after it (partial line length, discarding)."""
     buf = bytearray(READ_SIZE)  # refilled: no new memory per chunk
     while True:
         try:
