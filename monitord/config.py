@@ -12,10 +12,12 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from monitord.errors import ConfigError
+
+if TYPE_CHECKING:  # pathlib costs every command ~5 ms to import; paths are str here
+    from pathlib import Path
 
 SourceKind = Literal["file", "audisp", "journal"]
 StartMode = Literal["checkpoint", "beginning", "end"]
@@ -480,10 +482,9 @@ def load_config(
     can write it chooses what the daemon reads and where it sends alerts.
     """
     explicit = path is not None
-    file = Path(default_path if path is None else path)
-    name = str(file)
+    name = os.fspath(default_path if path is None else path)
     try:
-        with open(file, "rb") as stream:
+        with open(name, "rb") as stream:
             st = os.fstat(stream.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError("not a regular file", path=name)
