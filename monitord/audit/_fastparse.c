@@ -9,7 +9,7 @@
  * every unusual case and for the exact error reasons.
  *
  * The region_* functions do that for every candidate line of a buffer (found with
- * SSE2/AVX2 where the CPU has them): as JSON lines (`monitord parse`), as AuditRecords
+ * AVX2 where the CPU has it): as JSON lines (`monitord parse`), as AuditRecords
  * (the daemon), as the lines themselves (replay's forked reader) or applied straight
  * to a guest table (`monitord replay`; see region_apply).
  */
@@ -17,7 +17,8 @@
 #include <Python.h>
 #include <structmember.h> /* T_OBJECT_EX: the kind of member a __slots__ entry is */
 #include <string.h>
-/* MONITORD_NO_SIMD builds the portable loops only (how they are tested on x86-64). */
+/* MONITORD_NO_SIMD builds the portable loops only (how they are tested on x86-64); the
+ * scans use AVX2 where the CPU has it, the portable loops elsewhere. */
 #if defined(MONITORD_NO_SIMD)
 #undef __SSE2__
 #endif
@@ -280,33 +281,10 @@ static const KeyRule KEY_RULES[] = {
     RULE("hostname", 0), RULE("addr", 0), RULE("terminal", 0), RULE("user", 0),
     RULE("auid", 0), RULE("uid", 0), {NULL, 0, 0}};
 
-/* KEY_RULES grouped by key length, built on first use: a key is compared with the few
- * rules of its length only */
-#define RULE_LEN_MAX 16
-#define RULES_PER_LEN 12
-static const KeyRule *rules_by_len[RULE_LEN_MAX][RULES_PER_LEN];
-static int rules_indexed = 0;
-
-static void index_rules(void) {
-    int count[RULE_LEN_MAX] = {0};
-    for (const KeyRule *r = KEY_RULES; r->name; r++)
-        if (r->len < RULE_LEN_MAX && count[r->len] < RULES_PER_LEN - 1)
-            rules_by_len[r->len][count[r->len]++] = r; /* a NULL always ends a list */
-    rules_indexed = 1;
-}
-
 static int is_encoded_key(const char *k, Py_ssize_t n) {
-    if (!rules_indexed)
-        index_rules();
-    if (n < RULE_LEN_MAX) {
-        for (const KeyRule *const *r = rules_by_len[n]; *r; r++)
-            if ((*r)->name[0] == k[0] && same((*r)->name, k, n))
-                return (*r)->encoded;
-    } else {
-        for (const KeyRule *r = KEY_RULES; r->name; r++)
-            if (r->len == n && r->name[0] == k[0] && same(r->name, k, n))
-                return r->encoded;
-    }
+    for (const KeyRule *r = KEY_RULES; r->name; r++)
+        if (r->len == n && r->name[0] == k[0] && same(r->name, k, n))
+            return r->encoded;
     return n >= 4 && (same(k, "old-", 4) || same(k, "new-", 4));
 }
 
@@ -880,7 +858,6 @@ static int other_needle_heads(const char *buf, Py_ssize_t pos, Py_ssize_t line_s
            !contains(buf, line_start, head, NEEDLE1, NLEN(NEEDLE1));
 }
 
-#if !defined(__SSE2__)
 /* buf.find(needle, from, size) for a needle "type=" + rarer text */
 static Py_ssize_t find_needle(const char *buf, Py_ssize_t from, Py_ssize_t size,
                               const char *needle, Py_ssize_t n) {
@@ -897,7 +874,6 @@ static Py_ssize_t find_needle(const char *buf, Py_ssize_t from, Py_ssize_t size,
     }
     return -1;
 }
-#endif
 
 static int flush_run(PyObject *items, Buf *run) {
     if (run->len == 0)
@@ -952,21 +928,6 @@ static Py_ssize_t count_newlines(const char *buf, Py_ssize_t n) {
 
 static Py_ssize_t count_newlines_portable(const char *buf, Py_ssize_t n) {
     Py_ssize_t count = 0, i = 0;
-#if defined(__SSE2__)
-    const __m128i nl = _mm_set1_epi8('\n');
-    while (i + 16 <= n) {
-        /* each byte lane counts up to 255 matches, then the lanes are summed */
-        __m128i acc = _mm_setzero_si128();
-        Py_ssize_t stop = n - i > 16 * 255 ? i + 16 * 255 : n;
-        for (; i + 16 <= stop; i += 16) {
-            __m128i x = _mm_loadu_si128((const __m128i *)(buf + i));
-            acc = _mm_sub_epi8(acc, _mm_cmpeq_epi8(x, nl));
-        }
-        __m128i sums = _mm_sad_epu8(acc, _mm_setzero_si128());
-        count += (Py_ssize_t)_mm_cvtsi128_si64(sums) +
-                 (Py_ssize_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums));
-    }
-#else
     /* eight at a time (exact: no carries between bytes) */
     const unsigned long long ones7 = 0x7f7f7f7f7f7f7f7fULL, nl = 0x0a0a0a0a0a0a0a0aULL;
     for (; i + 8 <= n; i += 8) {
@@ -977,7 +938,6 @@ static Py_ssize_t count_newlines_portable(const char *buf, Py_ssize_t n) {
         y = ~(y | x | ones7); /* 0x80 in each zero byte, nothing else */
         count += (Py_ssize_t)(((y >> 7) * 0x0101010101010101ULL) >> 56);
     }
-#endif
     for (; i < n; i++)
         count += buf[i] == '\n';
     return count;
@@ -988,7 +948,7 @@ typedef struct {
     const char *buf;
     Py_ssize_t size; /* lines end at or before it */
     Py_ssize_t from; /* the search goes on here */
-    Py_ssize_t next1, next2; /* without SSE2: each needle's next match; -2 unknown, -1 none */
+    Py_ssize_t next1, next2; /* portable scan: each needle's next match; -2 unknown, -1 none */
 } Scan;
 
 static void scan_init(Scan *sc, const char *buf, Py_ssize_t from, Py_ssize_t size) {
@@ -1041,33 +1001,13 @@ static Py_ssize_t find_either(Scan *sc) {
         i = find_either_avx2(buf, i, size, &found);
         if (found >= 0)
             return found;
+        for (; i + NLEN(NEEDLE1) <= size; i++) /* the last few starts */
+            if (starts(buf, i, size, NEEDLE1, NLEN(NEEDLE1)) ||
+                starts(buf, i, size, NEEDLE2, NLEN(NEEDLE2)))
+                return i;
+        return -1;
     }
 #endif
-#if defined(__SSE2__)
-    /* 16 starts at once: 'V' at +5 and '_' at +9, or 'U' at +5 and '[' at +12; then memcmp */
-    const __m128i v = _mm_set1_epi8('V'), under = _mm_set1_epi8('_');
-    const __m128i u = _mm_set1_epi8('U'), bracket = _mm_set1_epi8('[');
-    for (; i + 28 <= size; i += 16) {
-        __m128i at5 = _mm_loadu_si128((const __m128i *)(buf + i + 5));
-        __m128i m1 = _mm_and_si128(_mm_cmpeq_epi8(at5, v),
-                                   _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(buf + i + 9)), under));
-        __m128i m2 = _mm_and_si128(_mm_cmpeq_epi8(at5, u),
-                                   _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(buf + i + 12)), bracket));
-        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(m1, m2));
-        while (mask) {
-            Py_ssize_t p = i + __builtin_ctz(mask);
-            if (starts(buf, p, size, NEEDLE1, NLEN(NEEDLE1)) ||
-                starts(buf, p, size, NEEDLE2, NLEN(NEEDLE2)))
-                return p;
-            mask &= mask - 1;
-        }
-    }
-    for (; i + NLEN(NEEDLE1) <= size; i++)
-        if (starts(buf, i, size, NEEDLE1, NLEN(NEEDLE1)) ||
-            starts(buf, i, size, NEEDLE2, NLEN(NEEDLE2)))
-            return i;
-    return -1;
-#else
     /* a needle is searched again only once the scan has passed its last match */
     if (sc->next1 == -2 || (sc->next1 >= 0 && sc->next1 < i))
         sc->next1 = find_needle(buf, i, size, NEEDLE1, NLEN(NEEDLE1));
@@ -1075,7 +1015,6 @@ static Py_ssize_t find_either(Scan *sc) {
         sc->next2 = find_needle(buf, i, size, NEEDLE2, NLEN(NEEDLE2));
     Py_ssize_t n1 = sc->next1, n2 = sc->next2;
     return n1 < 0 ? n2 : (n2 < 0 || n1 < n2 ? n1 : n2);
-#endif
 }
 
 /* 1 and the next candidate line in [*line_start, *line_end), or 0 at the region's end */
