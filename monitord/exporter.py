@@ -124,39 +124,26 @@ class GuestCollector(Collector):
 
 def table_families(snap: Snapshot) -> Iterator[Metric]:
     """Return the event counters and the guest count gauges of one snapshot."""
-    records = CounterMetricFamily(
-        "libvirt_audit_records_total",
-        "libvirt audit records read, by record type, domain type and result.",
-        labels=["record", "virt", "result"],
-    )
-    for key, n in sorted(snap.records.items()):
-        records.add_metric(list(key), n)
-    yield records
-    ops = CounterMetricFamily(
-        "libvirt_audit_operations_total",
-        "VIRT_CONTROL lifecycle records (start, stop, init), by operation, reason and result.",
-        labels=["virt", "op", "reason", "result"],
-    )
-    for key4, n in sorted(snap.operations.items()):
-        ops.add_metric(list(key4), n)
-    yield ops
-    res = CounterMetricFamily(
-        "libvirt_audit_resource_changes_total",
-        "VIRT_RESOURCE records (devices, memory, vCPUs, cgroup ACLs), by resource, reason "
-        "and result.",
-        labels=["virt", "resrc", "reason", "result"],
-    )
-    for key4, n in sorted(snap.resources.items()):
-        res.add_metric(list(key4), n)
-    yield res
-    labels = CounterMetricFamily(
-        "libvirt_audit_security_labels_total",
-        "VIRT_MACHINE_ID records (security labels assigned to guests), by model and result.",
-        labels=["virt", "model", "result"],
-    )
-    for key3, n in sorted(snap.labels.items()):
-        labels.add_metric(list(key3), n)
-    yield labels
+    counters = (
+        ("libvirt_audit_records_total",
+         "libvirt audit records read, by record type, domain type and result.",
+         ["record", "virt", "result"], snap.records),
+        ("libvirt_audit_operations_total",
+         "VIRT_CONTROL lifecycle records (start, stop, init), by operation, reason and result.",
+         ["virt", "op", "reason", "result"], snap.operations),
+        ("libvirt_audit_resource_changes_total",
+         "VIRT_RESOURCE records (devices, memory, vCPUs, cgroup ACLs), by resource, reason "
+         "and result.",
+         ["virt", "resrc", "reason", "result"], snap.resources),
+        ("libvirt_audit_security_labels_total",
+         "VIRT_MACHINE_ID records (security labels assigned to guests), by model and result.",
+         ["virt", "model", "result"], snap.labels),
+    )  # fmt: skip
+    for name, help_text, label_names, values in counters:
+        family = CounterMetricFamily(name, help_text, labels=label_names)
+        for key, n in sorted(values.items()):
+            family.add_metric(list(key), n)
+        yield family
     counts: dict[tuple[str, str], int] = {}
     for row in snap.guests:
         k = (row.virt or "", row.state)
