@@ -231,3 +231,21 @@ def journalctl_sample_to_audit_line(line: str, time: float, serial: int) -> str:
         raise ValueError(f"not a journalctl audit line: {line[:80]}")
     _pid, name, body = m.groups()
     return f"type={name} msg=audit({time:.3f}:{serial}): {body}"
+
+
+# The start of a `sh -c` script run under `unshare -m --propagation private`: a private,
+# empty journald (tmpfs over its directories, made first where this machine has none yet,
+# as on a fresh install before systemd ever ran) as $J, stopped when the script exits.
+PRIVATE_JOURNALD = r"""
+set -e
+mkdir -p /run/systemd /run/log
+mount -t tmpfs tmpfs /run/systemd
+mount -t tmpfs tmpfs /run/log
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+mkdir -p /run/systemd/journal
+"$JOURNALD" & J=$!
+trap 'kill $J; wait $J 2>/dev/null || true' EXIT
+i=0; while [ ! -S /run/systemd/journal/socket ]; do
+  i=$((i+1)); [ $i -lt 500 ] || { echo "journald did not start" >&2; exit 1; }; sleep 0.01
+done
+"""

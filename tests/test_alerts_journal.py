@@ -12,6 +12,7 @@ import pytest
 
 from monitord.alerts import JOURNAL_MESSAGE_ID, JOURNAL_RESOLVED_MESSAGE_ID
 from tests.conftest import ROOT, need_root, need_tool
+from tests.journalfiles import PRIVATE_JOURNALD
 from tests.test_alerts import UUID
 
 # Runs inside the namespace: the engine with only the journal sink, as the daemon builds it.
@@ -36,20 +37,8 @@ _WRITER = textwrap.dedent(
     """
 )
 
-_NAMESPACE = textwrap.dedent(
+_NAMESPACE = PRIVATE_JOURNALD + textwrap.dedent(
     """
-    set -e
-    mount -t tmpfs tmpfs /run/systemd
-    mount -t tmpfs tmpfs /run/log
-    if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
-    mkdir -p /run/systemd/journal
-    "$JOURNALD" & J=$!
-    trap 'kill $J; wait $J' EXIT
-    i=0
-    while [ ! -S /run/systemd/journal/socket ]; do
-      i=$((i+1)); [ $i -lt 400 ] || { echo "journald did not start" >&2; exit 1; }
-      sleep 0.025
-    done
     "$PYTHON" "$WRITER" "$ROOT"
     journalctl --sync
     journalctl -o json MESSAGE_ID=$FIRING + MESSAGE_ID=$RESOLVED > "$OUT"

@@ -24,6 +24,7 @@ from monitord.logsetup import (
     stderr_is_journal,
 )
 from tests.conftest import ROOT, need_root, need_tool
+from tests.journalfiles import PRIVATE_JOURNALD
 
 
 class FakeClock:
@@ -163,21 +164,14 @@ def test_rate_limited_logger(caplog: pytest.LogCaptureFixture) -> None:
     ]
 
 
-_JOURNAL_SCRIPT = r"""
-set -e
-mount -t tmpfs tmpfs /run/systemd
-mount -t tmpfs tmpfs /run/log
-if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
-mkdir -p /run/systemd/journal
-"$JOURNALD" & J=$!
-trap 'kill $J; wait $J 2>/dev/null || true' EXIT
-i=0; while [ ! -S /run/systemd/journal/socket ]; do
-  i=$((i+1)); [ $i -lt 500 ] || { echo "journald did not start" >&2; exit 1; }; sleep 0.01
-done
+_JOURNAL_SCRIPT = (
+    PRIVATE_JOURNALD
+    + r"""
 "$PYTHON" -c "$CODE"
 journalctl --sync
 journalctl -o json --no-pager SYSLOG_IDENTIFIER=monitord
 """
+)
 
 _LOGGING_CODE = """
 import logging
