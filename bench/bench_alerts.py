@@ -28,8 +28,8 @@ from monitord.alerts.model import Alert  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
 from monitord.config import AlertsConfig, WebhookConfig  # noqa: E402
 from monitord.telemetry import Telemetry  # noqa: E402
-from tests.test_alerts import dead_url, record, wait_for  # noqa: E402
-from tests.test_alerts_alertmanager import Alertmanager  # noqa: E402
+from tests.alerts.test_alerts import dead_url, record, wait_for  # noqa: E402
+from tests.alerts.test_alerts_alertmanager import Alertmanager  # noqa: E402
 
 BASE = "http://127.0.0.1:9781"
 STORM = 10_000

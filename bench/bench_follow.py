@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitord.audit.parser import parse_line  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
+from monitord.commands.simulate import Fleet, mixed_log, write_lines  # noqa: E402
 from monitord.config import (  # noqa: E402
     AlertsConfig,
     Config,
@@ -55,8 +56,7 @@ from monitord.config import (  # noqa: E402
     StateConfig,
 )
 from monitord.daemon import Daemon  # noqa: E402
-from monitord.simulate import Fleet, mixed_log, write_lines  # noqa: E402
-from monitord.state import GuestTable  # noqa: E402
+from monitord.state.table import GuestTable  # noqa: E402
 from tests.daemonproc import free_port  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from monitord.audit.parser import ParseStats  # noqa: E402
+from monitord.commands.simulate import mixed_log  # noqa: E402
 from monitord.config import SourceConfig  # noqa: E402
-from monitord.simulate import mixed_log  # noqa: E402
 from monitord.sources.journal import JournalSource  # noqa: E402
 from tests.journalfiles import Host, audit_entry, write_journal  # noqa: E402
 

@@ -133,7 +133,7 @@ def main() -> int:
                 [
                     PY,
                     "-m",
-                    "monitord.simulate",
+                    "monitord.commands.simulate",
                     kind,
                     "--lines",
                     str(n),

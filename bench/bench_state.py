@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 from monitord.audit.parser import ACCELERATOR, StreamParser  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
 from monitord.config import HttpConfig, StateConfig  # noqa: E402
-from monitord.exporter import make_registry  # noqa: E402
-from monitord.state import GuestTable  # noqa: E402
+from monitord.serve.exporter import make_registry  # noqa: E402
+from monitord.serve.server import WebServer  # noqa: E402
+from monitord.state.table import GuestTable  # noqa: E402
 from monitord.telemetry import Telemetry  # noqa: E402
-from monitord.web import WebServer  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -57,7 +57,7 @@ def machine() -> str:
 
 def write_mixed_log(path: Path, lines: int, seed: int = 1) -> None:
     """The shared simulator's mixed log (5% libvirt records in realistic auditd noise)."""
-    from monitord.simulate import mixed_log, write_lines
+    from monitord.commands.simulate import mixed_log, write_lines
 
     with path.open("wb") as out:
         write_lines(out, mixed_log(seed, lines))

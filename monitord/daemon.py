@@ -22,19 +22,19 @@ from typing import Any, Final
 from monitord import __version__
 from monitord.alerts import AlertEngine
 from monitord.audit.parser import ParseError
-from monitord.checkpoint import BackgroundSave, CheckpointStore
 from monitord.config import Config, load_run_config
 from monitord.errors import ConfigError, RuntimeFailure
-from monitord.exporter import make_registry
 from monitord.logsetup import RateLimitedLog, setup_logging
 from monitord.notify import Notifier
 from monitord.pipeline import Pipeline
+from monitord.serve.exporter import make_registry
+from monitord.serve.server import WebServer
 from monitord.sources.audisp import AudispSource
 from monitord.sources.base import Health, Source
 from monitord.sources.file import FileSource
-from monitord.state import GuestTable
+from monitord.state.checkpoint import BackgroundSave, CheckpointStore
+from monitord.state.table import GuestTable
 from monitord.telemetry import Telemetry
-from monitord.web import WebServer
 
 log = logging.getLogger("monitord")
 

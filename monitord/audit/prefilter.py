@@ -20,8 +20,8 @@ from typing import BinaryIO, Final
 
 from monitord.audit.parallel import fork_worker
 from monitord.audit.parser import ACCELERATOR_MODULE, ParseStats, StreamParser
+from monitord.commands.inputs import READ_SIZE
 from monitord.errors import InputError
-from monitord.inputs import READ_SIZE
 
 # One message per chunk: kind, length of the lines that follow, and the reader's state
 # after the chunk: lines, bytes, not_virt lines, line_too_long errors, the length of

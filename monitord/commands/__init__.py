@@ -1,0 +1,1 @@
+"""The command line: the `monitord` entry point and its batch commands."""

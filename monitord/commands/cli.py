@@ -1,0 +1,177 @@
+"""The `monitord` command line (CONTRACT.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from monitord import __version__
+from monitord.audit import parallel
+from monitord.audit.jsonl import json_converter
+from monitord.audit.parser import ACCELERATOR, ParseError, StreamParser
+from monitord.commands.inputs import READ_SIZE, open_all, read_chunks
+from monitord.errors import RuntimeFailure, UserError
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--source", choices=("file", "audisp", "journal"), help="record source")
+    p.add_argument("--audit-log", metavar="PATH", help="audit log to follow (source file)")
+    p.add_argument("--journal-dir", metavar="DIR", help="journal files (source journal)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:9781)")
+    p.add_argument("--state-dir", metavar="DIR", help="checkpoint directory")
+    p.add_argument(
+        "--start",
+        choices=("checkpoint", "beginning", "end"),
+        help="where to begin reading (default checkpoint)",
+    )
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (CONTRACT.md: one-line message, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="monitord",
+        description="Follow libvirt's VIRT_* audit records; serve guest state, metrics and alerts.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"monitord {__version__} (parser: {ACCELERATOR})"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="the daemon")
+    _add_run_flags(run)
+
+    demo = sub.add_parser("demo", help="a live demo on a bundled, realistic stream")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:9781")
+    demo.add_argument("--speed", type=float, default=1.0, metavar="X", help="time acceleration")
+    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    demo.add_argument("--no-table", action="store_true", help="do not draw the live table")
+
+    parse = sub.add_parser("parse", help="print libvirt records as JSON Lines")
+    parse.add_argument("files", nargs="*", metavar="FILE", help="audit logs; none or - is stdin")
+
+    replay = sub.add_parser("replay", help="the whole pipeline over existing logs, no alerts")
+    replay.add_argument("files", nargs="*", metavar="FILE", help="audit logs, oldest first")
+    replay.add_argument("--json", action="store_true", help="print the /api/v1/guests document")
+
+    status = sub.add_parser("status", help="the guest table of a running daemon")
+    status.add_argument("--url", default="http://127.0.0.1:9781", help="the daemon's listener")
+    status.add_argument("--json", action="store_true", help="print the /api/v1/guests document")
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+class ErrorReporter:
+    """Print malformed lines to stderr, at most `limit` of them, then only count."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self.shown = 0
+        self.name = ""
+
+    def __call__(self, err: ParseError, line: bytes) -> None:
+        if self.shown < self.limit:
+            self.shown += 1
+            text = line[:160].decode("utf-8", "backslashreplace")
+            print(
+                f"monitord: {self.name}: malformed record ({err.reason}): {text}", file=sys.stderr
+            )
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    inputs = open_all(args.files)
+    reporter = ErrorReporter()
+    out = sys.stdout
+    sink = out.buffer  # the JSON lines are ASCII bytes (ensure_ascii), written as such
+    # Straight from a candidate line to its JSON line: in C for the common libvirt
+    # shapes when the extension is built, else (and for unusual lines) in Python.
+    convert = json_converter()
+    stats = None
+    for name, stream in inputs:
+        reporter.name = name
+        parser = StreamParser(stats=stats, on_error=reporter)
+        stats = parser.stats
+        try:
+            if stream is not sys.stdin.buffer and parallel.worth_it(stream):
+                # A large regular file: two processes, the same output (monitord.audit.parallel).
+                parallel.parse_file(
+                    stream,
+                    name,
+                    stats,
+                    reporter,
+                    out,
+                    None,
+                    READ_SIZE,
+                    make_convert=json_converter,
+                )
+                continue
+            for chunk in read_chunks(stream, name):
+                lines = parser.feed_as(chunk, convert.line, convert.region)
+                if lines:
+                    sink.write(b"".join(lines))
+            lines = parser.finish_as(convert.line, convert.region)
+            if lines:
+                sink.write(b"".join(lines))
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+    assert stats is not None
+    errors = sum(stats.errors.values())
+    if errors:
+        detail = ", ".join(f"{reason}={n}" for reason, n in sorted(stats.errors.items()))
+        print(f"monitord: {errors} malformed line(s) skipped ({detail})", file=sys.stderr)
+    out.flush()
+    return 0
+
+
+# Each command lives in the module of its stage; importing lazily keeps `parse` fast.
+COMMANDS: dict[str, str] = {
+    "run": "monitord.daemon:main",
+    "replay": "monitord.commands.replay:main",
+    "status": "monitord.commands.status:main",
+    "check-config": "monitord.config:check_config_main",
+    "demo": "monitord.commands.demo:main",
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "parse":
+        return cmd_parse(args)
+    module_name, _, func_name = COMMANDS[command].partition(":")
+    handler: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(module_name), func_name
+    )
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 1 runtime failure, 2 user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"monitord: {err}", file=sys.stderr)
+        return err.exit_code
+    except RuntimeFailure as err:
+        print(f"monitord: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        # `monitord parse F | head`: the reader went away; that is not an error.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT

@@ -1,0 +1,1 @@
+"""What the daemon serves over HTTP: the listener, the exporter and the JSON API."""

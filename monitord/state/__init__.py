@@ -1,0 +1,1 @@
+"""Guest state: the model, the table, and its persistence."""

@@ -1,0 +1,252 @@
+"""`monitord replay` (golden documents) and `monitord status` against a real listener."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitord.commands import guesttable
+from monitord.commands.cli import main
+from monitord.commands.inputs import open_all
+from monitord.commands.replay import replay
+from monitord.config import HttpConfig, StateConfig
+from monitord.serve.exporter import make_registry
+from monitord.serve.server import WebServer
+from monitord.state.table import GuestTable
+from monitord.telemetry import Telemetry
+from tests.conftest import DATA, SAMPLES
+
+GOLDEN = DATA / "state"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+# Every sample log with libvirt records that replay must turn into a stable document.
+LOGS = sorted({*SAMPLES.glob("auditlog-*.log"), *DATA.glob("*/*.log")}, key=str)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def golden_path(log: Path) -> Path:
+    return GOLDEN / f"{log.parent.name}--{log.stem}.json"
+
+
+@pytest.mark.parametrize("log", LOGS, ids=lambda p: p.name)
+def test_replay_json_equals_golden(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`monitord replay --json LOG` equals the stored document (UPDATE_GOLDEN=1 rewrites it)."""
+    code, out, _ = run_cli(capsys, "replay", "--json", str(log))
+    assert code == 0
+    doc = json.loads(out)
+    assert isinstance(doc.pop("generated_at"), float)
+    path = golden_path(log)
+    if UPDATE or not path.exists():
+        if not UPDATE:
+            pytest.fail(f"no golden file {path.name}: run with UPDATE_GOLDEN=1")
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    assert doc == json.loads(path.read_text())
+
+
+def test_lifecycle_golden_says_what_happened() -> None:
+    """Spot checks on the golden document so a wrong regeneration is caught."""
+    doc = json.loads(golden_path(GOLDEN / "lifecycle.log").read_text())
+    by_name = {g["name"]: g for g in doc["guests"]}
+    assert set(by_name) == {"web01", "db 01", "broken", "ct01"}
+    web = by_name["web01"]
+    assert web["state"] == "stopped" and web["last_reason"] == "shutdown"
+    assert web["hostdevs"] == ["usb:USB redirdev"] and web["memory_bytes"] == 3 * 1024**3
+    assert web["disks"] == [
+        "/srv/iso/debian-12.iso",
+        "/var/lib/libvirt/images/web01-extra.qcow2",
+        "/var/lib/libvirt/images/web01.qcow2",
+    ]
+    db = by_name["db 01"]
+    assert db["state"] == "running" and db["nics"] == ["52:54:00:01:02:04"] and db["vcpus"] == 2
+    broken = by_name["broken"]
+    assert broken["state"] == "unknown" and broken["failures"] == 2
+    assert by_name["ct01"]["hostdevs"] == ["chardev:/dev/ttyS1", "disk:/dev/sdb"]
+
+
+def test_replay_several_files_in_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log split in two files (oldest first) replays to the same document as the whole."""
+    lines = (GOLDEN / "lifecycle.log").read_bytes().splitlines(keepends=True)
+    # Cut in the middle of a line: each file's partial line is its own (rotation never splits).
+    first, second = tmp_path / "audit.log.1", tmp_path / "audit.log"
+    first.write_bytes(b"".join(lines[:30]))
+    second.write_bytes(b"".join(lines[30:]))
+    _, whole, _ = run_cli(capsys, "replay", "--json", str(GOLDEN / "lifecycle.log"))
+    _, split, _ = run_cli(capsys, "replay", "--json", str(first), str(second))
+    a, b = json.loads(whole), json.loads(split)
+    a.pop("generated_at")
+    b.pop("generated_at")
+    assert a == b
+
+
+def test_replay_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json, replay prints a readable table with one row per guest and a summary."""
+    code, out, _ = run_cli(capsys, "replay", str(GOLDEN / "lifecycle.log"))
+    assert code == 0
+    rows = out.splitlines()
+    assert rows[0].split()[:3] == ["NAME", "STATE", "VCPUS"]
+    assert any(r.startswith("web01") and "stopped" in r and "3 GiB" in r for r in rows)
+    assert any(r.startswith("broken") and "start/booted (failed)" in r for r in rows)
+    assert rows[-1].startswith("4 guests: 2 running, 1 stopped, 1 unknown")
+
+
+def test_replay_unreadable_file_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreadable input fails before any output: exit 2, one line on stderr."""
+    code, out, err = run_cli(
+        capsys, "replay", str(GOLDEN / "lifecycle.log"), str(tmp_path / "missing.log")
+    )
+    assert code == 2 and out == ""
+    assert (
+        err.strip()
+        == f"monitord: cannot read {tmp_path / 'missing.log'}: No such file or directory"
+    )
+    code, out, err = run_cli(capsys, "replay", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+def test_replay_counts_malformed_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Malformed VIRT lines are skipped and reported with a count on stderr; exit stays 0."""
+    bad = tmp_path / "bad.log"
+    bad.write_bytes(
+        (GOLDEN / "lifecycle.log").read_bytes() + b"type=VIRT_CONTROL msg=audit(oops): x\n"
+    )
+    code, out, err = run_cli(capsys, "replay", "--json", str(bad))
+    assert code == 0 and len(json.loads(out)["guests"]) == 4
+    assert "1 malformed line(s) skipped (bad_timestamp=1)" in err
+
+
+def served(doc_table: GuestTable) -> WebServer:
+    web = WebServer(
+        HttpConfig(listen="127.0.0.1:0"),
+        make_registry(doc_table, Telemetry(), "t"),
+        doc_table,
+        lambda: (True, ""),
+    )
+    web.start()
+    return web
+
+
+def replayed() -> GuestTable:
+    table = GuestTable(StateConfig())
+    replay(open_all([str(GOLDEN / "lifecycle.log")]), table)
+    return table
+
+
+def test_status_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """`monitord status` prints the running daemon's table; --json its exact document."""
+    table = replayed()
+    web = served(table)
+    try:
+        code, out, _ = run_cli(capsys, "status", "--url", web.url)
+        assert code == 0
+        assert out == guesttable.render(table.document()["guests"])
+        code, out, _ = run_cli(capsys, "status", "--json", "--url", web.url.removeprefix("http://"))
+        doc: dict[str, Any] = json.loads(out)
+        expected = table.document()
+        doc.pop("generated_at")
+        expected.pop("generated_at")
+        assert doc == expected
+    finally:
+        web.stop()
+
+
+def test_status_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    """With nothing listening, status exits 1 with one line asking whether monitord runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        code, out, err = run_cli(capsys, "status", "--url", f"http://127.0.0.1:{port}")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "is monitord running?" in err
+    assert f"http://127.0.0.1:{port}" in err
+
+
+def test_status_wrong_peer(capsys: pytest.CaptureFixture[str]) -> None:
+    """A listener that is not monitord (404 on the API) is a clear runtime failure."""
+    table = replayed()
+    web = served(table)
+    try:
+        code, _, err = run_cli(capsys, "status", "--url", web.url + "/prefix")
+        assert code == 1 and "HTTP 404" in err
+    finally:
+        web.stop()
+
+
+def _tricky_log(path: Path) -> None:
+    """A mixed log with what a cut could get wrong: long lines, malformed lines, expiry."""
+    from monitord.commands.simulate import mixed_log
+
+    lines = list(mixed_log(11, 60_000))
+    long = b"type=SYSCALL msg=audit(1.000:1): " + b"x" * 200_000 + b"\n"
+    bad = b"type=VIRT_CONTROL msg=audit(oops): x\n"
+    for i in range(0, len(lines), 1500):
+        lines.insert(i, long if i % 3000 == 0 else bad)
+    path.write_bytes(b"".join(lines).rstrip(b"\n"))  # and no newline at the end
+
+
+def _replayed_with(path: Path, workers: int) -> tuple[dict[str, Any], dict[str, object]]:
+    """Replay one file; with workers=2 it must go through the two-process path."""
+    from monitord.audit import parallel
+    from monitord.commands import replay as replay_module
+
+    calls: list[str] = []
+    real = replay_module._two_processes
+
+    def spy(name: str, *rest: Any) -> None:
+        calls.append(name)
+        real(name, *rest)
+
+    saved = (replay_module._two_processes, parallel.usable_cpus)
+    replay_module._two_processes = spy  # type: ignore[assignment]
+    parallel.usable_cpus = lambda: 2  # fork works on one CPU too: the path runs everywhere
+    try:
+        result = _replay_once(path, workers)
+    finally:
+        replay_module._two_processes, parallel.usable_cpus = saved
+    assert len(calls) == (1 if workers > 1 else 0)
+    return result
+
+
+def _replay_once(path: Path, workers: int) -> tuple[dict[str, Any], dict[str, object]]:
+    # forget_stopped_after short enough that guests expire along the way: expiry must run
+    # after the same records whichever process parsed them.
+    table = GuestTable(StateConfig(forget_stopped_after=5.0, max_guests=6, max_events=5))
+    telemetry = replay(open_all([str(path)]), table, workers=workers, min_size=0)
+    return table.to_json(), telemetry.parse.to_json()
+
+
+def test_replay_on_two_processes_equals_one(tmp_path: Path) -> None:
+    """A file parsed half in a forked worker ends in exactly the same table and counters."""
+    log = tmp_path / "audit.log"
+    _tricky_log(log)
+    assert log.stat().st_size > 8 << 20  # several read chunks on each side of the cut
+    one, stats_one = _replayed_with(log, 1)
+    two, stats_two = _replayed_with(log, 2)
+    assert stats_two == stats_one
+    assert stats_one["errors"] and stats_one["records"]
+    assert two == one and one["evicted"]
+
+
+def test_replay_worker_failure_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the worker process dies, this process parses its part: same result, no error."""
+    from monitord.commands import replay as replay_module
+
+    def die(*_: object) -> None:
+        raise RuntimeError("worker lost")
+
+    log = tmp_path / "audit.log"
+    _tricky_log(log)
+    one = _replayed_with(log, 1)
+    monkeypatch.setattr(replay_module, "_worker", die)
+    assert _replayed_with(log, 2) == one

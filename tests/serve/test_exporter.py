@@ -1,0 +1,235 @@
+"""Metrics from the guest table and telemetry (CONTRACT.md "Metrics"), on injected registries."""
+
+from __future__ import annotations
+
+import subprocess
+
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitord.config import StateConfig
+from monitord.serve.exporter import make_registry, render
+from monitord.state.table import GuestTable
+from monitord.telemetry import Telemetry
+from tests.conftest import need_tool
+from tests.state.test_state import UUID, UUID2, Log, feed
+
+CONTRACT_METRICS = (
+    "libvirt_audit_records_total libvirt_audit_operations_total "
+    "libvirt_audit_resource_changes_total libvirt_audit_security_labels_total "
+    "libvirt_audit_domains libvirt_audit_domain_info libvirt_audit_domain_running "
+    "libvirt_audit_domain_vcpus libvirt_audit_domain_memory_bytes libvirt_audit_domain_devices "
+    "libvirt_audit_domain_failures_total libvirt_audit_domain_last_event_timestamp_seconds "
+    "libvirt_audit_domain_start_timestamp_seconds libvirt_audit_domain_security_info "
+    "monitord_build_info monitord_lines_read_total monitord_bytes_read_total "
+    "monitord_parse_errors_total monitord_records_ignored_total monitord_log_reopens_total "
+    "monitord_last_record_timestamp_seconds monitord_record_lag_seconds monitord_guests_tracked "
+    "monitord_guests_evicted_total monitord_checkpoint_timestamp_seconds "
+    "monitord_checkpoint_errors_total monitord_alerts_total monitord_alert_queue_length"
+).split()
+
+
+def populated() -> tuple[GuestTable, Telemetry]:
+    log = Log()
+    table = GuestTable(StateConfig(), clock=lambda: 0.0)
+    feed(table, log.start(disks=("/d/a", "/d/b")))
+    table.apply(log.label("selinux", "system_u:system_r:svirt_t:s0:c1,c2"))
+    table.apply(log.disk("attach", new="/d/c", res="failed"))
+    feed(table, log.start(uuid=UUID2, vm='db "quoted" \\ name'))
+    table.apply(log.control("stop", "destroyed", uuid=UUID2, vm="db01"))
+    tel = Telemetry(source="file")
+    tel.parse.lines, tel.parse.bytes = 100, 12345
+    tel.parse.errors["bad_header"] = 2
+    tel.parse.ignored["not_virt"] = 80
+    tel.reopens["rotated"] = 1
+    tel.last_record_time = log.t
+    tel.lag.observe(0.02)
+    tel.lag.observe(7.0)
+    tel.checkpoint_time = 1_700_000_500.0
+    tel.checkpoint_errors = 1
+    tel.count_alert("alertmanager", "sent", 3)
+    tel.alert_queue["alertmanager"] = 2
+    return table, tel
+
+
+def test_every_contract_metric_is_exported() -> None:
+    """Every metric of the contract appears with HELP and TYPE in the text output."""
+    table, tel = populated()
+    text = generate_latest(make_registry(table, tel, "1.2.3")).decode()
+    for name in CONTRACT_METRICS:
+        base = name.removesuffix("_total")
+        assert f"# HELP {name} " in text or f"# HELP {base} " in text, name
+    assert "process_cpu_seconds_total" in text and "python_info" in text
+
+
+def test_guest_and_counter_values() -> None:
+    """Sample values follow the table: running, vcpus, memory, devices, failures, counters."""
+    table, tel = populated()
+    reg = make_registry(table, tel, "1.2.3")
+    g = {"uuid": UUID, "domain": "web01", "virt": "kvm"}
+    assert reg.get_sample_value("libvirt_audit_domain_running", g) == 1.0
+    assert reg.get_sample_value("libvirt_audit_domain_vcpus", g) == 2.0
+    assert reg.get_sample_value("libvirt_audit_domain_memory_bytes", g) == 65536 * 1024
+    assert reg.get_sample_value("libvirt_audit_domain_devices", {**g, "kind": "disk"}) == 2.0
+    assert reg.get_sample_value("libvirt_audit_domain_devices", {**g, "kind": "nic"}) == 1.0
+    assert reg.get_sample_value("libvirt_audit_domain_failures_total", g) == 1.0
+    assert reg.get_sample_value("libvirt_audit_domain_info", {**g, "state": "running"}) == 1.0
+    sec = {**g, "model": "selinux", "vm_ctx": "system_u:system_r:svirt_t:s0:c1,c2",
+           "img_ctx": "system_u:system_r:svirt_t:s0:c1,c2"}  # fmt: skip
+    assert reg.get_sample_value("libvirt_audit_domain_security_info", sec) == 1.0
+    db = {"uuid": UUID2, "domain": "db01", "virt": "kvm"}
+    assert reg.get_sample_value("libvirt_audit_domain_running", db) == 0.0
+    assert reg.get_sample_value("libvirt_audit_domains", {"virt": "kvm", "state": "stopped"}) == 1
+    assert reg.get_sample_value("libvirt_audit_domains", {"virt": "kvm", "state": "unknown"}) == 0
+    ops = {"virt": "kvm", "op": "start", "reason": "booted", "result": "success"}
+    assert reg.get_sample_value("libvirt_audit_operations_total", ops) == 2.0
+    res = {"virt": "kvm", "resrc": "disk", "reason": "attach", "result": "failed"}
+    assert reg.get_sample_value("libvirt_audit_resource_changes_total", res) == 1.0
+    rec = {"record": "VIRT_MACHINE_ID", "virt": "kvm", "result": "success"}
+    assert reg.get_sample_value("libvirt_audit_records_total", rec) == 1.0
+    labels = {"virt": "kvm", "model": "selinux", "result": "success"}
+    assert reg.get_sample_value("libvirt_audit_security_labels_total", labels) == 1.0
+
+
+def test_daemon_self_metrics() -> None:
+    """Self-metrics come from Telemetry and the table."""
+    table, tel = populated()
+    reg = make_registry(table, tel, "1.2.3")
+    assert reg.get_sample_value("monitord_build_info", {"version": "1.2.3"}) == 1.0
+    assert reg.get_sample_value("monitord_lines_read_total", {"source": "file"}) == 100
+    assert reg.get_sample_value("monitord_bytes_read_total", {"source": "file"}) == 12345
+    assert reg.get_sample_value("monitord_parse_errors_total", {"reason": "bad_header"}) == 2
+    assert reg.get_sample_value("monitord_parse_errors_total", {"reason": "no_message"}) == 0
+    assert reg.get_sample_value("monitord_records_ignored_total", {"reason": "not_virt"}) == 80
+    assert reg.get_sample_value("monitord_log_reopens_total", {"reason": "rotated"}) == 1
+    assert reg.get_sample_value("monitord_log_reopens_total", {"reason": "truncated"}) == 0
+    assert reg.get_sample_value("monitord_record_lag_seconds_count") == 2
+    assert reg.get_sample_value("monitord_record_lag_seconds_bucket", {"le": "0.025"}) == 1
+    assert reg.get_sample_value("monitord_record_lag_seconds_bucket", {"le": "+Inf"}) == 2
+    assert reg.get_sample_value("monitord_guests_tracked") == 2
+    assert reg.get_sample_value("monitord_guests_evicted_total") == 0
+    assert reg.get_sample_value("monitord_checkpoint_timestamp_seconds") == 1_700_000_500.0
+    assert reg.get_sample_value("monitord_checkpoint_errors_total") == 1
+    alerts = {"sink": "alertmanager", "outcome": "sent"}
+    assert reg.get_sample_value("monitord_alerts_total", alerts) == 3
+    assert reg.get_sample_value("monitord_alert_queue_length", {"sink": "alertmanager"}) == 2
+
+
+def test_forgotten_guest_series_disappear() -> None:
+    """After eviction a guest's series are gone; the eviction is counted."""
+    table, tel = populated()
+    reg = make_registry(table, tel, "x")
+    db = {"uuid": UUID2, "domain": "db01", "virt": "kvm"}
+    assert reg.get_sample_value("libvirt_audit_domain_running", db) == 0.0
+    assert table.expire(tel.last_record_time + 8 * 86400) == 1  # type: ignore[operator]
+    assert reg.get_sample_value("libvirt_audit_domain_running", db) is None
+    assert reg.get_sample_value("monitord_guests_evicted_total") == 1
+    body, _ = render(reg, None)
+    assert UUID2 not in body.decode()
+
+
+def _samples(text: str, openmetrics: bool) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    parse = om_families if openmetrics else text_string_to_metric_families
+    out = set()
+    for family in parse(text):
+        if family.name.startswith(("process_", "python_")):
+            continue  # their values move between two scrapes
+        for s in family.samples:
+            out.add((s.name, tuple(sorted(s.labels.items())), s.value))
+    return out
+
+
+def test_fast_render_equals_reference_path() -> None:
+    """The cached /metrics renderer gives the same samples as prometheus-client, in both formats."""
+    table, tel = populated()
+    reg = make_registry(table, tel, "1.2.3")
+    body, ctype = render(reg, None)
+    assert ctype.startswith("text/plain")
+    assert _samples(body.decode(), False) == _samples(generate_latest(reg).decode(), False)
+    body, ctype = render(reg, "application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text")
+    text = body.decode()
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    assert _samples(text, True) == _samples(om_latest(reg).decode(), True)
+    # A second render reuses cached lines and still follows changes.
+    log = Log(t=2_000_000_000.0)
+    table.apply(log.disk("attach", new="/d/z"))
+    again = render(reg, None)[0].decode()
+    assert _samples(again, False) == _samples(generate_latest(reg).decode(), False)
+    disks = {"uuid": UUID, "domain": "web01", "virt": "kvm", "kind": "disk"}
+    assert ("libvirt_audit_domain_devices", tuple(sorted(disks.items())), 3.0) in _samples(
+        again, False
+    )
+
+
+def test_promtool_check_metrics_passes() -> None:
+    """`promtool check metrics` accepts our text output with no lint warning.
+
+    (promtool reads only the text format; the OpenMetrics output is checked by
+    prometheus-client's strict OpenMetrics parser in the test above.)
+    """
+    promtool = need_tool("promtool")
+    table, tel = populated()
+    reg = make_registry(table, tel, "1.2.3")
+    body, _ = render(reg, None)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    assert not proc.stdout.strip() and not proc.stderr.strip(), proc.stderr.decode()
+
+
+def test_registries_are_independent() -> None:
+    """Two registries never share state and the global registry gets nothing of ours."""
+    from prometheus_client import REGISTRY
+
+    table, tel = populated()
+    make_registry(table, tel, "a")
+    make_registry(table, tel, "b")
+    assert REGISTRY.get_sample_value("monitord_guests_tracked") is None
+
+
+def test_fast_render_follows_renames_states_labels_and_evictions() -> None:
+    """Cached per-guest pieces are rebuilt when a guest changes; odd label values are escaped."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    log = Log()
+    table = GuestTable(StateConfig(max_guests=3), clock=lambda: 0.0)
+    reg = make_registry(table, Telemetry(source="file"), "1.2.3")
+    om = "application/openmetrics-text; version=1.0.0"
+
+    def same() -> str:
+        text = render(reg, None)[0].decode()
+        assert _samples(text, False) == _samples(generate_latest(reg).decode(), False)
+        om_text = render(reg, om)[0].decode()
+        assert _samples(om_text, True) == _samples(om_latest(reg).decode(), True)
+        return text
+
+    odd = 'a\\b "c'
+    feed(table, log.start(vm=odd, disks=("/d/1", "/d/2")))
+    table.apply(log.resource("tpm", "start", 'device="/dev/tpm0"', vm=odd))
+    table.apply(log.resource("evdev", "start", "path=/dev/input/event3", vm=odd))
+    table.apply(log.label("selinux", 'x:"y"\\z', vm=odd))
+    table.apply(log.rec("VIRT_MACHINE_ID", f'virt=kvm vm="{odd}" uuid={UUID} vm-ctx=? img-ctx=?'))
+    feed(table, log.start(uuid=UUID2, vm="db01"))
+    text = same()
+    assert 'kind="tpm"' in text and 'kind="input"' in text and 'kind="rng"' not in text
+    name = table.document()["guests"][0]["name"]
+    assert '"' in name and "\\" in name  # what the parser made of the quoted name
+    assert 'domain="' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' in text
+    first = text
+    table.apply(log.disk("attach", new="/d/3", vm="renamed"))  # a new name and one more disk
+    text = same()
+    assert 'domain="renamed"' in text and 'domain="a \\"b\\"' not in text and text != first
+    table.apply(log.control("stop", "shutdown", uuid=UUID2, vm="db01"))
+    assert (
+        'libvirt_audit_domain_running{uuid="' + UUID2 + '",domain="db01",virt="kvm"} 0.0' in same()
+    )
+    u3, u4 = "00000000-0000-0000-0000-000000000003", "00000000-0000-0000-0000-000000000004"
+    feed(table, log.start(uuid=u3, vm="c3"))
+    feed(table, log.start(uuid=u4, vm="c4"))  # evicts the stopped db01
+    text = same()
+    assert UUID2 not in text and u4 in text
