@@ -501,11 +501,6 @@ LineConverter = Callable[[bytes], _T | Ignored]
 RegionConverter = Callable[
     [bytes | bytearray, int, int, int], tuple[int, int, int, int, int, list[_T | tuple[int, int]]]
 ]
-# What the C accelerator needs to apply records to a guest table itself
-# (GuestTable.fast_context()); opaque here.
-FastContext = tuple[object, ...]
-# Records parsed in Python, handed on in line order (`StreamParser.feed_apply`).
-RecordApplier = Callable[[list[AuditRecord]], None]
 
 
 class StreamParser:
@@ -538,7 +533,7 @@ class StreamParser:
 
     @property
     def accelerated(self) -> bool:
-        """True when the C accelerator reads the common lines (`feed_apply` can use it)."""
+        """True when the C accelerator reads the common lines."""
         return self._region is not None
 
     @property
@@ -592,69 +587,6 @@ class StreamParser:
         # In line order: the held line first (its errors are reported first too).
         out = self._parse_lines(head, 0, len(head), convert, region)
         return out + self._parse_lines(chunk, start, end, convert, region)
-
-    def feed_apply(
-        self, chunk: bytes | bytearray, context: FastContext | None, apply: RecordApplier
-    ) -> float | None:
-        """Like `feed`, with the records handed to `apply` (in line order) instead of returned.
-
-        With the C accelerator and a `context` (GuestTable.fast_context()), the common
-        lines are applied by C straight to that table, without building records; the
-        others are parsed here and go to `apply` in their place. Returns the newest record
-        time applied by C (None: none); the stats are those `feed` would count. `chunk`
-        is not kept (a reader may refill the same bytearray), nor copied whole.
-        """
-        if context is None or self._region is None:
-            apply(self.feed(bytes(chunk)))
-            return None
-        framed = self._frame(chunk)
-        if framed is None:
-            return None
-        head, start, end = framed
-        latest = self._apply_region(head, 0, len(head), context, apply) if head else None
-        later = self._apply_region(chunk, start, end, context, apply)
-        return latest if later is None or (latest is not None and latest > later) else later
-
-    def finish_apply(self, context: FastContext | None, apply: RecordApplier) -> float | None:
-        """Like `finish`, the way `feed_apply` hands records on."""
-        if context is None or self._region is None:
-            apply(self.finish())
-            return None
-        rest, self._partial = self._partial, b""
-        self._discarding = False
-        if not rest:
-            return None
-        return self._apply_region(rest + b"\n", 0, len(rest) + 1, context, apply)
-
-    def apply_lines(
-        self, lines: bytes | bytearray | memoryview, context: FastContext, apply: RecordApplier
-    ) -> float | None:
-        """`feed_apply` for whole lines only (what `feed_lines` returns), without taking
-        them in as stream bytes: no partial line, and `stats.bytes` stays as it is."""
-        return self._apply_region(lines, 0, len(lines), context, apply) if lines else None
-
-    def feed_lines(self, chunk: bytes | bytearray) -> bytes:
-        """Like `feed`, but return the candidate lines themselves (each newline-ended),
-        unparsed, for a parser elsewhere (monitord.audit.prefilter); needs the C accelerator.
-
-        The stats count what `feed` would count of the lines that are not candidates
-        (lines, bytes, `not_virt`, `line_too_long`); parsing the returned lines counts
-        the rest. `chunk` is not kept, nor copied whole.
-        """
-        framed = self._frame(chunk)
-        if framed is None:
-            return b""
-        head, start, end = framed
-        lines = self._lines_region(head, 0, len(head)) if head else b""
-        return lines + self._lines_region(chunk, start, end)
-
-    def finish_lines(self) -> bytes:
-        """Like `finish`, the way `feed_lines` returns lines."""
-        rest, self._partial = self._partial, b""
-        self._discarding = False
-        if not rest:
-            return b""
-        return self._lines_region(rest + b"\n", 0, len(rest) + 1)
 
     def _frame(self, chunk: bytes | bytearray) -> tuple[bytes, int, int] | None:
         """Take in a chunk as `feed` does, without joining it to the held line: returns
@@ -782,72 +714,10 @@ class StreamParser:
             return None
         return outcome
 
-    def _apply_region(
-        self,
-        buf: bytes | bytearray | memoryview,
-        start: int,
-        end: int,
-        context: FastContext,
-        apply: RecordApplier,
-    ) -> float | None:
-        """`_parse_region` for `feed_apply`, over the whole lines of buf[start:end]: C applies
-        the lines it reads; a line it leaves to Python is applied here, then C goes on."""
-        assert ACCELERATOR_MODULE is not None
-        region_apply = ACCELERATOR_MODULE.region_apply
-        stats = self.stats
-        nlines = ACCELERATOR_MODULE.count_lines(buf, start, end)
-        stats.lines += nlines
-        candidates = not_virt = not_libvirt = 0
-        latest: float | None = None
-        pos = start
-        while True:
-            spans, records, nv, nl, stop, stop_end, t = region_apply(
-                buf, pos, end, self.max_line_length, context
-            )
-            candidates += spans
-            not_virt += nv
-            not_libvirt += nl
-            stats.records += records
-            if t is not None and (latest is None or t > latest):
-                latest = t
-            if stop < 0:
-                break
-            record = self._span(buf, stop, stop_end, parse_line)
-            if record is not None:
-                stats.records += 1
-                apply([record])
-            pos = stop_end
-        stats.ignored["not_virt"] += nlines - candidates + not_virt
-        if not_libvirt:
-            stats.ignored["not_libvirt"] += not_libvirt
-        return latest
-
-    def _lines_region(self, buf: bytes | bytearray, start: int, end: int) -> bytes:
-        """`_parse_region` for `feed_lines`, over the whole lines of buf[start:end]."""
-        assert ACCELERATOR_MODULE is not None
-        stats = self.stats
-        nlines, nspans, _, _, _, items = ACCELERATOR_MODULE.region_lines(
-            buf, end, self.max_line_length, start
-        )
-        stats.lines += nlines
-        stats.ignored["not_virt"] += nlines - nspans
-        runs: list[bytes] = []
-        for item in items:
-            if type(item) is tuple:  # only over-long lines: counted as such by _span
-                self._span(buf, item[0], item[1], _no_line)
-            else:
-                runs.append(cast(bytes, item))
-        return b"".join(runs)
-
     def _error(self, err: ParseError, line: bytes) -> None:
         self.stats.errors[err.reason] += 1
         if self.on_error is not None:
             self.on_error(err, line)
-
-
-def _no_line(line: bytes) -> bytes:
-    # _lines_region's spans are over-long lines, which _span counts without converting.
-    raise AssertionError("region_lines left a line of normal length to Python")
 
 
 def _load_accelerator() -> ModuleType | None:

@@ -10,10 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from monitord import __version__
-from monitord.audit import parallel
 from monitord.audit.jsonl import json_converter
 from monitord.audit.parser import ACCELERATOR, ParseError, StreamParser
-from monitord.commands.inputs import READ_SIZE, open_all, read_chunks
+from monitord.commands.inputs import open_all, read_chunks
 from monitord.errors import RuntimeFailure, UserError
 
 
@@ -105,19 +104,6 @@ def cmd_parse(args: argparse.Namespace) -> int:
         parser = StreamParser(stats=stats, on_error=reporter)
         stats = parser.stats
         try:
-            if stream is not sys.stdin.buffer and parallel.worth_it(stream):
-                # A large regular file: two processes, the same output (monitord.audit.parallel).
-                parallel.parse_file(
-                    stream,
-                    name,
-                    stats,
-                    reporter,
-                    out,
-                    None,
-                    READ_SIZE,
-                    make_convert=json_converter,
-                )
-                continue
             for chunk in read_chunks(stream, name):
                 lines = parser.feed_as(chunk, convert.line, convert.region)
                 if lines:

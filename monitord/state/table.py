@@ -78,9 +78,6 @@ _COUNT_ATTRS: Final[dict[str, tuple[str, int]]] = {
     "iothread": ("iothreads", 1),
 }
 assert set(_COUNT_ATTRS) == COUNT_RESOURCES
-# The resource forms the C accelerator hands to `_update` (their own fields decide the
-# list); it applies the others itself (GuestTable.fast_context).
-_PYTHON_FORMS: Final = frozenset({"dev", "hostdev", *TPM_RESOURCES, *PATH_RESOURCES})
 
 _V = TypeVar("_V")
 
@@ -646,23 +643,6 @@ class GuestTable:
                 self._stopped.pop(g.uuid, None)
             if vm_pid:
                 g.vm_pid = vm_pid
-
-    def fast_context(self) -> tuple[object, ...] | None:
-        """What the C accelerator's `region_apply` needs to apply records to this table
-        itself (StreamParser.feed_apply), or None when it cannot: records are kept as
-        events (`state.max_events` > 0), which takes whole records.
-
-        For a table with one user (`monitord replay`): C applies records without the lock.
-        The context holds the table's dicts: ask again after `restore`.
-        """
-        if self.config.max_events > 0:
-            return None
-        lists = {resrc: _LIST_INDEX[name] for resrc, name in _CHANGE_LISTS.items()}
-        return (
-            self._guests, self.records, self.operations, self.resources, self.labels,
-            self._bound.seen, self._bound.limit, self._add, self._update, lists,
-            _COUNT_ATTRS, _PYTHON_FORMS, self._control, self._packer.share,
-        )  # fmt: skip
 
     def expire(self, now: float) -> int:
         """Forget guests stopped before `now - forget_stopped_after` (record time) and

@@ -8,7 +8,6 @@ StreamParser: same output bytes, same counters, same malformed lines and reasons
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import subprocess
@@ -21,13 +20,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from monitord.audit import jsonl, parallel
+from monitord.audit import jsonl
 from monitord.audit.parser import (
     NOT_LIBVIRT,
     NOT_VIRT,
     Ignored,
     ParseError,
-    ParseStats,
     StreamParser,
     candidate_spans,
 )
@@ -319,32 +317,6 @@ def test_any_text_in_a_line(text: str) -> None:
         check_line(line)
         data = line + b"\n"
         assert records(data, 1 << 20, True) == records(data, 1 << 20, False)
-
-
-def test_two_process_parse_matches(tmp_path: Path) -> None:
-    """parallel.parse_file with the C path prints what the pure-Python sequential path does."""
-    log = tmp_path / "mixed.log"
-    data = b"".join(simulate.mixed_log(3, 30_000))
-    log.write_bytes(data)
-    want = stream(data, 1 << 16, accelerated=False)
-    stats = ParseStats()
-    sink = io.BytesIO()
-    out = io.TextIOWrapper(sink, encoding="utf-8", newline="\n")
-    with log.open("rb") as f:
-        parallel.parse_file(
-            f,
-            str(log),
-            stats,
-            lambda err, line: None,
-            out,
-            None,
-            1 << 16,
-            segment_size=1 << 18,
-            make_convert=lambda: jsonl.converter_with(fast),
-        )
-    out.flush()
-    assert sink.getvalue() == want[0]
-    assert stats.to_json() == want[2]
 
 
 def test_cli_both_ways(tmp_path: Path) -> None:
