@@ -7,18 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
-from monitord.audit.record import (
-    AuditRecord,
-    CgroupAcl,
-    CountChange,
-    DeviceChange,
-    HostDevice,
-    NetOpen,
-    PathResource,
-    Tpm,
-    view,
-)
+from monitord.audit.record import AuditRecord
 from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
+from monitord.state.effects import effect, subject
 
 ALERT_NAME: Final = "VirtOperationFailed"
 
@@ -60,23 +51,8 @@ def alert_key(record: AuditRecord) -> AlertKey:
 
 
 def _device(record: AuditRecord) -> str | None:
-    """Return the host path or device a resource record names, if it has one."""
-    v = view(record)
-    if isinstance(v, DeviceChange):
-        return v.new or v.old
-    if isinstance(v, NetOpen):
-        return v.path
-    if isinstance(v, HostDevice):
-        return v.name
-    if isinstance(v, Tpm):
-        return v.device
-    if isinstance(v, CgroupAcl):
-        return v.path or v.cgroup
-    if isinstance(v, PathResource):
-        return v.path
-    if isinstance(v, CountChange):
-        return f"{v.resrc} {v.old} -> {v.new}"
-    return None
+    """Return the host path, device or amount a resource record names, if it has one."""
+    return subject(effect(record))
 
 
 # How the description says what a resource record's `reason` was doing.

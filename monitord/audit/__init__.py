@@ -9,7 +9,7 @@ from monitord.audit.parser import (
     StreamParser,
     parse_line,
 )
-from monitord.audit.record import AuditRecord, view
+from monitord.audit.record import AuditRecord
 
 __all__ = [
     "IGNORED_REASONS",
@@ -20,5 +20,4 @@ __all__ = [
     "ParseStats",
     "StreamParser",
     "parse_line",
-    "view",
 ]

@@ -200,6 +200,17 @@ class _Server(ThreadingHTTPServer):
         log.exception("http: error while answering %s", client_address)
 
 
+def _query(path: str) -> dict[str, str]:
+    """The query parameters of a request path (the first of a repeated name wins)."""
+    from urllib.parse import parse_qsl
+
+    query = path.split("?", 1)[1].split("#", 1)[0] if "?" in path else ""
+    out: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(name, value)
+    return out
+
+
 def _document_parts(doc: dict[str, Any]) -> list[bytes]:
     """Encode a guest list document guest by guest: the same bytes as one json.dumps,
     without a multi-MiB string for 10,000 guests."""
@@ -325,7 +336,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not UUID_RE.match(uuid):
                 self._error(400, f"not a UUID: {uuid[:64]!r}")
                 return
-            doc = web.table.guest_document(uuid.lower()) or web.table.guest_document(uuid)
+            node = _query(self.path).get("node")
+            doc = web.table.guest_document(uuid.lower(), node) or web.table.guest_document(
+                uuid, node
+            )
             if doc is None:
                 self._error(404, f"no guest with UUID {uuid} is tracked")
             else:

@@ -1,15 +1,15 @@
-"""Metrics from the guest table and telemetry (CONTRACT.md "Metrics"), on injected registries."""
+"""Metrics from the guest table and telemetry (docs/INTERFACE.md "Metrics")."""
 
 from __future__ import annotations
 
 import subprocess
 
-from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitord.audit.record import AuditRecord
 from monitord.config import StateConfig
-from monitord.serve.exporter import make_registry, render
+from monitord.serve.exporter import MonitordRegistry, make_registry, render
 from monitord.state.table import GuestTable
 from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
@@ -18,7 +18,8 @@ from tests.state.test_state import UUID, UUID2, Log, feed
 CONTRACT_METRICS = (
     "libvirt_audit_records_total libvirt_audit_operations_total "
     "libvirt_audit_resource_changes_total libvirt_audit_security_labels_total "
-    "libvirt_audit_domains libvirt_audit_domain_info libvirt_audit_domain_running "
+    "libvirt_audit_domains libvirt_audit_domain_info libvirt_audit_domain_state "
+    "libvirt_audit_domain_running libvirt_audit_unmatched_detaches_total "
     "libvirt_audit_domain_vcpus libvirt_audit_domain_memory_bytes libvirt_audit_domain_devices "
     "libvirt_audit_domain_failures_total libvirt_audit_domain_last_event_timestamp_seconds "
     "libvirt_audit_domain_start_timestamp_seconds libvirt_audit_domain_security_info "
@@ -53,10 +54,20 @@ def populated() -> tuple[GuestTable, Telemetry]:
     return table, tel
 
 
+def value(reg: MonitordRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """One sample of what /metrics serves now (the text format, parsed by prometheus-client)."""
+    want = labels or {}
+    for family in text_string_to_metric_families(render(reg, None)[0].decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == want:
+                return s.value
+    return None
+
+
 def test_every_contract_metric_is_exported() -> None:
     """Every metric of the contract appears with HELP and TYPE in the text output."""
     table, tel = populated()
-    text = generate_latest(make_registry(table, tel, "1.2.3")).decode()
+    text = render(make_registry(table, tel, "1.2.3"), None)[0].decode()
     for name in CONTRACT_METRICS:
         base = name.removesuffix("_total")
         assert f"# HELP {name} " in text or f"# HELP {base} " in text, name
@@ -68,52 +79,54 @@ def test_guest_and_counter_values() -> None:
     table, tel = populated()
     reg = make_registry(table, tel, "1.2.3")
     g = {"uuid": UUID, "domain": "web01", "virt": "kvm"}
-    assert reg.get_sample_value("libvirt_audit_domain_running", g) == 1.0
-    assert reg.get_sample_value("libvirt_audit_domain_vcpus", g) == 2.0
-    assert reg.get_sample_value("libvirt_audit_domain_memory_bytes", g) == 65536 * 1024
-    assert reg.get_sample_value("libvirt_audit_domain_devices", {**g, "kind": "disk"}) == 2.0
-    assert reg.get_sample_value("libvirt_audit_domain_devices", {**g, "kind": "nic"}) == 1.0
-    assert reg.get_sample_value("libvirt_audit_domain_failures_total", g) == 1.0
-    assert reg.get_sample_value("libvirt_audit_domain_info", {**g, "state": "running"}) == 1.0
+    assert value(reg, "libvirt_audit_domain_running", g) == 1.0
+    assert value(reg, "libvirt_audit_domain_vcpus", g) == 2.0
+    assert value(reg, "libvirt_audit_domain_memory_bytes", g) == 65536 * 1024
+    assert value(reg, "libvirt_audit_domain_devices", {**g, "kind": "disk"}) == 2.0
+    assert value(reg, "libvirt_audit_domain_devices", {**g, "kind": "nic"}) == 1.0
+    assert value(reg, "libvirt_audit_domain_failures_total", g) == 1.0
+    assert value(reg, "libvirt_audit_domain_info", g) == 1.0
+    assert value(reg, "libvirt_audit_domain_state", {**g, "state": "running"}) == 1.0
+    assert value(reg, "libvirt_audit_domain_state", {**g, "state": "stopped"}) == 0.0
     sec = {**g, "model": "selinux", "vm_ctx": "system_u:system_r:svirt_t:s0:c1,c2",
            "img_ctx": "system_u:system_r:svirt_t:s0:c1,c2"}  # fmt: skip
-    assert reg.get_sample_value("libvirt_audit_domain_security_info", sec) == 1.0
+    assert value(reg, "libvirt_audit_domain_security_info", sec) == 1.0
     db = {"uuid": UUID2, "domain": "db01", "virt": "kvm"}
-    assert reg.get_sample_value("libvirt_audit_domain_running", db) == 0.0
-    assert reg.get_sample_value("libvirt_audit_domains", {"virt": "kvm", "state": "stopped"}) == 1
-    assert reg.get_sample_value("libvirt_audit_domains", {"virt": "kvm", "state": "unknown"}) == 0
+    assert value(reg, "libvirt_audit_domain_running", db) == 0.0
+    assert value(reg, "libvirt_audit_domains", {"virt": "kvm", "state": "stopped"}) == 1
+    assert value(reg, "libvirt_audit_domains", {"virt": "kvm", "state": "unknown"}) == 0
     ops = {"virt": "kvm", "op": "start", "reason": "booted", "result": "success"}
-    assert reg.get_sample_value("libvirt_audit_operations_total", ops) == 2.0
+    assert value(reg, "libvirt_audit_operations_total", ops) == 2.0
     res = {"virt": "kvm", "resrc": "disk", "reason": "attach", "result": "failed"}
-    assert reg.get_sample_value("libvirt_audit_resource_changes_total", res) == 1.0
+    assert value(reg, "libvirt_audit_resource_changes_total", res) == 1.0
     rec = {"record": "VIRT_MACHINE_ID", "virt": "kvm", "result": "success"}
-    assert reg.get_sample_value("libvirt_audit_records_total", rec) == 1.0
+    assert value(reg, "libvirt_audit_records_total", rec) == 1.0
     labels = {"virt": "kvm", "model": "selinux", "result": "success"}
-    assert reg.get_sample_value("libvirt_audit_security_labels_total", labels) == 1.0
+    assert value(reg, "libvirt_audit_security_labels_total", labels) == 1.0
 
 
 def test_daemon_self_metrics() -> None:
     """Self-metrics come from Telemetry and the table."""
     table, tel = populated()
     reg = make_registry(table, tel, "1.2.3")
-    assert reg.get_sample_value("monitord_build_info", {"version": "1.2.3"}) == 1.0
-    assert reg.get_sample_value("monitord_lines_read_total", {"source": "file"}) == 100
-    assert reg.get_sample_value("monitord_bytes_read_total", {"source": "file"}) == 12345
-    assert reg.get_sample_value("monitord_parse_errors_total", {"reason": "bad_header"}) == 2
-    assert reg.get_sample_value("monitord_parse_errors_total", {"reason": "no_message"}) == 0
-    assert reg.get_sample_value("monitord_records_ignored_total", {"reason": "not_virt"}) == 80
-    assert reg.get_sample_value("monitord_log_reopens_total", {"reason": "rotated"}) == 1
-    assert reg.get_sample_value("monitord_log_reopens_total", {"reason": "truncated"}) == 0
-    assert reg.get_sample_value("monitord_record_lag_seconds_count") == 2
-    assert reg.get_sample_value("monitord_record_lag_seconds_bucket", {"le": "0.025"}) == 1
-    assert reg.get_sample_value("monitord_record_lag_seconds_bucket", {"le": "+Inf"}) == 2
-    assert reg.get_sample_value("monitord_guests_tracked") == 2
-    assert reg.get_sample_value("monitord_guests_evicted_total") == 0
-    assert reg.get_sample_value("monitord_checkpoint_timestamp_seconds") == 1_700_000_500.0
-    assert reg.get_sample_value("monitord_checkpoint_errors_total") == 1
+    assert value(reg, "monitord_build_info", {"version": "1.2.3"}) == 1.0
+    assert value(reg, "monitord_lines_read_total", {"source": "file"}) == 100
+    assert value(reg, "monitord_bytes_read_total", {"source": "file"}) == 12345
+    assert value(reg, "monitord_parse_errors_total", {"reason": "bad_header"}) == 2
+    assert value(reg, "monitord_parse_errors_total", {"reason": "no_message"}) == 0
+    assert value(reg, "monitord_records_ignored_total", {"reason": "not_virt"}) == 80
+    assert value(reg, "monitord_log_reopens_total", {"reason": "rotated"}) == 1
+    assert value(reg, "monitord_log_reopens_total", {"reason": "truncated"}) == 0
+    assert value(reg, "monitord_record_lag_seconds_count") == 2
+    assert value(reg, "monitord_record_lag_seconds_bucket", {"le": "0.025"}) == 1
+    assert value(reg, "monitord_record_lag_seconds_bucket", {"le": "+Inf"}) == 2
+    assert value(reg, "monitord_guests_tracked") == 2
+    assert value(reg, "monitord_guests_evicted_total") == 0
+    assert value(reg, "monitord_checkpoint_timestamp_seconds") == 1_700_000_500.0
+    assert value(reg, "monitord_checkpoint_errors_total") == 1
     alerts = {"sink": "alertmanager", "outcome": "sent"}
-    assert reg.get_sample_value("monitord_alerts_total", alerts) == 3
-    assert reg.get_sample_value("monitord_alert_queue_length", {"sink": "alertmanager"}) == 2
+    assert value(reg, "monitord_alerts_total", alerts) == 3
+    assert value(reg, "monitord_alert_queue_length", {"sink": "alertmanager"}) == 2
 
 
 def test_forgotten_guest_series_disappear() -> None:
@@ -121,10 +134,10 @@ def test_forgotten_guest_series_disappear() -> None:
     table, tel = populated()
     reg = make_registry(table, tel, "x")
     db = {"uuid": UUID2, "domain": "db01", "virt": "kvm"}
-    assert reg.get_sample_value("libvirt_audit_domain_running", db) == 0.0
+    assert value(reg, "libvirt_audit_domain_running", db) == 0.0
     assert table.expire(tel.last_record_time + 8 * 86400) == 1  # type: ignore[operator]
-    assert reg.get_sample_value("libvirt_audit_domain_running", db) is None
-    assert reg.get_sample_value("monitord_guests_evicted_total") == 1
+    assert value(reg, "libvirt_audit_domain_running", db) is None
+    assert value(reg, "monitord_guests_evicted_total") == 1
     body, _ = render(reg, None)
     assert UUID2 not in body.decode()
 
@@ -140,29 +153,44 @@ def _samples(text: str, openmetrics: bool) -> set[tuple[str, tuple[tuple[str, st
     return out
 
 
-def test_fast_render_equals_reference_path() -> None:
-    """The cached /metrics renderer gives the same samples as prometheus-client, in both formats."""
+def test_text_and_openmetrics_say_the_same() -> None:
+    """Both exposition formats carry the same samples; OpenMetrics parses strictly, once EOF."""
     table, tel = populated()
     reg = make_registry(table, tel, "1.2.3")
     body, ctype = render(reg, None)
     assert ctype.startswith("text/plain")
-    assert _samples(body.decode(), False) == _samples(generate_latest(reg).decode(), False)
-    body, ctype = render(reg, "application/openmetrics-text; version=1.0.0")
-    assert ctype.startswith("application/openmetrics-text")
-    text = body.decode()
-    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
-    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
-
-    assert _samples(text, True) == _samples(om_latest(reg).decode(), True)
-    # A second render reuses cached lines and still follows changes.
+    om_body, om_type = render(reg, "application/openmetrics-text; version=1.0.0")
+    assert om_type.startswith("application/openmetrics-text")
+    om_text = om_body.decode()
+    assert om_text.endswith("# EOF\n") and om_text.count("# EOF") == 1
+    assert _samples(body.decode(), False) == _samples(om_text, True)
+    # A second render follows changes.
     log = Log(t=2_000_000_000.0)
     table.apply(log.disk("attach", new="/d/z"))
     again = render(reg, None)[0].decode()
-    assert _samples(again, False) == _samples(generate_latest(reg).decode(), False)
     disks = {"uuid": UUID, "domain": "web01", "virt": "kvm", "kind": "disk"}
     assert ("libvirt_audit_domain_devices", tuple(sorted(disks.items())), 3.0) in _samples(
         again, False
     )
+
+
+def test_node_label_only_for_other_hosts_guests() -> None:
+    """A central collector's guests carry node=; this host's own guests have no node label."""
+    log = Log()
+    table = GuestTable(StateConfig(), clock=lambda: 0.0)
+    feed(table, log.start())
+    from monitord.audit.parser import parse_line
+
+    line = log.line(
+        "VIRT_CONTROL", f'virt=kvm op=start reason=booted vm="web01" uuid={UUID} vm-pid=9'
+    )
+    remote = parse_line("node=hvB " + line)
+    assert isinstance(remote, AuditRecord)
+    table.apply(remote)
+    reg = make_registry(table, Telemetry(source="file"), "1")
+    g = {"uuid": UUID, "domain": "web01", "virt": "kvm"}
+    assert value(reg, "libvirt_audit_domain_running", g) == 1.0
+    assert value(reg, "libvirt_audit_domain_running", {**g, "node": "hvB"}) == 1.0
 
 
 def test_promtool_check_metrics_passes() -> None:
@@ -192,10 +220,8 @@ def test_registries_are_independent() -> None:
     assert REGISTRY.get_sample_value("monitord_guests_tracked") is None
 
 
-def test_fast_render_follows_renames_states_labels_and_evictions() -> None:
-    """Cached per-guest pieces are rebuilt when a guest changes; odd label values are escaped."""
-    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
-
+def test_render_follows_renames_states_labels_and_evictions() -> None:
+    """Cached per-guest label prefixes follow changes; odd label values are escaped."""
     log = Log()
     table = GuestTable(StateConfig(max_guests=3), clock=lambda: 0.0)
     reg = make_registry(table, Telemetry(source="file"), "1.2.3")
@@ -203,9 +229,7 @@ def test_fast_render_follows_renames_states_labels_and_evictions() -> None:
 
     def same() -> str:
         text = render(reg, None)[0].decode()
-        assert _samples(text, False) == _samples(generate_latest(reg).decode(), False)
-        om_text = render(reg, om)[0].decode()
-        assert _samples(om_text, True) == _samples(om_latest(reg).decode(), True)
+        assert _samples(text, False) == _samples(render(reg, om)[0].decode(), True)
         return text
 
     odd = 'a\\b "c'

@@ -182,11 +182,11 @@ rec(
     "VIRT_CONTROL",
     f"virt=lxc op=init vm={ct} uuid={U4} vm-pid=7070 init-pid=7075 pid-ns=4026532508",
 )
-# web01 shuts down, written by an auditd without type names and with node names.
+# web01 shuts down, written by an auditd without type names.
 state["serial"] += 1
 state["time"] += 1
 lines.append(
-    f"node=host1 type=UNKNOWN[2500] msg=audit({state['time']:.3f}:{state['serial']}): pid=1205 uid=0 "
+    f"type=UNKNOWN[2500] msg=audit({state['time']:.3f}:{state['serial']}): pid=1205 uid=0 "
     f"auid=4294967295 ses=4294967295 {SUBJ} msg='virt=kvm op=stop reason=shutdown vm={web} "
     f"uuid={U1} vm-pid=0 {EXE}success'"
 )
