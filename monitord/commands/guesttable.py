@@ -34,9 +34,11 @@ def last_op(guest: Mapping[str, Any]) -> str:
     return text
 
 
-def row(guest: Mapping[str, Any]) -> tuple[str, ...]:
+def row(guest: Mapping[str, Any], with_host: bool = False) -> tuple[str, ...]:
+    host = (guest.get("host") or "-",) if with_host else ()
     return (
         guest.get("name") or guest["uuid"],
+        *host,
         guest["state"],
         "-" if guest.get("vcpus") is None else str(guest["vcpus"]),
         human_bytes(guest.get("memory_bytes")),
@@ -49,20 +51,23 @@ def row(guest: Mapping[str, Any]) -> tuple[str, ...]:
 
 def render(guests: Sequence[Mapping[str, Any]], max_rows: int | None = None) -> str:
     """Return the table with a header and a one-line summary; at most `max_rows` guest rows."""
-    rows = [row(g) for g in guests]
+    # A central collector's guests live on several hosts: then the host is a column.
+    with_host = len({g.get("host") for g in guests}) > 1
+    columns = (COLUMNS[0], "HOST", *COLUMNS[1:]) if with_host else COLUMNS
+    rows = [row(g, with_host) for g in guests]
     shown = rows if max_rows is None else rows[:max_rows]
-    widths = [len(c) for c in COLUMNS]
+    widths = [len(c) for c in columns]
     for r in shown:
         widths = [max(w, len(cell)) for w, cell in zip(widths, r, strict=True)]
 
     def fmt(cells: Sequence[str]) -> str:
         out = [
             cell.rjust(w) if col in _RIGHT else cell.ljust(w)
-            for col, cell, w in zip(COLUMNS, cells, widths, strict=True)
+            for col, cell, w in zip(columns, cells, widths, strict=True)
         ]
         return "  ".join(out).rstrip()
 
-    lines = [fmt(COLUMNS), *(fmt(r) for r in shown)]
+    lines = [fmt(columns), *(fmt(r) for r in shown)]
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more")
     lines.append(summary(guests))

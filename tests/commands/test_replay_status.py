@@ -216,3 +216,13 @@ def test_replay_tricky_log_counts_and_expires(tmp_path: Path) -> None:
     # An over-long line is an error only where it had to be held across reads.
     assert stats["errors"]["bad_timestamp"] == 20 and stats["errors"]["line_too_long"] >= 1
     assert stats["records"] and table.guests_tracked <= 6 and table.evicted
+
+
+def test_table_shows_host_column_for_several_hosts() -> None:
+    """A central collector's table names each guest's host; one host's table does not."""
+    one = {"uuid": "u1", "name": "a", "state": "running", "host": "hv1", "failures": 0}
+    two = {**one, "uuid": "u2", "host": "hv2"}
+    assert "HOST" not in guesttable.render([one])
+    text = guesttable.render([one, two])
+    assert text.splitlines()[0].split()[:3] == ["NAME", "HOST", "STATE"]
+    assert "hv2" in text
