@@ -87,6 +87,15 @@ class Guest:
         "Audit records with res=failed for the guest.",
         default=0,
     )
+    # The log says running, but the guest's vm-pid is gone (its QEMU died while libvirtd
+    # was down: libvirt never writes that stop). Cleared by the next lifecycle record.
+    process_gone: bool = _metric(
+        "libvirt_audit_domain_process_gone",
+        "gauge",
+        "1 when the guest's process (vm-pid) no longer exists although its last lifecycle "
+        "record says it runs (it died while libvirtd was down), else 0.",
+        default=False,
+    )
     # True between the first record of a start phase and its op=start.
     phase_open: bool = field(default=False, metadata={"internal": True})
 

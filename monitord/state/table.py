@@ -266,6 +266,7 @@ class GuestTable:
             g.failures += 1
         e = effect(record)
         if type(e) is Lifecycle:
+            g.process_gone = False
             g.last_op = e.op
             g.last_reason = e.reason
             g.last_result = result or None
@@ -321,6 +322,27 @@ class GuestTable:
                 self._stopped.pop(key, None)
             if e.vm_pid:
                 g.vm_pid = e.vm_pid
+
+    def running_processes(self) -> list[tuple[GuestKey, int, float]]:
+        """(key, vm-pid, start time) of this host's own running guests with a known pid."""
+        with self._lock:
+            return [
+                (k, g.vm_pid, g.started_at)
+                for k, g in self._guests.items()
+                if not k[0] and g.state == "running" and g.vm_pid and g.started_at is not None
+            ]
+
+    def set_process_gone(self, key: GuestKey, vm_pid: int, gone: bool) -> bool:
+        """Record whether a running guest's process is gone; False when the guest moved on
+        meanwhile (another pid, stopped, forgotten) or nothing changed."""
+        with self._lock:
+            g = self._guests.get(key)
+            if g is None or g.state != "running" or g.vm_pid != vm_pid or g.process_gone == gone:
+                return False
+            g.process_gone = gone
+            self._copies.pop(key, None)
+            self._changed.add(key)
+            return True
 
     def expire(self, now: float) -> int:
         """Forget guests stopped before `now - forget_stopped_after` (record time) and

@@ -495,3 +495,23 @@ def test_max_events_lowered_applies_to_tracked_guests() -> None:
     t.config = StateConfig(max_events=0)
     t.apply(log.disk("attach", new="/d/more"))
     assert guest(t)["events"] == []
+
+
+def test_process_gone_is_set_for_the_current_run_only_and_cleared_by_lifecycle() -> None:
+    """A gone process is recorded for the run that had that pid; the next lifecycle record
+    clears it; a guest on another node is never checked."""
+    log, t = Log(), table()
+    feed(t, log.start())
+    ((key, pid, started),) = t.running_processes()
+    assert key == ("", UUID) and pid == 4242 and started == guest(t)["started_at"]
+    assert not t.set_process_gone(key, 999, True)  # another run's pid
+    assert t.set_process_gone(key, 4242, True) and guest(t)["process_gone"] is True
+    t.apply(log.control("stop", "destroyed"))
+    assert guest(t)["process_gone"] is False and t.running_processes() == []
+    remote = parse_line(
+        "node=hvB "
+        + log.line("VIRT_CONTROL", f'virt=kvm op=start reason=booted vm="x" uuid={UUID2} vm-pid=5')
+    )
+    assert isinstance(remote, AuditRecord)
+    t.apply(remote)
+    assert t.running_processes() == []
