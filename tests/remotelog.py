@@ -74,7 +74,7 @@ class Receiver:
         self.proc = subprocess.Popen(
             [
                 "unshare", "-m", "--propagation", "private", "sh", "-c",
-                f'mount --bind "$1" /run && exec "$2" -n -c "$3"', "sh",
+                'mount --bind "$1" /run && exec "$2" -n -c "$3"', "sh",
                 str(run), auditd, str(self.conf_dir),
             ],
             stdout=stderr,
