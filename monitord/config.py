@@ -32,6 +32,9 @@ class SourceConfig:
     start: StartMode = "checkpoint"
     # Journal source: read these directories/files instead of the system journal.
     journal_dir: str | None = None
+    # Journal source: an entry's _HOSTNAME is its record's node (a collector of other
+    # hosts' journals, e.g. systemd-journal-remote's output).
+    node_from_hostname: bool = False
     # Lines longer than this are counted as parse errors and skipped.
     max_line_length: int = 64 * 1024
     # Safety re-check of the followed file when inotify says nothing (seconds).

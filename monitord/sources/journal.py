@@ -22,7 +22,7 @@ import logging
 import os
 import select
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -66,6 +66,17 @@ def audit_line(
     line = f"type={type_name(type_id)} msg=audit({sec}.{usec // 1000:03d}:{serial}): {text}"
     # Header bytes are ASCII, so only the body needs counting in bytes.
     return line, len(line) - len(text) + len(rest) + 1
+
+
+def _with_node(line: str, get: Callable[[str], bytes]) -> str:
+    """The line with the entry's host as its `node=` prefix (none for a missing or odd name)."""
+    try:
+        host = get("_HOSTNAME").decode("utf-8", "replace")
+    except KeyError:
+        return line
+    if not host or any(c.isspace() for c in host):
+        return line
+    return f"node={host} {line}"
 
 
 def _int_field(reader: journal._Reader, name: str) -> int | None:
@@ -288,6 +299,8 @@ class JournalSource:
                 continue
             line, size = built
             stats.bytes += size
+            if self.config.node_from_hostname:
+                line = _with_node(line, get)
             try:
                 outcome = parse_line(line)
             except ParseError as err:

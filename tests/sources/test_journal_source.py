@@ -586,3 +586,29 @@ def test_daemon_sigkill_restart_resumes_at_cursor_with_exact_counts(tmp_path: Pa
         done.set()
         thread.join()
         d.kill()
+
+
+def test_node_from_hostname_for_a_journal_remote_collector(tmp_path: Path) -> None:
+    """With node_from_hostname, each entry's _HOSTNAME is its record's node: three hosts'
+    journals (as systemd-journal-remote writes them) give three hosts' guests apart."""
+    lines = synthetic_lines()
+    jdir = tmp_path / "remote"
+    jdir.mkdir()
+    for name in ("hvA", "hvB", "hvC"):
+        write_journal(jdir / f"remote-{name}.journal", entries_for(lines, Host(hostname=name)))
+    src, stats, _ = journal_source(jdir, node_from_hostname=True)
+    src.open(None)
+    got = drain(src)
+    src.close()
+    assert {r.node for r in got} == {"hvA", "hvB", "hvC"}
+    table = GuestTable(StateConfig(), host="collector")
+    table.apply_many(got)
+    docs = table.document(0.0)["guests"]
+    per_node = {n: [g["uuid"] for g in docs if g["node"] == n] for n in ("hvA", "hvB", "hvC")}
+    assert per_node["hvA"] and per_node["hvA"] == per_node["hvB"] == per_node["hvC"]
+    assert all(g["host"] == g["node"] for g in docs)
+    # Without the setting, the same entries are this host's own.
+    src, _, _ = journal_source(jdir)
+    src.open(None)
+    assert {r.node for r in drain(src)} == {None}
+    src.close()
