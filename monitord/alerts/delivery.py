@@ -8,10 +8,10 @@ delivery, so a storm of failures costs a few requests, not one per alert.
 Outcomes (`monitord_alerts_total{sink,outcome}`): every alert handed to a worker
 ends as `sent` (accepted; by at least one Alertmanager of a cluster) or `dropped`
 (given up undelivered: queue full, HTTP 4xx, retries exhausted, shut down, or no
-longer wanted). `failed` counts receivers that did not take an alert once the
-backoff had reached `retry_max`: once per alert and Alertmanager at the end of
-the retries, and for a webhook at every further attempt, so it rises for as long
-as the receiver is down.
+longer wanted). `failed` counts receivers that refused an alert for good (HTTP
+4xx) or had not taken it when the backoff reached `retry_max`: once per alert
+and Alertmanager at the end of the retries, and for a webhook at every further
+attempt, so it rises for as long as the receiver is down.
 
 Two retry policies. Without `wanted` (journal, Alertmanager) a batch is retried
 until the backoff reached `retry_max`, then dropped: Alertmanager gets firing
