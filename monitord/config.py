@@ -1,4 +1,4 @@
-"""The daemon's configuration: one frozen, typed `Config` (CONTRACT.md, "Config")."""
+"""The daemon's configuration: one frozen, typed `Config` (docs/INTERFACE.md, "Config")."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ RULES = DEPLOY / "monitord.rules.yml"
 RULE_TESTS = DEPLOY / "monitord.rules.test.yml"
 SCRAPE = DEPLOY / "prometheus.yml"
 
-# CONTRACT.md "Metrics", plus what Prometheus and prometheus-client add.
+# docs/INTERFACE.md "Metrics", plus what Prometheus and prometheus-client add.
 CONTRACT_METRICS = {
     "libvirt_audit_records_total",
     "libvirt_audit_operations_total",
