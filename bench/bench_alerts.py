@@ -34,7 +34,7 @@ from tests.alertmanager import Alertmanager  # noqa: E402
 from tests.alerts.test_alerts import dead_url, record, wait_for  # noqa: E402
 from tests.daemonproc import free_port  # noqa: E402
 
-BASE = Identity("hv01", "http://127.0.0.1:9781", (("cluster", "bench"),))
+IDENTITY = Identity("hv01", "http://127.0.0.1:9781", (("cluster", "bench"),))
 STORM = 10_000
 
 
@@ -105,7 +105,7 @@ def bench_observe() -> list[str]:
         for label, cfg in (("no sink", config), ("3 dead sinks", dead), ("3 live sinks", live)):
             best_ok = best_storm = 0.0
             for _ in range(3):
-                engine = AlertEngine(cfg, Telemetry(), BASE)
+                engine = AlertEngine(cfg, Telemetry(), IDENTITY)
                 engine.start()
                 best_ok = max(best_ok, observe_rate(engine, ok))
                 best_storm = max(best_storm, observe_rate(engine, storm))
@@ -120,7 +120,7 @@ def bench_observe() -> list[str]:
 def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
     """Return p50, p99 seconds from observe() to the alert being listed by Alertmanager."""
     cfg = AlertsConfig(journal=False, alertmanager=(AlertmanagerConfig(url=am.url),))
-    engine = AlertEngine(cfg, Telemetry(), BASE)
+    engine = AlertEngine(cfg, Telemetry(), IDENTITY)
     engine.start()
     samples = []
     for i in range(n):
@@ -148,7 +148,7 @@ def bench_storm(pair: tuple[Alertmanager, Alertmanager]) -> list[str]:
     telemetry = Telemetry()
     members = tuple(AlertmanagerConfig(url=am.url) for am in pair)
     cfg = AlertsConfig(journal=False, alertmanager=members, webhook=(WebhookConfig(url=hook.url),))
-    engine = AlertEngine(cfg, telemetry, BASE)
+    engine = AlertEngine(cfg, telemetry, IDENTITY)
     am_requests = [0]
     for worker in engine.workers:  # count the POSTs the Alertmanager sink makes
         if worker.name == "alertmanager":
@@ -206,7 +206,7 @@ def bench_outage(down_for: float = 3.0) -> list[str]:
         retry_initial=0.05,
         retry_max=0.5,
     )
-    engine = AlertEngine(cfg, telemetry, BASE)
+    engine = AlertEngine(cfg, telemetry, IDENTITY)
     engine.start()
     for rec in failures(STORM, prefix="4000"):
         engine.observe(rec, True)
