@@ -196,6 +196,8 @@ def test_undelivered_webhook_alerts_survive_a_restart(flaky: FlakyReceiver) -> N
     first.observe(record(serial=2, uuid=uuid(2)), live=True)
     first.observe(record(serial=3, uuid=uuid(3)), live=True)
     first.close(0.3)
+    # The first run's process ends here: its worker cannot deliver after the checkpoint.
+    assert first.workers[0].join(time.monotonic() + 10)
     doc = json.loads(json.dumps(first.to_json()))  # the checkpoint is plain JSON
     assert [a["serial"] for a in doc["pending"][0]["alerts"]] == [2, 3]
 
