@@ -1,5 +1,7 @@
 """Alert benchmarks: observe() cost with and without dead sinks, latency to a real
-Alertmanager, and a 10,000-failure storm (requests made, alerts delivered, time to drain).
+Alertmanager, a 10,000-failure storm (requests made, alerts delivered, time to drain) to
+an Alertmanager pair and a webhook, and a webhook outage longer than retry_max (time from
+its recovery until every alert arrived).
 
 Run: .venv/bin/python bench/bench_alerts.py  (needs prometheus-alertmanager)
 """
@@ -23,15 +25,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitord.alerts import AlertEngine  # noqa: E402
+from monitord.alerts import AlertEngine, Identity  # noqa: E402
 from monitord.alerts.model import Alert  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
-from monitord.config import AlertsConfig, WebhookConfig  # noqa: E402
+from monitord.config import AlertmanagerConfig, AlertsConfig, WebhookConfig  # noqa: E402
 from monitord.telemetry import Telemetry  # noqa: E402
+from tests.alertmanager import Alertmanager  # noqa: E402
 from tests.alerts.test_alerts import dead_url, record, wait_for  # noqa: E402
-from tests.alerts.test_alerts_alertmanager import Alertmanager  # noqa: E402
+from tests.daemonproc import free_port  # noqa: E402
 
-BASE = "http://127.0.0.1:9781"
+IDENTITY = Identity("hv01", "http://127.0.0.1:9781", (("cluster", "bench"),))
 STORM = 10_000
 
 
@@ -57,7 +60,7 @@ def observe_rate(engine: AlertEngine, records: Sequence[AuditRecord]) -> float:
 class CountingReceiver:
     """A webhook receiver counting requests and alerts."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests = 0
         self.alerts = 0
         outer = self
@@ -74,7 +77,7 @@ class CountingReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
         self.thread.start()
@@ -89,7 +92,9 @@ def bench_observe() -> list[str]:
     """observe() rate with no sink, 3 dead sinks, and 3 live receivers."""
     config = AlertsConfig(journal=False, retry_initial=0.05, retry_max=1.0)
     dead = replace(
-        config, alertmanager=(dead_url(), dead_url()), webhook=(WebhookConfig(url=dead_url()),)
+        config,
+        alertmanager=(AlertmanagerConfig(url=dead_url()), AlertmanagerConfig(url=dead_url())),
+        webhook=(WebhookConfig(url=dead_url()),),
     )
     receivers = [CountingReceiver() for _ in range(3)]
     live = replace(config, webhook=tuple(WebhookConfig(url=r.url) for r in receivers))
@@ -100,7 +105,7 @@ def bench_observe() -> list[str]:
         for label, cfg in (("no sink", config), ("3 dead sinks", dead), ("3 live sinks", live)):
             best_ok = best_storm = 0.0
             for _ in range(3):
-                engine = AlertEngine(cfg, Telemetry(), BASE)
+                engine = AlertEngine(cfg, Telemetry(), IDENTITY)
                 engine.start()
                 best_ok = max(best_ok, observe_rate(engine, ok))
                 best_storm = max(best_storm, observe_rate(engine, storm))
@@ -114,8 +119,8 @@ def bench_observe() -> list[str]:
 
 def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
     """Return p50, p99 seconds from observe() to the alert being listed by Alertmanager."""
-    cfg = AlertsConfig(journal=False, alertmanager=(am.url,))
-    engine = AlertEngine(cfg, Telemetry(), BASE)
+    cfg = AlertsConfig(journal=False, alertmanager=(AlertmanagerConfig(url=am.url),))
+    engine = AlertEngine(cfg, Telemetry(), IDENTITY)
     engine.start()
     samples = []
     for i in range(n):
@@ -137,23 +142,23 @@ def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
     return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
 
 
-def bench_storm(am: Alertmanager) -> list[str]:
-    """10,000 distinct failures at once to Alertmanager and a webhook."""
+def bench_storm(pair: tuple[Alertmanager, Alertmanager]) -> list[str]:
+    """10,000 distinct failures at once to an Alertmanager pair and a webhook."""
     hook = CountingReceiver()
     telemetry = Telemetry()
-    cfg = AlertsConfig(
-        journal=False, alertmanager=(am.url,), webhook=(WebhookConfig(url=hook.url),)
-    )
-    engine = AlertEngine(cfg, telemetry, BASE)
+    members = tuple(AlertmanagerConfig(url=am.url) for am in pair)
+    cfg = AlertsConfig(journal=False, alertmanager=members, webhook=(WebhookConfig(url=hook.url),))
+    engine = AlertEngine(cfg, telemetry, IDENTITY)
     am_requests = [0]
     for worker in engine.workers:  # count the POSTs the Alertmanager sink makes
         if worker.name == "alertmanager":
             sink: Any = worker.sink
             original = sink.deliver
 
-            def counted(alerts: Sequence[Alert], original: Any = original) -> None:
+            def counted(alerts: Sequence[Alert], original: Any = original) -> int:
                 am_requests[0] += 1
-                original(alerts)
+                refused: int = original(alerts)
+                return refused
 
             sink.deliver = counted
     records = failures(STORM, prefix="3000")
@@ -165,24 +170,61 @@ def bench_storm(am: Alertmanager) -> list[str]:
 
     def drained() -> bool:
         a = telemetry.alerts
-        return a[("alertmanager", "sent")] + a[("alertmanager", "failed")] >= STORM and (
-            a[("webhook", "sent")] + a[("webhook", "failed")] >= STORM
+        return a[("alertmanager", "sent")] + a[("alertmanager", "dropped")] >= STORM and (
+            a[("webhook", "sent")] + a[("webhook", "dropped")] >= STORM
         )
 
     wait_for(drained, timeout=120, what="storm drained")
     t_drain = time.perf_counter() - t0
     engine.close(2.0)
-    with urllib.request.urlopen(f"{am.url}/api/v2/alerts", timeout=30) as r:
-        listed = sum(1 for a in json.load(r) if a["labels"]["uuid"].startswith("3000"))
+    listed = []
+    for am in pair:
+        with urllib.request.urlopen(f"{am.url}/api/v2/alerts", timeout=30) as r:
+            listed.append(sum(1 for a in json.load(r) if a["labels"]["uuid"].startswith("3000")))
     hook.stop()
     a = telemetry.alerts
     return [
         f"| observe() of {STORM:,} failures | {t_observe * 1000:.0f} ms |",
         f"| time until both sinks drained | {t_drain * 1000:.0f} ms |",
-        f"| Alertmanager: HTTP requests / alerts listed | {am_requests[0]} / {listed:,} |",
+        f"| Alertmanager pair: fan-out batches / alerts listed by each | {am_requests[0]} / "
+        f"{listed[0]:,}, {listed[1]:,} |",
         f"| webhook: HTTP requests / alerts received | {hook.requests} / {hook.alerts:,} |",
         f"| dropped / failed | {a[('alertmanager', 'dropped')] + a[('webhook', 'dropped')]}"
         f" / {a[('alertmanager', 'failed')] + a[('webhook', 'failed')]} |",
+    ]
+
+
+def bench_outage(down_for: float = 3.0) -> list[str]:
+    """10,000 failures while a webhook is down for longer than retry_max (0.5 s): time from
+    its return until every alert arrived, requests made."""
+    port = free_port()
+    telemetry = Telemetry()
+    hook_url = f"http://127.0.0.1:{port}/hook"
+    cfg = AlertsConfig(
+        journal=False,
+        webhook=(WebhookConfig(url=hook_url, timeout=2.0),),
+        retry_initial=0.05,
+        retry_max=0.5,
+    )
+    engine = AlertEngine(cfg, telemetry, IDENTITY)
+    engine.start()
+    for rec in failures(STORM, prefix="4000"):
+        engine.observe(rec, True)
+    time.sleep(down_for)  # the outage: several retry_max windows with connection refused
+    failed = telemetry.alerts[("webhook", "failed")]
+    hook = CountingReceiver(port)
+    t0 = time.perf_counter()
+    wait_for(lambda: hook.alerts >= STORM, timeout=120, what="every alert after the outage")
+    t_recover = time.perf_counter() - t0
+    engine.close(2.0)
+    hook.stop()
+    a = telemetry.alerts
+    return [
+        f"| outage | {down_for:.0f} s (retry_max 0.5 s) |",
+        f"| failed attempts counted during the outage (alerts x attempts) | {failed:,} |",
+        f"| after recovery: time until all {STORM:,} delivered | {t_recover * 1000:.0f} ms |",
+        f"| after recovery: HTTP requests / alerts received | {hook.requests} / {hook.alerts:,} |",
+        f"| sent / dropped | {a[('webhook', 'sent')]:,} / {a[('webhook', 'dropped')]} |",
     ]
 
 
@@ -198,11 +240,17 @@ def main() -> None:
     print("|---|---|---|")
     for row in bench_observe():
         print(row)
+    print("\n## Webhook outage longer than retry_max, then recovery\n")
+    print("| measure | value |")
+    print("|---|---|")
+    for row in bench_outage():
+        print(row)
     if binary is None:
         print("\nprometheus-alertmanager not installed: latency and storm skipped")
         return
     with tempfile.TemporaryDirectory() as tmp:
         am = Alertmanager(Path(tmp) / "am", binary)
+        second = Alertmanager(Path(tmp) / "am2", binary)
         try:
             p50, p99 = bench_latency(am)
             print("\n## Latency: observe() -> listed by Alertmanager (GET /api/v2/alerts)\n")
@@ -210,10 +258,11 @@ def main() -> None:
             print("\n## Storm: 10,000 distinct failures in one burst (batch_size 500)\n")
             print("| measure | value |")
             print("|---|---|")
-            for row in bench_storm(am):
+            for row in bench_storm((am, second)):
                 print(row)
         finally:
             am.stop()
+            second.stop()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The daemon's configuration: one frozen, typed `Config` (CONTRACT.md, "Config")."""
+"""The daemon's configuration: one frozen, typed `Config` (docs/INTERFACE.md, "Config")."""
 
 from __future__ import annotations
 
@@ -71,14 +71,41 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookConfig:
+class IdentityConfig:
+    """Who this monitord is: added to every alert and journal entry it writes."""
+
+    # The `host` label of alerts about this host's own records (a record's node= wins).
+    host: str = field(default_factory=lambda: os.uname().nodename)
+    # Static labels added to every alert (Prometheus' external_labels), e.g. cluster, region.
+    labels: tuple[tuple[str, str], ...] = ()
+    # Base of generatorURL; None: derived from the host name and [http] (Config.external_url).
+    external_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTargetConfig:
+    """How to reach an HTTP alert receiver: the same keys for webhooks and Alertmanagers."""
+
     url: str
     bearer_token_file: str | None = None
     basic_auth_username: str | None = None
     basic_auth_password_file: str | None = None
     tls_verify: bool = True
     ca_file: str | None = None
+    # Client certificate (PEM) for receivers that require one; both or neither.
+    cert_file: str | None = None
+    key_file: str | None = None
     timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig(HttpTargetConfig):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AlertmanagerConfig(HttpTargetConfig):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +113,14 @@ class AlertsConfig:
     resolve_after: float = 3600.0
     on_catch_up: bool = False
     journal: bool = True
-    alertmanager: tuple[str, ...] = ()
+    # Every Alertmanager of a cluster: each alert goes to all of them (one queue, fanned out).
+    alertmanager: tuple[AlertmanagerConfig, ...] = ()
     webhook: tuple[WebhookConfig, ...] = ()
     # Firing alerts are re-sent to Alertmanager this often (its resolve_timeout is 5m).
     resend_interval: float = 60.0
+    # Resolved alerts are re-sent to Alertmanager (and retried to webhooks) this long,
+    # as Prometheus does, so a receiver that was away still learns of the resolution.
+    resolved_retention: float = 900.0
     # Alerts waiting per sink; beyond it the oldest are dropped and counted.
     queue_size: int = 10_000
     # At most this many alerts in one HTTP request.
@@ -115,11 +146,24 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     state: StateConfig = field(default_factory=StateConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def external_url(self) -> str:
+        """Return the base of generatorURL: [identity] external_url, else Prometheus' default
+        (`http://HOSTNAME:PORT`, the machine's host name and the listen port; https with TLS)."""
+        if self.identity.external_url:
+            return self.identity.external_url.rstrip("/")
+        scheme = "https" if self.http.tls_cert else "http"
+        port = self.http.listen.rpartition(":")[2]
+        # Never the listen host: "" and 0.0.0.0 are no address, 127.0.0.1 only works here.
+        host = os.uname().nodename or self.identity.host or "localhost"
+        return f"{scheme}://{host}:{port}"
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +186,16 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 # bcrypt in modular crypt format, as htpasswd -B and exporter-toolkit's web.yml use.
 _BCRYPT = re.compile(r"^\$2[abxy]?\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")
+# Prometheus label names; `__` starts names Prometheus keeps for itself.
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels monitord sets on its alerts: [identity] labels may not override them.
+ALERT_LABEL_NAMES: Final = frozenset(
+    ("alertname", "severity", "host", "virt", "domain", "uuid", "record", "op", "resrc",
+     "model", "reason")
+)  # fmt: skip
+# Journal field names are at most 64 characters; identity labels become VIRT_LABEL_<NAME>.
+JOURNAL_LABEL_PREFIX: Final = "VIRT_LABEL_"
+_MAX_LABEL_NAME: Final = 64 - len(JOURNAL_LABEL_PREFIX)
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
@@ -235,11 +289,15 @@ _VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (StateConfig, "dir"): _check_nonempty,
     (HttpConfig, "listen"): _check_listen,
     (WebhookConfig, "url"): _check_url,
+    (AlertmanagerConfig, "url"): _check_url,
+    (IdentityConfig, "host"): _check_nonempty,
+    (IdentityConfig, "external_url"): _check_url,
     (LoggingConfig, "level"): _check_level,
 }
-_ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
-    (AlertsConfig, "alertmanager"): _check_url,
-}
+_ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {}
+# Array elements that may be written as a bare string: the string is this key of the table
+# (`alertmanager = ["http://am:9093"]` or `[[alerts.alertmanager]] url = ...`).
+_FROM_STRING: dict[type, str] = {AlertmanagerConfig: "url"}
 # Smallest accepted value of numeric fields (default: ints >= 1, durations > 0).
 _MINIMUM: dict[tuple[type, str], float] = {
     (StateConfig, "max_events"): 0,
@@ -255,7 +313,10 @@ def _cross_checks(obj: object) -> Iterator[tuple[str, str]]:
         yield key, "tls_cert and tls_key must be set together"
     if isinstance(obj, AlertsConfig) and obj.retry_max < obj.retry_initial:
         yield "retry_max", "must be at least retry_initial"
-    if isinstance(obj, WebhookConfig):
+    if isinstance(obj, HttpTargetConfig):
+        if (obj.cert_file is None) != (obj.key_file is None):
+            key = "cert_file" if obj.key_file is None else "key_file"
+            yield key, "cert_file and key_file must be set together"
         if (obj.basic_auth_username is None) != (obj.basic_auth_password_file is None):
             yield (
                 "basic_auth_username",
@@ -367,6 +428,8 @@ class _Builder:
     def value(self, owner: type, name: str, hint: Any, value: object, path: Path_) -> Any:
         if owner is HttpConfig and name == "basic_auth_users":
             return self.users(value, path)
+        if owner is IdentityConfig and name == "labels":
+            return self.labels(value, path)
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin in (types.UnionType, typing.Union) and type(None) in args:
             (inner,) = (a for a in args if a is not type(None))
@@ -385,6 +448,13 @@ class _Builder:
             raise self.fail(path, str(err)) from None
 
     def element(self, owner: type, name: str, hint: Any, item: object, path: Path_) -> Any:
+        if isinstance(item, str) and hint in _FROM_STRING:
+            key = _FROM_STRING[hint]
+            try:
+                self.scalar(hint, key, str, item)  # an error names the element, not its key
+            except ValueError as err:
+                raise self.fail(path, str(err)) from None
+            return self.table(hint, {key: item}, path)
         if dataclasses.is_dataclass(hint):
             return self.table(hint, item, path)  # type: ignore[arg-type]
         try:
@@ -424,6 +494,38 @@ class _Builder:
             check = _VALUE_CHECKS.get((owner, name))
             return check(value) if check else value
         raise TypeError(f"config schema: unsupported type {hint!r}")  # a bug, not user error
+
+    def labels(self, value: object, path: Path_) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f'expected a table of name = "value", got {_kind(value)}')
+        seen: dict[str, str] = {}
+        for name, text in value.items():
+            where = (*path, name)
+            if not _LABEL_NAME.match(name) or name.startswith("__"):
+                raise self.fail(
+                    where,
+                    "not a Prometheus label name (letters, digits and _, not starting with a "
+                    "digit or __)",
+                )
+            if name in ALERT_LABEL_NAMES:
+                raise self.fail(where, f"{name!r} is a label monitord sets on every alert")
+            if len(name) > _MAX_LABEL_NAME:
+                raise self.fail(
+                    where,
+                    f"label names are at most {_MAX_LABEL_NAME} characters (journal field "
+                    f"{JOURNAL_LABEL_PREFIX}<NAME> is limited to 64)",
+                )
+            if name.upper() in seen:
+                raise self.fail(
+                    where,
+                    f"{name!r} and {seen[name.upper()]!r} would be the same journal field",
+                )
+            if not isinstance(text, str):
+                raise self.fail(where, f"expected a string, got {_kind(text)}")
+            if not text:
+                raise self.fail(where, "must not be empty (an empty label is no label)")
+            seen[name.upper()] = name
+        return tuple(sorted(value.items()))
 
     def users(self, value: object, path: Path_) -> tuple[BasicAuthUser, ...]:
         if not isinstance(value, dict):

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any, Final
 
 from monitord import __version__
-from monitord.alerts import AlertEngine
+from monitord.alerts import AlertEngine, Identity
 from monitord.audit.parser import ParseError
 from monitord.config import Config, load_run_config
 from monitord.errors import ConfigError, RuntimeFailure
@@ -221,9 +221,8 @@ class Daemon:
         config = self.config
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
-        listen_host, listen_port = config.http.listen.rsplit(":", 1)
-        base_url = f"http://{listen_host}:{listen_port}"
-        self.alerts = AlertEngine(config.alerts, self.telemetry, base_url, clock=self.clock)
+        identity = Identity.from_config(config)
+        self.alerts = AlertEngine(config.alerts, self.telemetry, identity, clock=self.clock)
         position = self._restore()
         self.source = self._make_source(config)
         self.source.open(position)
@@ -345,7 +344,7 @@ class Daemon:
         setup_logging(new.logging, plugin=new.source.kind == "audisp")
         self.table.config = new.state  # limits apply from the next record on
         if self.alerts is not None:
-            self.alerts.reconfigure(new.alerts)
+            self.alerts.reconfigure(new.alerts, Identity.from_config(new))
         if new.source != old.source and old.source.kind == "audisp":
             # A second reader on auditd's pipe would split the stream between two queues.
             log.warning("source settings of the audisp plugin change on restart only")

@@ -1,7 +1,7 @@
 """Alerts on failed libvirt operations: the engine, the alert model and the sinks."""
 
 from monitord.alerts.engine import AlertEngine
-from monitord.alerts.model import ALERT_NAME, Alert, alert_key
+from monitord.alerts.model import ALERT_NAME, Alert, Identity, alert_key
 from monitord.alerts.sinks import (
     JOURNAL_MESSAGE_ID,
     JOURNAL_RESOLVED_MESSAGE_ID,
@@ -20,6 +20,7 @@ __all__ = [
     "AlertEngine",
     "AlertmanagerSink",
     "DeliveryError",
+    "Identity",
     "JournalSink",
     "Sink",
     "WebhookSink",

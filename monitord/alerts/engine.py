@@ -3,20 +3,27 @@
 `observe` runs in the ingestion thread for every libvirt record, so it only
 looks up a dict and, for a new failure or a resolution, appends to each sink
 worker's bounded queue. `tick` (the daemon loop, about once a second) expires
-alerts after `resolve_after` and re-sends firing ones to Alertmanager.
+alerts after `resolve_after` and, as Prometheus' notifier does, re-sends firing
+alerts and, for `resolved_retention`, resolved ones to Alertmanager.
+
+Workers: one for the journal (an entry per firing and per resolution), ONE for
+every configured Alertmanager (a batch is fanned out to all of them and counts
+as sent when one accepted it), one per webhook (retried for as long as its
+alerts matter: see delivery.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from monitord.alerts.delivery import DeliveryWorker
-from monitord.alerts.model import Alert, AlertKey, alert_key
+from monitord.alerts.model import Alert, AlertKey, Identity, alert_key
 from monitord.alerts.sinks import AlertmanagerSink, JournalSink, Sink, WebhookSink
 from monitord.audit.record import AuditRecord
 from monitord.config import AlertsConfig
@@ -25,7 +32,8 @@ from monitord.telemetry import Telemetry
 
 log = logging.getLogger("monitord.alerts")
 
-CHECKPOINT_VERSION: Final = 1
+# 2: keys carry the node; resolved alerts in retention and webhook deliveries are kept.
+CHECKPOINT_VERSION: Final = 2
 SINK_NAMES: Final = ("journal", "alertmanager", "webhook")
 
 
@@ -39,7 +47,31 @@ class _Active:
     failures: int = 1
 
 
-# Identity of a worker: what it delivers to, and everything that configures it.
+@dataclass(slots=True)
+class _Resolved:
+    """A resolved alert kept for `resolved_retention`, re-sent to Alertmanager meanwhile."""
+
+    alert: Alert
+    resolved_at: float
+    last_sent: float
+
+
+def _same(a: Alert, b: Alert) -> bool:
+    """True when both are the same firing of an alert (one may be its resolution)."""
+    return a.key == b.key and a.serial == b.serial and a.starts_at == b.starts_at
+
+
+@contextlib.contextmanager
+def _skip_bad(what: str) -> Iterator[None]:
+    """Skip one broken item of a checkpoint with a warning (a crash would lose all of it)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        log.warning("alerts: skipped %s in the checkpoint: %r", what, exc)
+
+
+# Identity of a worker: (kind, slot, everything that configures it). A worker whose kind
+# and slot stay but whose settings change hands its queue to its successor.
 _Spec = tuple[Any, ...]
 
 
@@ -50,24 +82,28 @@ class AlertEngine:
         self,
         config: AlertsConfig,
         telemetry: Telemetry,
-        base_url: str,
+        identity: Identity,
         clock: Callable[[], float] = time.time,
         *,
         journal_socket: str | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry
-        self.base_url = base_url.rstrip("/")
+        self.identity = identity
         self.clock = clock
         self._journal_socket = journal_socket
         self._lock = threading.Lock()
         self._active: dict[AlertKey, _Active] = {}
+        self._resolved: dict[AlertKey, _Resolved] = {}  # oldest resolution first
         self._limited = RateLimitedLogger(log, burst=1, interval=300.0)
         self._started = False
         self._workers: dict[_Spec, DeliveryWorker] = {}
         self._all: tuple[DeliveryWorker, ...] = ()
-        self._alertmanagers: tuple[DeliveryWorker, ...] = ()
+        self._alertmanager: DeliveryWorker | None = None
         self._install(self._build(config, {}))
+
+    def _count(self, sink: str, outcome: str, n: int = 1) -> None:
+        self.telemetry.count_alert(sink, outcome, n)
 
     # Sinks and workers
 
@@ -82,18 +118,20 @@ class AlertEngine:
                     lambda: JournalSink() if path is None else JournalSink(socket_path=path),
                 )
             )
-        for url in dict.fromkeys(config.alertmanager):  # an HA pair: every URL is sent to
+        if config.alertmanager:
+            members = tuple(dict.fromkeys(config.alertmanager))  # the same entry twice: once
 
-            def make_am(url: str = url) -> Sink:
-                return AlertmanagerSink(url, config.resend_interval)
+            def make_am() -> Sink:
+                return AlertmanagerSink(members, config.resend_interval)
 
-            specs.append((("alertmanager", url, config.resend_interval, *worker), make_am))
+            specs.append((("alertmanager", "", members, config.resend_interval, *worker), make_am))
+        external_url = self.identity.external_url
         for hook in config.webhook:
 
             def make_hook(hook: Any = hook) -> Sink:
-                return WebhookSink(hook, self.base_url)
+                return WebhookSink(hook, external_url)
 
-            specs.append((("webhook", hook.url, hook, *worker), make_hook))
+            specs.append((("webhook", hook.url, hook, external_url, *worker), make_hook))
         return specs
 
     def _build(
@@ -115,6 +153,8 @@ class AlertEngine:
                 batch_size=config.batch_size,
                 retry_initial=config.retry_initial,
                 retry_max=config.retry_max,
+                # A webhook gets nothing but these deliveries: retry while they matter.
+                wanted=self._wanted if sink.name == "webhook" else None,
             )
         return workers
 
@@ -122,8 +162,17 @@ class AlertEngine:
         self._workers = workers
         ordered = tuple(workers.values())
         # Assigned whole, so `observe` in the ingestion thread always sees a consistent set.
-        self._alertmanagers = tuple(w for w in ordered if w.name == "alertmanager")
+        self._alertmanager = next((w for w in ordered if w.name == "alertmanager"), None)
         self._all = ordered
+
+    def _wanted(self, alert: Alert) -> bool:
+        """True while an alert still matters: firing, or resolved within the retention."""
+        with self._lock:
+            active = self._active.get(alert.key)
+            if active is not None and _same(active.alert, alert):
+                return True
+            resolved = self._resolved.get(alert.key)
+            return resolved is not None and _same(resolved.alert, alert)
 
     # Ingestion side
 
@@ -137,14 +186,14 @@ class AlertEngine:
             now = self.clock()
             with self._lock:
                 active = self._active.get(key)
-                if active is not None:  # already firing: one alert per guest and operation
+                if active is not None:  # already firing: one alert per host, guest and operation
                     active.last_seen = now
                     active.failures += 1
                     return
                 if len(self._active) >= self.config.max_firing:
                     self._over_limit()
                     return
-                alert = Alert.from_record(record, self.base_url)
+                alert = Alert.from_record(record, self.identity)
                 self._active[key] = _Active(alert, last_seen=now, last_sent=now)
             for worker in self._all:
                 worker.put(alert)
@@ -154,15 +203,24 @@ class AlertEngine:
             key = alert_key(record)
             with self._lock:
                 ended = self._active.pop(key, None)
-            if ended is not None:
+                if ended is None:
+                    return
                 resolved = ended.alert.resolved(record.time)
-                for worker in self._all:
-                    worker.put(resolved)
+                self._retain(resolved, self.clock())
+            for worker in self._all:
+                worker.put(resolved)
+
+    def _retain(self, resolved: Alert, now: float) -> None:
+        """Keep a resolved alert for re-sending (under the lock), at most max_firing of them."""
+        self._resolved.pop(resolved.key, None)
+        self._resolved[resolved.key] = _Resolved(resolved, resolved_at=now, last_sent=now)
+        while len(self._resolved) > self.config.max_firing:
+            del self._resolved[next(iter(self._resolved))]
 
     def _over_limit(self) -> None:
         """Count a failure that found alerts.max_firing alerts firing already."""
         for worker in self._all:
-            self.telemetry.count_alert(worker.name, "dropped")
+            self._count(worker.name, "dropped")
         self._limited.warning(
             "%d alerts firing (alerts.max_firing): new failures raise no alert until some resolve",
             len(self._active),
@@ -171,28 +229,44 @@ class AlertEngine:
     # Daemon loop side
 
     def tick(self, now: float) -> None:
-        """Resolve stale alerts, re-send firing ones to Alertmanager, publish queue lengths."""
-        resolve_after = self.config.resolve_after
-        resend_interval = self.config.resend_interval
-        alertmanagers = self._alertmanagers
+        """Resolve stale alerts, re-send firing and recently resolved ones to Alertmanager,
+        forget resolutions older than the retention, publish queue lengths."""
+        cfg = self.config
+        alertmanager = self._alertmanager
         resolved: list[Alert] = []
         resend: list[Alert] = []
         with self._lock:
             if self._active:
-                expired = [k for k, a in self._active.items() if now - a.last_seen >= resolve_after]
+                expired = [
+                    k for k, a in self._active.items() if now - a.last_seen >= cfg.resolve_after
+                ]
                 for key in expired:
-                    resolved.append(self._active.pop(key).alert.resolved(now))
-                if alertmanagers:
-                    for active in self._active.values():
-                        if now - active.last_sent >= resend_interval:
-                            active.last_sent = now
-                            resend.append(active.alert)
+                    alert = self._active.pop(key).alert.resolved(now)
+                    self._retain(alert, now)
+                    resolved.append(alert)
+            retained = self._resolved
+            while retained:
+                oldest = next(iter(retained.values()))
+                if now - oldest.resolved_at < cfg.resolved_retention:
+                    break
+                del retained[oldest.alert.key]
+            if alertmanager is not None:
+                for active in self._active.values():
+                    if now - active.last_sent >= cfg.resend_interval:
+                        active.last_sent = now
+                        resend.append(active.alert)
+                for done in retained.values():
+                    # A key firing again is that alert now: its old resolution must not undo it.
+                    if done.alert.key not in self._active and (
+                        now - done.last_sent >= cfg.resend_interval
+                    ):
+                        done.last_sent = now
+                        resend.append(done.alert)
         if resolved:
             for worker in self._all:
                 worker.put_many(resolved)
-        if resend:
-            for worker in alertmanagers:
-                worker.put_many(resend)
+        if resend and alertmanager is not None:
+            alertmanager.put_many(resend)
         self._publish_queue_lengths()
 
     def _publish_queue_lengths(self) -> None:
@@ -209,8 +283,10 @@ class AlertEngine:
                     queue.pop(name, None)
 
     def after_fork(self) -> None:
-        """In a forked child (the checkpoint writer): replace the lock other threads may hold."""
+        """In a forked child (the checkpoint writer): replace the locks other threads may hold."""
         self._lock = threading.Lock()
+        for worker in self._all:
+            worker.after_fork()
 
     def firing_count(self) -> int:
         """Return how many alerts are firing (cheap; the daemon loop asks often)."""
@@ -229,7 +305,8 @@ class AlertEngine:
         self._publish_queue_lengths()
 
     def close(self, deadline_seconds: float) -> None:
-        """Deliver what is queued for at most `deadline_seconds`, then stop the workers."""
+        """Deliver what is queued for at most `deadline_seconds`, then stop the workers
+        (a webhook's undelivered alerts stay queued for the checkpoint)."""
         self._stop(self._all, deadline_seconds, wait=True)
         self._started = False
         self._publish_queue_lengths()
@@ -241,14 +318,18 @@ class AlertEngine:
         for worker in workers:  # all drain in parallel under one deadline
             if worker.started:
                 worker.stop(deadline)
-            else:
+            elif worker.wanted is None:
                 worker.drop_queued()
         if wait:
             for worker in workers:
                 worker.join(deadline)
 
-    def reconfigure(self, config: AlertsConfig) -> None:
-        """Swap sinks for a new config (SIGHUP); a sink that stays keeps its queue."""
+    def reconfigure(self, config: AlertsConfig, identity: Identity | None = None) -> None:
+        """Swap sinks for a new config (SIGHUP); a sink that stays keeps its queue.
+
+        A new identity applies to alerts raised from now on; firing ones keep their labels."""
+        if identity is not None:
+            self.identity = identity
         old = self._workers
         new = self._build(config, old)
         old_ids = {id(w) for w in old.values()}
@@ -258,21 +339,22 @@ class AlertEngine:
             if id(worker) in old_ids:
                 continue
             # Same target, new settings: the replacement takes over what was queued.
-            previous = retired.get((spec[0], spec[1]))
+            previous = retired.pop((spec[0], spec[1]), None)
             if previous is not None:
                 worker.put_many(previous.take_all())
+                previous.stop(time.monotonic() + config.drain_timeout)
             if self._started:
                 worker.start()
         self.config = config
         self._install(new)
-        # Retired workers finish in the background: SIGHUP must not stall the daemon loop.
+        # Removed sinks finish in the background: SIGHUP must not stall the daemon loop.
         self._stop(retired.values(), config.drain_timeout, wait=False)
         self._publish_queue_lengths()
 
     # Checkpoint
 
     def to_json(self) -> dict[str, Any]:
-        """Return the firing alerts for the daemon checkpoint."""
+        """Return firing alerts, resolutions in retention and webhook deliveries still due."""
         with self._lock:
             active = [
                 {
@@ -283,16 +365,33 @@ class AlertEngine:
                 }
                 for a in self._active.values()
             ]
-        return {"version": CHECKPOINT_VERSION, "active": active}
+            resolved = [
+                {"alert": r.alert.to_json(), "resolved_at": r.resolved_at, "last_sent": r.last_sent}
+                for r in self._resolved.values()
+            ]
+        pending = [
+            {"sink": w.name, "target": w.sink.target, "alerts": [a.to_json() for a in queued]}
+            for w in self._all
+            if w.wanted is not None and (queued := w.pending())
+        ]
+        return {
+            "version": CHECKPOINT_VERSION,
+            "active": active,
+            "resolved": resolved,
+            "pending": pending,
+        }
 
     def restore(self, doc: dict[str, Any]) -> None:
-        """Load firing alerts from a checkpoint; they are not sent again as new ones."""
-        if doc.get("version") != CHECKPOINT_VERSION:
+        """Load alerts from a checkpoint; firing ones are not sent again as new ones, and
+        webhook deliveries that were due are queued again."""
+        if doc.get("version") not in (1, CHECKPOINT_VERSION):
             log.warning("alerts: checkpoint version %r not understood; ignored", doc.get("version"))
             return
         restored: dict[AlertKey, _Active] = {}
+        retained: dict[AlertKey, _Resolved] = {}
+        pending: list[tuple[str, str, list[Alert]]] = []
         for item in doc.get("active") or []:
-            try:
+            with _skip_bad("a firing alert"):
                 alert = Alert.from_json(item["alert"])
                 restored[alert.key] = _Active(
                     alert,
@@ -300,10 +399,26 @@ class AlertEngine:
                     last_sent=float(item["last_sent"]),
                     failures=int(item.get("failures", 1)),
                 )
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
-                log.warning("alerts: skipped a bad alert in the checkpoint: %s", exc)
+        for item in doc.get("resolved") or []:
+            with _skip_bad("a resolved alert"):
+                alert = Alert.from_json(item["alert"])
+                retained[alert.key] = _Resolved(
+                    alert, float(item["resolved_at"]), float(item["last_sent"])
+                )
+        for item in doc.get("pending") or []:
+            with _skip_bad("undelivered webhook alerts"):
+                alerts = [Alert.from_json(a) for a in item["alerts"]]
+                pending.append((str(item["sink"]), str(item["target"]), alerts))
         with self._lock:
             self._active = restored
+            self._resolved = dict(sorted(retained.items(), key=lambda kv: kv[1].resolved_at))
+        for sink, target, alerts in pending:
+            for worker in self._all:
+                if worker.name == sink and worker.sink.target == target:
+                    worker.put_many(alerts)
+                    break
+            else:
+                self._count(sink, "dropped", len(alerts))  # that webhook is gone from the config
 
     @property
     def workers(self) -> Sequence[DeliveryWorker]:

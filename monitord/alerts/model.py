@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from monitord.audit.record import AuditRecord
 from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
 from monitord.state.effects import effect, subject
 
+if TYPE_CHECKING:
+    from monitord.config import Config
+
 ALERT_NAME: Final = "VirtOperationFailed"
 
-# (uuid, record type, op or resrc or model): one alert per guest and operation.
-AlertKey = tuple[str, str, str]
+# (node, uuid, record type, op or resrc or model): one alert per host, guest and operation.
+# node is the record's node= ("" for this host's own records): the same guest failing the
+# same operation on two hosts (a migration) is two alerts.
+AlertKey = tuple[str, str, str, str]
 Status = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Where alerts come from ([identity]): the `host` label, static labels, generatorURL base."""
+
+    host: str
+    external_url: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Identity:
+        return cls(config.identity.host, config.external_url, config.identity.labels)
 
 
 def clean(value: str) -> str:
@@ -47,7 +66,7 @@ def alert_key(record: AuditRecord) -> AlertKey:
         what = f.get("model")
     else:
         what = f.get("op") or f.get("resrc")
-    return (f.get("uuid") or "", record.type, what or "")
+    return (record.node or "", f.get("uuid") or "", record.type, what or "")
 
 
 def _device(record: AuditRecord) -> str | None:
@@ -130,16 +149,19 @@ class Alert:
         return replace(self, ends_at=max(at, self.starts_at))
 
     @classmethod
-    def from_record(cls, record: AuditRecord, base_url: str) -> Alert:
+    def from_record(cls, record: AuditRecord, identity: Identity) -> Alert:
         """Build the firing alert for a failed libvirt record."""
         key = alert_key(record)
-        uuid = key[0]
+        node, uuid = key[0], key[1]
         name = clean(record.vm or uuid)
+        host = clean(node) if node else identity.host
         labels: dict[str, str] = {
             "alertname": ALERT_NAME,
             "severity": "critical"
             if record.type_id == VIRT_CONTROL and record.op == "start"
             else "warning",
+            "host": host,
+            **dict(identity.labels),
         }
         optional = {
             "virt": record.virt,
@@ -157,11 +179,10 @@ class Alert:
             if value:
                 labels[label] = clean(value)
         summary, first = _what_failed(record, name)
-        where = f" on node {record.node}" if record.node else ""
-        by = f" by {record.exe}" if record.exe else ""
+        by = f" by {clean(record.exe)}" if record.exe else ""
         description = (
-            f"{clean(first)} UUID {uuid}; audit record {record.type} "
-            f"serial {record.serial} at {rfc3339(record.time)}{where}{by}. "
+            f"{clean(first)} UUID {clean(uuid)}; audit record {record.type} "
+            f"serial {record.serial} at {rfc3339(record.time)} on {host}{by}. "
             f"{_hint(record, name)}"
         )
         return cls(
@@ -169,7 +190,7 @@ class Alert:
             labels=labels,
             annotations={"summary": clean(summary), "description": description},
             starts_at=record.time,
-            generator_url=f"{base_url.rstrip('/')}/api/v1/guests/{uuid}",
+            generator_url=guest_url(identity.external_url, uuid, node),
             serial=record.serial,
         )
 
@@ -186,9 +207,11 @@ class Alert:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Alert:
-        k = doc["key"]
+        k = [str(part) for part in doc["key"]]
+        if len(k) == 3:  # saved before keys had a node: this host's own records
+            k.insert(0, "")
         return cls(
-            key=(str(k[0]), str(k[1]), str(k[2])),
+            key=(k[0], k[1], k[2], k[3]),
             labels={str(a): str(b) for a, b in doc["labels"].items()},
             annotations={str(a): str(b) for a, b in doc["annotations"].items()},
             starts_at=float(doc["starts_at"]),
@@ -196,6 +219,12 @@ class Alert:
             serial=int(doc["serial"]),
             ends_at=None if doc.get("ends_at") is None else float(doc["ends_at"]),
         )
+
+
+def guest_url(external_url: str, uuid: str, node: str) -> str:
+    """Return the API URL of a guest (generatorURL): `?node=` selects among a collector's."""
+    url = f"{external_url.rstrip('/')}/api/v1/guests/{urllib.parse.quote(clean(uuid), safe='')}"
+    return f"{url}?{urllib.parse.urlencode({'node': clean(node)})}" if node else url
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:

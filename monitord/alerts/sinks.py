@@ -8,9 +8,11 @@ in their worker thread only, never in the ingestion thread.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from monitord.alerts.model import ALERT_NAME, Alert, fingerprint, rfc3339
-from monitord.config import WebhookConfig
+from monitord.alerts.model import ALERT_NAME, Alert, clean, fingerprint, rfc3339
+from monitord.config import (
+    JOURNAL_LABEL_PREFIX,
+    AlertmanagerConfig,
+    HttpTargetConfig,
+    WebhookConfig,
+)
 
 log = logging.getLogger("monitord.alerts")
 
@@ -35,20 +42,27 @@ USER_AGENT: Final = "monitord-alerts"
 
 
 class DeliveryError(Exception):
-    """A batch could not be delivered; `retry` False when trying again cannot help (HTTP 4xx)."""
+    """A batch could not be delivered; `retry` False when trying again cannot help (HTTP 4xx).
 
-    def __init__(self, message: str, *, retry: bool = True) -> None:
+    `receivers` says how many receivers refused it (all of an Alertmanager cluster)."""
+
+    def __init__(self, message: str, *, retry: bool = True, receivers: int = 1) -> None:
         super().__init__(message)
         self.retry = retry
+        self.receivers = receivers
 
 
 class Sink(Protocol):
-    """A delivery target: `name` is the `sink` label, `target` says where (for logs)."""
+    """A delivery target: `name` is the `sink` label, `target` says where (for logs).
+
+    `deliver` returns how many of its receivers did not accept a batch that another one
+    did (an Alertmanager cluster), 0 for a single receiver; it raises `DeliveryError`
+    when none accepted it."""
 
     name: str
     target: str
 
-    def deliver(self, alerts: Sequence[Alert]) -> None: ...
+    def deliver(self, alerts: Sequence[Alert]) -> int: ...
 
 
 # Journal
@@ -81,7 +95,7 @@ class JournalSink:
             self._inactive_logged = True
         return False
 
-    def deliver(self, alerts: Sequence[Alert]) -> None:
+    def deliver(self, alerts: Sequence[Alert]) -> int:
         if not self.active():  # journald went away after start-up
             raise DeliveryError(f"no journald socket at {self.socket_path}", retry=False)
         send = self._send
@@ -94,6 +108,24 @@ class JournalSink:
                 send(**journal_fields(alert))
             except (OSError, ValueError) as exc:
                 raise DeliveryError(f"journal: {exc}") from exc
+        return 0
+
+
+# Alert labels and the journal fields they become; any other label is an [identity]
+# label and becomes VIRT_LABEL_<NAME>.
+_JOURNAL_FIELDS: Final = {
+    "host": "VIRT_HOST",
+    "domain": "VIRT_DOMAIN",
+    "uuid": "VIRT_UUID",
+    "record": "VIRT_RECORD",
+    "op": "VIRT_OP",
+    "resrc": "VIRT_RESRC",
+    "model": "VIRT_MODEL",
+    "reason": "VIRT_REASON",
+    "virt": "VIRT_TYPE",
+    "alertname": None,  # always VirtOperationFailed
+    "severity": None,  # PRIORITY says it
+}
 
 
 def journal_fields(alert: Alert) -> dict[str, str]:
@@ -112,18 +144,12 @@ def journal_fields(alert: Alert) -> dict[str, str]:
         "AUDIT_SERIAL": str(alert.serial),
         "AUDIT_TIME": rfc3339(alert.starts_at),
     }
-    for label, field in (
-        ("domain", "VIRT_DOMAIN"),
-        ("uuid", "VIRT_UUID"),
-        ("record", "VIRT_RECORD"),
-        ("op", "VIRT_OP"),
-        ("resrc", "VIRT_RESRC"),
-        ("model", "VIRT_MODEL"),
-        ("reason", "VIRT_REASON"),
-        ("virt", "VIRT_TYPE"),
-    ):
-        if label in labels:
-            fields[field] = labels[label]
+    for label, value in labels.items():
+        field = _JOURNAL_FIELDS.get(label, JOURNAL_LABEL_PREFIX + label.upper())
+        if field is not None:
+            fields[field] = value
+    if alert.key[0]:  # the record named its node (a central collector)
+        fields["VIRT_NODE"] = clean(alert.key[0])
     return fields
 
 
@@ -159,61 +185,48 @@ def _post(
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DeliveryError(f"{url}: {reason}") from exc
+    except http.client.HTTPException as exc:  # a garbled answer: not HTTP, cut short
+        raise DeliveryError(f"{url}: bad HTTP answer: {type(exc).__name__} {exc}") from exc
 
 
-class AlertmanagerSink:
-    """`POST /api/v2/alerts` to one Alertmanager (an HA pair is two sinks, both sent to)."""
+class HttpReceiver:
+    """One HTTP receiver: URL, credentials and TLS, re-read when their files change."""
 
-    name = "alertmanager"
-
-    def __init__(
-        self,
-        url: str,
-        resend_interval: float,
-        timeout: float = HTTP_TIMEOUT,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        base = url.rstrip("/")
-        self.target = base + "/api/v2/alerts"
-        self.resend_interval = resend_interval
-        self.timeout = timeout
-        self.clock = clock
-
-    def payload(self, alerts: Sequence[Alert]) -> list[dict[str, Any]]:
-        """Return the API v2 body; a firing alert ends after 4 missed re-sends (as Prometheus)."""
-        valid_until = rfc3339(self.clock() + 4 * self.resend_interval)
-        return [
-            {
-                "labels": dict(a.labels),
-                "annotations": dict(a.annotations),
-                "startsAt": rfc3339(a.starts_at),
-                "endsAt": valid_until if a.ends_at is None else rfc3339(a.ends_at),
-                "generatorURL": a.generator_url,
-            }
-            for a in alerts
-        ]
-
-    def deliver(self, alerts: Sequence[Alert]) -> None:
-        body = json.dumps(self.payload(alerts)).encode()
-        _post(self.target, body, {}, self.timeout)
-
-
-class WebhookSink:
-    """POST of Alertmanager's webhook payload (version 4) to a URL, with optional auth and TLS."""
-
-    name = "webhook"
-
-    def __init__(self, config: WebhookConfig, external_url: str) -> None:
+    def __init__(self, config: HttpTargetConfig, url: str) -> None:
         self.config = config
-        self.target = config.url
-        self.external_url = external_url
+        self.url = url
+        self._tls = url.startswith("https:")
         self._context: ssl.SSLContext | None = None
-        if config.url.startswith("https:"):
-            ctx = ssl.create_default_context(cafile=config.ca_file)
-            if not config.tls_verify:
+        self._stamp: tuple[object, ...] | None = None
+
+    def _files_stamp(self) -> tuple[object, ...]:
+        cfg, stamp = self.config, []
+        for path in (cfg.ca_file, cfg.cert_file, cfg.key_file):
+            try:
+                st = Path(path).stat() if path else None
+            except OSError:
+                st = None
+            stamp.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamp)
+
+    def context(self) -> ssl.SSLContext | None:
+        """Return the TLS context, rebuilt when a CA, certificate or key file changed."""
+        if not self._tls:
+            return None
+        stamp = self._files_stamp()
+        if self._context is None or stamp != self._stamp:
+            cfg = self.config
+            try:
+                ctx = ssl.create_default_context(cafile=cfg.ca_file)
+                if cfg.cert_file:
+                    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise DeliveryError(f"{self.url}: cannot load TLS files: {exc}") from exc
+            if not cfg.tls_verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            self._context = ctx
+            self._context, self._stamp = ctx, stamp
+        return self._context
 
     def headers(self) -> dict[str, str]:
         """Read credentials at each delivery, so a rotated token file is picked up."""
@@ -229,8 +242,104 @@ class WebhookSink:
                 pair = f"{cfg.basic_auth_username}:{password}".encode()
                 return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         except OSError as exc:
-            raise DeliveryError(f"{cfg.url}: cannot read credentials: {exc}") from exc
+            raise DeliveryError(f"{self.url}: cannot read credentials: {exc}") from exc
         return {}
+
+    def post(self, body: bytes) -> None:
+        _post(self.url, body, self.headers(), self.config.timeout, self.context())
+
+
+class AlertmanagerSink:
+    """`POST /api/v2/alerts` to every Alertmanager of a cluster, as Prometheus' notifier does.
+
+    One batch goes to all of them at once; it is delivered when at least one accepted it
+    (the cluster shares it by gossip and deduplicates notifications)."""
+
+    name = "alertmanager"
+
+    def __init__(
+        self,
+        configs: Sequence[AlertmanagerConfig],
+        resend_interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.receivers = [HttpReceiver(c, c.url.rstrip("/") + "/api/v2/alerts") for c in configs]
+        self.target = ", ".join(r.url for r in self.receivers)
+        self.resend_interval = resend_interval
+        self.clock = clock
+        self._refusing: set[str] = set()  # receivers whose last delivery failed (logged once)
+
+    def payload(self, alerts: Sequence[Alert]) -> list[dict[str, Any]]:
+        """Return the API v2 body; a firing alert ends after 4 missed re-sends (as Prometheus)."""
+        valid_until = rfc3339(self.clock() + 4 * self.resend_interval)
+        return [
+            {
+                "labels": dict(a.labels),
+                "annotations": dict(a.annotations),
+                "startsAt": rfc3339(a.starts_at),
+                "endsAt": valid_until if a.ends_at is None else rfc3339(a.ends_at),
+                "generatorURL": a.generator_url,
+            }
+            for a in alerts
+        ]
+
+    def deliver(self, alerts: Sequence[Alert]) -> int:
+        body = json.dumps(self.payload(alerts)).encode()
+        errors = self._post_all(body)
+        for receiver, error in zip(self.receivers, errors, strict=True):
+            if error is not None and receiver.url not in self._refusing:
+                self._refusing.add(receiver.url)
+                log.warning(
+                    "alerts: Alertmanager %s did not accept alerts: %s", receiver.url, error
+                )
+            elif error is None and receiver.url in self._refusing:
+                self._refusing.discard(receiver.url)
+                log.info("alerts: Alertmanager %s accepts alerts again", receiver.url)
+        failed = [e for e in errors if e is not None]
+        if failed and len(failed) == len(errors):
+            raise DeliveryError(
+                "no Alertmanager accepted the alerts: " + "; ".join(map(str, failed)),
+                retry=any(e.retry for e in failed),
+                receivers=len(failed),
+            )
+        return len(failed)
+
+    def _post_all(self, body: bytes) -> list[DeliveryError | None]:
+        """POST to every receiver at once (a slow one delays none of the others' answers)."""
+        errors: list[DeliveryError | None] = [None] * len(self.receivers)
+
+        def post(i: int) -> None:
+            try:
+                self.receivers[i].post(body)
+            except DeliveryError as exc:
+                errors[i] = exc
+            except Exception as exc:  # a bug: must not count as accepted
+                log.exception("alerts: posting to %s raised", self.receivers[i].url)
+                errors[i] = DeliveryError(f"{self.receivers[i].url}: {exc!r}", retry=False)
+
+        threads = [
+            threading.Thread(target=post, args=(i,), name="alerts-am-post", daemon=True)
+            for i in range(1, len(self.receivers))
+        ]
+        for thread in threads:
+            thread.start()
+        if self.receivers:
+            post(0)
+        for thread in threads:
+            thread.join()
+        return errors
+
+
+class WebhookSink:
+    """POST of Alertmanager's webhook payload (version 4) to a URL, with optional auth and TLS."""
+
+    name = "webhook"
+
+    def __init__(self, config: WebhookConfig, external_url: str) -> None:
+        self.config = config
+        self.target = config.url
+        self.external_url = external_url
+        self.receiver = HttpReceiver(config, config.url)
 
     def payload(self, alerts: Sequence[Alert]) -> dict[str, Any]:
         """Return the body Alertmanager's webhook receiver would send for this group."""
@@ -260,9 +369,9 @@ class WebhookSink:
             "alerts": items,
         }
 
-    def deliver(self, alerts: Sequence[Alert]) -> None:
-        body = json.dumps(self.payload(alerts)).encode()
-        _post(self.config.url, body, self.headers(), self.config.timeout, self._context)
+    def deliver(self, alerts: Sequence[Alert]) -> int:
+        self.receiver.post(json.dumps(self.payload(alerts)).encode())
+        return 0
 
 
 def _common(maps: Sequence[Mapping[str, str]]) -> dict[str, str]:

@@ -20,20 +20,22 @@ _WRITER = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[1])
-    from monitord.alerts import AlertEngine
+    from monitord.alerts import AlertEngine, Identity
     from monitord.config import AlertsConfig
     from monitord.telemetry import Telemetry
     from tests.alerts.test_alerts import record, disk_record
 
     telemetry = Telemetry()
-    engine = AlertEngine(AlertsConfig(journal=True), telemetry, "http://127.0.0.1:9781")
+    identity = Identity("hv01", "http://hv01:9781", (("cluster", "prod-eu"),))
+    engine = AlertEngine(AlertsConfig(journal=True), telemetry, identity)
     assert [w.name for w in engine.workers] == ["journal"], engine.workers
     engine.start()
     engine.observe(record(serial=42), live=True)
     engine.observe(disk_record(serial=43), live=True)
     engine.observe(disk_record(res="success", serial=44), live=True)
+    engine.observe(record(serial=45, node="hvB"), live=True)
     engine.close(5.0)
-    assert telemetry.alerts[("journal", "sent")] == 3, telemetry.alerts
+    assert telemetry.alerts[("journal", "sent")] == 4, telemetry.alerts
     """
 )
 
@@ -49,7 +51,7 @@ _NAMESPACE = PRIVATE_JOURNALD + textwrap.dedent(
 @pytest.mark.root
 def test_journal_entries_have_the_documented_fields(tmp_path: Path) -> None:
     """Each firing and resolved alert is one journal entry with MESSAGE_ID, PRIORITY and the
-    VIRT_* fields; `journalctl MESSAGE_ID=...` finds them."""
+    VIRT_* fields, the host and the [identity] labels; `journalctl MESSAGE_ID=...` finds them."""
     need_root()
     unshare = need_tool("unshare")
     journald = need_tool("systemd-journald")
@@ -76,7 +78,7 @@ def test_journal_entries_have_the_documented_fields(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     entries = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(e["AUDIT_SERIAL"] for e in entries) == ["42", "43", "43"]
+    assert sorted(e["AUDIT_SERIAL"] for e in entries) == ["42", "43", "43", "45"]
     by_serial = {e["AUDIT_SERIAL"]: e for e in entries}
 
     start = by_serial["42"]
@@ -89,6 +91,13 @@ def test_journal_entries_have_the_documented_fields(tmp_path: Path) -> None:
     assert start["VIRT_OP"] == "start"
     assert start["VIRT_REASON"] == "booted"
     assert "VIRT_RESRC" not in start
+    assert start["VIRT_HOST"] == "hv01"
+    assert start["VIRT_LABEL_CLUSTER"] == "prod-eu"
+    assert "VIRT_NODE" not in start
+
+    remote = by_serial["45"]  # a record with node=hvB, as a central collector reads it
+    assert remote["VIRT_HOST"] == remote["VIRT_NODE"] == "hvB"
+    assert remote["VIRT_LABEL_CLUSTER"] == "prod-eu"
 
     disk = [e for e in entries if e["AUDIT_SERIAL"] == "43"]
     firing = next(e for e in disk if e["MESSAGE_ID"] == JOURNAL_MESSAGE_ID)

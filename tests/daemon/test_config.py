@@ -74,7 +74,7 @@ def test_shipped_example_documents_every_key() -> None:
 def test_shipped_examples_are_valid_when_enabled() -> None:
     """The commented examples in deploy/monitord.toml load when uncommented."""
     config = parse_config(uncommented_example(), "example")
-    assert config.alerts.alertmanager == ("http://127.0.0.1:9093",)
+    assert [am.url for am in config.alerts.alertmanager] == ["http://127.0.0.1:9093"]
     assert config.alerts.webhook[0].url == "http://127.0.0.1:8080/hook"
     assert config.alerts.webhook[0].timeout == 10.0
     assert config.http.tls_cert == "/etc/monitord/tls/monitord.crt"

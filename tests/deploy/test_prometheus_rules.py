@@ -14,7 +14,7 @@ RULES = DEPLOY / "monitord.rules.yml"
 RULE_TESTS = DEPLOY / "monitord.rules.test.yml"
 SCRAPE = DEPLOY / "prometheus.yml"
 
-# CONTRACT.md "Metrics", plus what Prometheus and prometheus-client add.
+# docs/INTERFACE.md "Metrics", plus what Prometheus and prometheus-client add.
 CONTRACT_METRICS = {
     "libvirt_audit_records_total",
     "libvirt_audit_operations_total",
@@ -22,6 +22,7 @@ CONTRACT_METRICS = {
     "libvirt_audit_security_labels_total",
     "libvirt_audit_domains",
     "libvirt_audit_domain_info",
+    "libvirt_audit_domain_state",
     "libvirt_audit_domain_running",
     "libvirt_audit_domain_vcpus",
     "libvirt_audit_domain_memory_bytes",
@@ -59,11 +60,25 @@ def rule_names() -> list[str]:
     return re.findall(r"^\s*- alert: (\S+)$", RULES.read_text(), re.M)
 
 
+def recording_names() -> list[str]:
+    return re.findall(r"^\s*- record: (\S+)$", RULES.read_text(), re.M)
+
+
+def rule_test_cases() -> dict[str, list[str]]:
+    """Return each test case's text by the rules it names (`# rule: NAME` lines above it)."""
+    cases: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=  # rule: )", RULE_TESTS.read_text())[1:]:
+        for name in re.findall(r"^  # rule: (\S+)$", block, re.M):
+            cases.setdefault(name, []).append(block)
+    return cases
+
+
 def test_rules_pass_promtool_check() -> None:
     """`promtool check rules` accepts the shipped rules."""
     done = promtool("check", "rules", RULES.name)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(rule_names())} rules found" in done.stdout
+    total = len(rule_names()) + len(recording_names())
+    assert f"SUCCESS: {total} rules found" in done.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -89,19 +104,46 @@ def test_every_rule_has_a_firing_and_a_quiet_case() -> None:
     firing = {name for name, empty in cases if not empty}
     quiet = {name for name, empty in cases if empty}
     names = rule_names()
-    assert len(names) >= 10
+    assert len(names) >= 15
     assert sorted(set(names) - firing) == [], "rules without a firing test"
     assert sorted(set(names) - quiet) == [], "rules without a non-firing test"
     assert sorted({n for n, _ in cases} - set(names)) == [], "tests of rules that do not exist"
 
 
+def test_every_recording_rule_is_checked_by_value() -> None:
+    """Each recording rule has a promql_expr_test with the samples it must produce."""
+    text = RULE_TESTS.read_text()
+    names = recording_names()
+    assert len(names) >= 3
+    for name in names:
+        assert re.search(rf"^\s+- expr: {re.escape(name)}$", text, re.M), name
+        assert f"labels: '{name}{{" in text, name
+
+
+def test_fleet_alerts_are_tested_for_both_deployments() -> None:
+    """The split-brain and lost-migration rules have cases with per-host daemons (hosts told
+    apart by instance) and with a central collector (hosts told apart by node)."""
+    cases = rule_test_cases()
+    for name in ("LibvirtGuestRunningOnTwoHosts", "LibvirtMigrationLost"):
+        blocks = cases[name]
+        assert any('instance="hvB:9781"' in b for b in blocks), f"{name}: no per-host case"
+        collector = [b for b in blocks if 'instance="collector:9781", node=' in b]
+        assert collector and all('instance="hv' not in b for b in collector), name
+
+
 def test_rules_use_only_contract_metrics() -> None:
-    """Rules only query metric names the contract promises (a typo would never fire)."""
+    """Rules only query metric names the contract promises (a typo would never fire), or
+    recorded names defined in the same file; domain_info has no state label (version 2)."""
     exprs = RULES.read_text()
+    recorded = set(recording_names())
+    for name in recorded:  # level:metric:operation names are not contract metrics
+        exprs = exprs.replace(name, "")
     used = set(re.findall(r"\b((?:libvirt_audit|monitord)_[a-z_]+|process_start_time_seconds)\b",
                           exprs))  # fmt: skip
     assert used, "no metric found"
     assert sorted(used - CONTRACT_METRICS) == []
+    assert "libvirt_audit_domain_state" in used
+    assert not re.search(r"libvirt_audit_domain_info\{[^}]*state", exprs)
     assert JOURNAL_MESSAGE_ID in exprs  # the annotation points at the journal entries
 
 
