@@ -32,6 +32,7 @@ from tests.libvirt_stack import (
     write_boot_disk,
 )
 from tests.realstack import running_auditd
+from tests.waiting import wait_until as wait_for
 
 
 def virt_records(log: Path) -> int:
@@ -45,9 +46,19 @@ def qemu_pid(name: str) -> int:
 
 def guests_by_name(daemon: MonitordProcess, log: Path, last: str) -> dict[str, dict[str, Any]]:
     """monitord's guest documents once auditd has written `last` and monitord read it all."""
-    wait_until(lambda: last.encode() in log.read_bytes(), 20)
+    try:
+        wait_for(lambda: last.encode() in log.read_bytes(), 20, what=f"{last} in the audit log")
+    except AssertionError as err:
+        if b"audit_enabled=0" in log.read_bytes():
+            # A systemd-journald started elsewhere on the host turns the kernel's auditing off.
+            raise AssertionError("auditing switched off by another process: records lost") from err
+        raise
     total = virt_records(log)
-    wait_until(lambda: daemon.metric("libvirt_audit_records_total") == total, 20)
+    wait_for(
+        lambda: daemon.metric("libvirt_audit_records_total") == total,
+        20,
+        what=f"monitord to read {total} records",
+    )
     return {g["name"]: g for g in daemon.guests()["guests"]}
 
 
