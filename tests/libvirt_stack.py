@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +49,7 @@ from tests.realstack import Auditd, running_auditd
 from tests.waiting import wait_until as wait_for
 
 URI = "qemu:///system"
+LXC_URI = "lxc:///system"
 QEMU_USER = "libvirt-qemu"
 RUN_DIR = Path("/run/libvirt")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -57,6 +58,14 @@ PRIVATE_DIRS = {
     "etc-qemu": "/etc/libvirt/qemu",
     "var-lib-qemu": "/var/lib/libvirt/qemu",
     "log": "/var/log/libvirt",
+}
+# Only with `lxc=True`, mounted first: the LXC driver's definitions and state go to
+# /etc/libvirt/lxc and /var/lib/libvirt/lxc, which the package does not make. Rather than
+# create them on the host, libvirtd gets a copy of /etc/libvirt and an empty /var/lib/libvirt
+# holding both (the PRIVATE_DIRS are mounted on top as usual).
+LXC_PRIVATE_DIRS = {
+    "etc-libvirt": "/etc/libvirt",
+    "var-lib-libvirt": "/var/lib/libvirt",
 }
 READY_TIMEOUT = 60.0
 TEST_UUID_PREFIX = "6c0f6f6a-8a5d-4c1e-9d1a-"  # every test guest's uuid starts so
@@ -108,6 +117,9 @@ class Guest:
     max_vcpus: int = 1
     cdrom: bool = False  # an empty IDE CD-ROM (hdc) for change-media
     scsi: bool = False  # a virtio-scsi controller: SCSI disks detach without guest help
+    disk_format: str = "raw"  # qcow2 for internal snapshots
+    nic_xml: str = ""  # replaces the default user-mode NIC (which has `mac`)
+    extra_devices: str = ""  # more <devices> XML, as is
 
     def xml(self) -> str:
         """Return the domain XML."""
@@ -120,12 +132,14 @@ class Guest:
                 f"<cpu><numa><cell id='0' cpus='0-{self.max_vcpus - 1}' "
                 f"memory='{self.memory_kib}' unit='KiB'/></numa></cpu>"
             )
+        user_nic = f"<interface type='user'><mac address='{self.mac}'/><model type='virtio'/>"
         devices = [
             "<emulator>/usr/bin/qemu-system-x86_64</emulator>",
-            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<disk type='file' device='disk'><driver name='qemu' type='{self.disk_format}'/>"
             f"<source file={quoteattr(str(self.disk))}/><target dev='vda' bus='virtio'/></disk>",
-            f"<interface type='user'><mac address='{self.mac}'/><model type='virtio'/></interface>",
+            self.nic_xml or user_nic + "</interface>",
             "<graphics type='vnc' listen='127.0.0.1' autoport='yes'/>",
+            self.extra_devices,
         ]
         if self.cdrom:
             devices.append(
@@ -175,11 +189,93 @@ def write_boot_disk(path: Path, size: int = 1 << 20) -> None:
         f.truncate(size)
 
 
+# A boot sector that acknowledges ACPI hot-unplug requests (and the power button), so
+# detaching a PCI device, a DIMM or a vCPU from an OS-less guest completes as with a real OS.
+# It does by polling what a guest's ACPI tables (_EJ0 methods) would do on the GPE event,
+# on every BIOS timer tick (~55 ms) of an `sti; hlt` loop. Ports (QEMU i440fx `pc`, PIIX4):
+# 0xae00 PCI hotplug (0xae04 slots asked to go on the bus selected at 0xae10, 0xae08 eject),
+# 0x0a00 memory hotplug (0xa00 slot select, 0xa14 status bit 2 "remove requested", write 8
+# ejects), 0xaf00 CPU hotplug (writing 0 there once switches QEMU from the legacy interface,
+# which cannot unplug, to the modern one: 0xaf05 command 0 selects a CPU with a pending
+# event, 0xaf04 status bit 1 insert / bit 2 remove; write 2 clears the insert event, 4 the
+# remove event, 8 ejects), 0x600 PM1 (as in write_boot_disk). Hand-assembled (16-bit real
+# mode at 0x7c00); checked with `objdump -D -b binary -mi8086`; 107 bytes.
+HOTPLUG_BOOT_CODE = bytes.fromhex(
+    "ba00af"  # mov dx, 0xaf00    ; CPU hotplug: out 0 -> modern interface
+    "30c0"  # xor al, al
+    "ee"  # out dx, al
+    "ba0206"  # mov dx, 0x602     ; PM1a_EN
+    "b80001"  # mov ax, 0x100     ; PWRBTN_EN
+    "ef"  # out dx, ax
+    "fb"  # sti               ; the BIOS timer wakes the hlt below
+    "f4"  # tick: hlt
+    "ba10ae"  # mov dx, 0xae10    ; PCI: select bus 0 (bsel 0)
+    "6631c0"  # xor eax, eax
+    "66ef"  # out dx, eax
+    "b204"  # mov dl, 0x04      ; 0xae04: slots QEMU wants removed
+    "66ed"  # in eax, dx
+    "6685c0"  # test eax, eax
+    "7404"  # jz dimms
+    "b208"  # mov dl, 0x08      ; 0xae08: eject (the lowest of them; the rest next tick)
+    "66ef"  # out dx, eax
+    "31c9"  # dimms: xor cx, cx
+    "ba000a"  # slot: mov dx, 0xa00 ; memory hotplug: select slot cl
+    "88c8"  # mov al, cl
+    "ee"  # out dx, al
+    "b214"  # mov dl, 0x14      ; 0xa14: status
+    "ec"  # in al, dx
+    "a804"  # test al, 4        ; remove requested?
+    "7403"  # jz next
+    "b008"  # mov al, 8         ; eject
+    "ee"  # out dx, al
+    "41"  # next: inc cx
+    "80f904"  # cmp cl, 4
+    "72ea"  # jb slot
+    "ba00af"  # mov dx, 0xaf00    ; CPUs: selector 0
+    "30c0"  # xor al, al
+    "ee"  # out dx, al
+    "b205"  # mov dl, 0x05      ; command 0: select a CPU with a pending event
+    "ee"  # out dx, al
+    "4a"  # dec dx            ; 0xaf04: its status
+    "ec"  # in al, dx
+    "a802"  # test al, 2        ; inserted? clear it (else it hides later events)
+    "7403"  # jz noins
+    "b002"  # mov al, 2
+    "ee"  # out dx, al
+    "a804"  # noins: test al, 4 ; remove requested?
+    "7406"  # jz power
+    "b004"  # mov al, 4         ; clear the remove event
+    "ee"  # out dx, al
+    "b008"  # mov al, 8         ; eject
+    "ee"  # out dx, al
+    "ba0006"  # power: mov dx, 0x600 ; PM1a_STS
+    "ed"  # in ax, dx
+    "a90001"  # test ax, 0x100    ; PWRBTN_STS
+    "74ad"  # jz tick
+    "ba0406"  # mov dx, 0x604     ; PM1a_CNT
+    "b80020"  # mov ax, 0x2000    ; SLP_EN, SLP_TYP 0 = soft off
+    "ef"  # out dx, ax
+    "f4"  # hlt
+    "ebfd"  # jmp $-1
+)
+
+
+def write_hotplug_boot_disk(path: Path, size: int = 1 << 20) -> None:
+    """Write a raw disk booting HOTPLUG_BOOT_CODE: unplug requests and the power button obeyed."""
+    with open(path, "wb") as f:
+        f.write(HOTPLUG_BOOT_CODE.ljust(510, b"\0") + b"\x55\xaa")
+        f.truncate(size)
+
+
 @dataclass
 class LibvirtStack:
     """virtlogd + libvirtd in a private mount namespace; `work` holds images and private dirs."""
 
     work: Path
+    # LXC: libvirt 9.0's LXC driver starts containers only on a pure cgroup v1 host, so
+    # libvirtd's namespace also loses the cgroup v2 mount (/sys/fs/cgroup/unified); QEMU
+    # guests are then confined by the v1 controllers instead (other cgroup records).
+    lxc: bool = False
     virtlogd: subprocess.Popen[bytes] | None = None
     libvirtd: subprocess.Popen[bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -190,12 +286,12 @@ class LibvirtStack:
         return self.work / "images"
 
     def virsh(
-        self, *args: str, check: bool = True, timeout: float = 120.0
+        self, *args: str, check: bool = True, timeout: float = 120.0, uri: str = URI
     ) -> subprocess.CompletedProcess[str]:
-        """Run `virsh -c qemu:///system ARGS`; raise with virsh's stderr if it fails and `check`."""
+        """Run `virsh -c URI ARGS`; raise with virsh's stderr if it fails and `check`."""
         t0 = time.monotonic()
         proc = subprocess.run(
-            ["virsh", "-q", "-c", URI, *args], capture_output=True, text=True, timeout=timeout
+            ["virsh", "-q", "-c", uri, *args], capture_output=True, text=True, timeout=timeout
         )
         self.timings[args[0]] = self.timings.get(args[0], 0.0) + time.monotonic() - t0
         if check and proc.returncode != 0:
@@ -206,6 +302,10 @@ class LibvirtStack:
         xml = self.work / f"{guest.uuid}.xml"
         xml.write_text(guest.xml())
         self.virsh("define", str(xml))
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        return (URI, LXC_URI) if self.lxc else (URI,)
 
     # -- start -------------------------------------------------------------------------------
 
@@ -226,16 +326,33 @@ class LibvirtStack:
         wait_for(lambda: (RUN_DIR / "virtlogd-sock").exists() or self._died(self.virtlogd), 10)
         if self._died(self.virtlogd):
             raise StackError("virtlogd exited: " + self._tail("virtlogd"))
-        mounts = dict(PRIVATE_DIRS)
+        self._start_libvirtd()
+        self.timings["ready"] = time.monotonic() - t0
+
+    def _start_libvirtd(self) -> None:
+        mounts = dict(LXC_PRIVATE_DIRS) if self.lxc else {}
+        mounts.update(PRIVATE_DIRS)
         mounts["kvm-hidden"] = "/dev/kvm"
         mounts["qemu.conf"] = "/etc/libvirt/qemu.conf"
-        self.libvirtd = self._spawn("libvirtd", "/usr/sbin/libvirtd", mounts)
+        unmount = [str(CGROUP_ROOT / "unified")] if self.lxc else []
+        self.libvirtd = self._spawn("libvirtd", "/usr/sbin/libvirtd", mounts, unmount)
         deadline = time.monotonic() + READY_TIMEOUT
         while self.virsh("version", check=False, timeout=30).returncode != 0:
             if self._died(self.libvirtd) or time.monotonic() > deadline:
                 raise StackError("libvirtd did not become ready: " + self._tail("libvirtd"))
             time.sleep(0.1)
-        self.timings["ready"] = time.monotonic() - t0
+
+    def stop_libvirtd(self) -> None:
+        """Stop libvirtd alone (SIGTERM, by pid): guests and virtlogd go on running."""
+        assert self.libvirtd is not None
+        _kill_and_wait(self.libvirtd)
+
+    def restart_libvirtd(self) -> float:
+        """Start libvirtd again after `stop_libvirtd`; return how long until it answered."""
+        assert self._died(self.libvirtd), "libvirtd is still running"
+        t0 = time.monotonic()
+        self._start_libvirtd()
+        return time.monotonic() - t0
 
     @staticmethod
     def _reap_stale_guests() -> None:
@@ -268,11 +385,19 @@ class LibvirtStack:
         private.mkdir(exist_ok=True)
         for name in PRIVATE_DIRS:
             (private / name).mkdir(exist_ok=True)
+        if self.lxc:
+            etc = private / "etc-libvirt"
+            shutil.rmtree(etc, ignore_errors=True)
+            shutil.copytree("/etc/libvirt", etc, symlinks=True)
+            for sub in (etc / "lxc", private / "var-lib-libvirt" / "qemu"):
+                sub.mkdir(parents=True, exist_ok=True)
+            (private / "var-lib-libvirt" / "lxc").mkdir(mode=0o700, exist_ok=True)
         qemu = pwd.getpwnam(QEMU_USER)
         var_lib = private / "var-lib-qemu"
         os.chown(var_lib, qemu.pw_uid, qemu.pw_gid)
         var_lib.chmod(0o750)
         (private / "log" / "qemu").mkdir(exist_ok=True)
+        (private / "log" / "lxc").mkdir(exist_ok=True)
         hidden = private / "kvm-hidden"
         hidden.touch()
         hidden.chmod(0o600)
@@ -281,12 +406,15 @@ class LibvirtStack:
             conf + "\n# monitord tests: /dev/kvm is a bind mount here\nnamespaces = [ ]\n"
         )
 
-    def _spawn(self, name: str, binary: str, mounts: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, binary: str, mounts: dict[str, str], unmount: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         private = self.work / "private"
         script = "".join(
             f"mount --bind '{private / src}' '{dst}' && " for src, dst in mounts.items()
         )
-        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        script += "".join(f"umount '{path}' && " for path in unmount)
+        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         # unshare without --fork execs in place: the pid we hold is the daemon's pid.
         return subprocess.Popen(
@@ -317,14 +445,15 @@ class LibvirtStack:
 
     def stop(self) -> None:
         """Undefine every domain, stop the daemons by pid and remove what libvirt left behind."""
-        qemu_pids = self._qemu_pids()
+        guest_pids = self._guest_pids()
         if not self._died(self.libvirtd):
             self._remove_domains()
         if self.libvirtd is not None:
             _kill_and_wait(self.libvirtd)
-        # QEMU is daemonized by libvirtd and outlives it: kill what libvirtd could not stop.
-        for pid in qemu_pids:
-            if pid in running_processes("qemu-system-x86_64"):
+        # QEMU (and LXC's controller) is daemonized by libvirtd and outlives it: kill what
+        # libvirtd could not stop.
+        for pid in guest_pids:
+            if pid in running_processes("qemu-system-x86_64", "libvirt_lxc"):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -339,15 +468,17 @@ class LibvirtStack:
         shutil.rmtree(RUN_DIR, ignore_errors=True)
 
     def _remove_domains(self) -> None:
-        listed = self.virsh("list", "--all", "--uuid", check=False, timeout=30)
-        for uuid in listed.stdout.split():
-            self.virsh("destroy", uuid, check=False, timeout=30)
-            self.virsh("undefine", uuid, "--managed-save", "--nvram", check=False, timeout=30)
+        for uri in self.uris:
+            listed = self.virsh("list", "--all", "--uuid", check=False, timeout=30, uri=uri)
+            for uuid in listed.stdout.split():
+                self.virsh("destroy", uuid, check=False, timeout=30, uri=uri)
+                flags = ("--managed-save", "--snapshots-metadata", "--nvram") if uri == URI else ()
+                self.virsh("undefine", uuid, *flags, check=False, timeout=30, uri=uri)
 
     @staticmethod
-    def _qemu_pids() -> list[int]:
+    def _guest_pids() -> list[int]:
         pids = []
-        for pidfile in (RUN_DIR / "qemu").glob("*.pid"):
+        for pidfile in [*(RUN_DIR / "qemu").glob("*.pid"), *(RUN_DIR / "lxc").glob("*.pid")]:
             try:
                 pids.append(int(pidfile.read_text().strip()))
             except (OSError, ValueError):
@@ -371,13 +502,13 @@ class LibvirtStack:
 
 
 @contextmanager
-def running_libvirt(work: Path | None = None) -> Iterator[LibvirtStack]:
+def running_libvirt(work: Path | None = None, *, lxc: bool = False) -> Iterator[LibvirtStack]:
     """Start virtlogd + libvirtd (auditd must already run); clean up on every exit path."""
     need_root()
     own = work is None
     path = Path(tempfile.mkdtemp(prefix="monitord-libvirt-", dir="/tmp")) if own else work
     assert path is not None
-    stack = LibvirtStack(path)
+    stack = LibvirtStack(path, lxc=lxc)
     try:
         stack.start()
         yield stack
@@ -389,12 +520,12 @@ def running_libvirt(work: Path | None = None) -> Iterator[LibvirtStack]:
 
 @contextmanager
 def running_stack(
-    audit_root: Path, work: Path | None = None
+    audit_root: Path, work: Path | None = None, *, lxc: bool = False
 ) -> Iterator[tuple[Auditd, LibvirtStack]]:
     """A private auditd (under the shared auditd lock) and then libvirt, audited by it."""
     with ExitStack() as stack:
         auditd = stack.enter_context(running_auditd(audit_root))
-        libvirt = stack.enter_context(running_libvirt(work))
+        libvirt = stack.enter_context(running_libvirt(work, lxc=lxc))
         yield auditd, libvirt
 
 
