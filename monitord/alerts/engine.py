@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from monitord.alerts.delivery import DeliveryWorker
-from monitord.alerts.model import Alert, AlertKey, Identity, alert_key
+from monitord.alerts.model import Alert, AlertKey, Identity, alert_key, process_gone_key
 from monitord.alerts.sinks import AlertmanagerSink, JournalSink, Sink, WebhookSink
 from monitord.audit.record import AuditRecord
+from monitord.audit.types import VIRT_CONTROL
 from monitord.config import AlertsConfig
 from monitord.logsetup import RateLimitedLogger
 from monitord.telemetry import Telemetry
@@ -95,6 +96,8 @@ class AlertEngine:
         self._lock = threading.Lock()
         self._active: dict[AlertKey, _Active] = {}
         self._resolved: dict[AlertKey, _Resolved] = {}  # oldest resolution first
+        # Keys of firing VirtGuestProcessGone alerts: they do not expire by resolve_after.
+        self._gone: set[AlertKey] = set()
         self._limited = RateLimitedLogger(log, burst=1, interval=300.0)
         self._started = False
         self._workers: dict[_Spec, DeliveryWorker] = {}
@@ -179,6 +182,8 @@ class AlertEngine:
     def observe(self, record: AuditRecord, live: bool) -> None:
         """Raise an alert for a failed record, resolve one for a success; never blocks."""
         result = record.result
+        if self._gone and record.type_id == VIRT_CONTROL and record.op in ("start", "stop"):
+            self._end_process_gone(record)
         if result == "failed":
             if not live and not self.config.on_catch_up:
                 return
@@ -210,6 +215,33 @@ class AlertEngine:
             for worker in self._all:
                 worker.put(resolved)
 
+    def process_gone(self, uuid: str, name: str | None, virt: str | None, vm_pid: int) -> None:
+        """Raise VirtGuestProcessGone for a running guest of this host whose process is gone
+        (resolved by the guest's next start or stop record)."""
+        alert = Alert.process_gone(uuid, name, virt, vm_pid, self.clock(), self.identity)
+        with self._lock:
+            if alert.key in self._active:
+                return
+            now = self.clock()
+            self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
+            self._gone.add(alert.key)
+        for worker in self._all:
+            worker.put(alert)
+
+    def _end_process_gone(self, record: AuditRecord) -> None:
+        if record.node:
+            return  # only this host's own guests are checked
+        key = process_gone_key(record.uuid or "")
+        with self._lock:
+            self._gone.discard(key)
+            ended = self._active.pop(key, None)
+            if ended is None:
+                return
+            resolved = ended.alert.resolved(record.time)
+            self._retain(resolved, self.clock())
+        for worker in self._all:
+            worker.put(resolved)
+
     def _retain(self, resolved: Alert, now: float) -> None:
         """Keep a resolved alert for re-sending (under the lock), at most max_firing of them."""
         self._resolved.pop(resolved.key, None)
@@ -238,7 +270,9 @@ class AlertEngine:
         with self._lock:
             if self._active:
                 expired = [
-                    k for k, a in self._active.items() if now - a.last_seen >= cfg.resolve_after
+                    k
+                    for k, a in self._active.items()
+                    if now - a.last_seen >= cfg.resolve_after and k not in self._gone
                 ]
                 for key in expired:
                     alert = self._active.pop(key).alert.resolved(now)
@@ -411,6 +445,7 @@ class AlertEngine:
                 pending.append((str(item["sink"]), str(item["target"]), alerts))
         with self._lock:
             self._active = restored
+            self._gone = {k for k in restored if k == process_gone_key(k[1])}
             self._resolved = dict(sorted(retained.items(), key=lambda kv: kv[1].resolved_at))
         for sink, target, alerts in pending:
             for worker in self._all:

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from monitord.config import Config
 
 ALERT_NAME: Final = "VirtOperationFailed"
+# A running guest whose process is gone (monitord/state/liveness.py).
+PROCESS_GONE_NAME: Final = "VirtGuestProcessGone"
 
 # (node, uuid, record type, op or resrc or model): one alert per host, guest and operation.
 # node is the record's node= ("" for this host's own records): the same guest failing the
@@ -67,6 +69,11 @@ def alert_key(record: AuditRecord) -> AlertKey:
     else:
         what = f.get("op") or f.get("resrc")
     return (record.node or "", f.get("uuid") or "", record.type, what or "")
+
+
+def process_gone_key(uuid: str) -> AlertKey:
+    """The key of a guest's VirtGuestProcessGone alert (only this host's own guests)."""
+    return ("", uuid, PROCESS_GONE_NAME, "")
 
 
 def _device(record: AuditRecord) -> str | None:
@@ -192,6 +199,42 @@ class Alert:
             starts_at=record.time,
             generator_url=guest_url(identity.external_url, uuid, node),
             serial=record.serial,
+        )
+
+    @classmethod
+    def process_gone(
+        cls, uuid: str, name: str | None, virt: str | None, vm_pid: int, now: float,
+        identity: Identity,
+    ) -> Alert:  # fmt: skip
+        """Build the firing alert for a running guest whose process no longer exists."""
+        label = clean(name or uuid)
+        labels = {
+            "alertname": PROCESS_GONE_NAME,
+            "severity": "warning",
+            "host": identity.host,
+            **dict(identity.labels),
+            "uuid": clean(uuid),
+        }
+        if name:
+            labels["domain"] = label
+        if virt:
+            labels["virt"] = clean(virt)
+        description = (
+            f"Guest {label} (UUID {clean(uuid)}) is running according to the audit log, but its "
+            f"process {vm_pid} no longer exists on {identity.host}. Its QEMU most likely died "
+            "while libvirtd was not running, which libvirt never audits. Check `virsh domstate "
+            f"{label} --reason` and the guest's QEMU log, then start it again."
+        )
+        return cls(
+            key=process_gone_key(uuid),
+            labels=labels,
+            annotations={
+                "summary": f"Guest {label}: its process is gone",
+                "description": description,
+            },
+            starts_at=now,
+            generator_url=guest_url(identity.external_url, uuid, ""),
+            serial=vm_pid,
         )
 
     def to_json(self) -> dict[str, Any]:

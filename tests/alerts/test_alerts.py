@@ -616,3 +616,33 @@ def test_webhook_tls_is_verified_by_default(tls_receiver: tuple[str, Path]) -> N
         WebhookSink(WebhookConfig(url=url, timeout=5.0), BASE).deliver([alert])
     WebhookSink(WebhookConfig(url=url, ca_file=str(cert), timeout=5.0), BASE).deliver([alert])
     WebhookSink(WebhookConfig(url=url, tls_verify=False, timeout=5.0), BASE).deliver([alert])
+
+
+def test_process_gone_fires_until_the_guests_next_start_or_stop(receiver: Receiver) -> None:
+    """VirtGuestProcessGone fires once per guest, outlives resolve_after, survives a restore,
+    and resolves at the guest's next start or stop record (not at other records)."""
+    engine = AlertEngine(
+        fast(webhook=(WebhookConfig(url=receiver.url),), resolve_after=0.001), Telemetry(), IDENT
+    )
+    engine.start()
+    try:
+        engine.process_gone(UUID, "web01", "kvm", 4242)
+        engine.process_gone(UUID, "web01", "kvm", 4242)  # still gone: no second alert
+        engine.tick(time.time() + 3600)  # resolve_after does not end it
+        (alert,) = engine.firing()
+        assert alert.labels["alertname"] == "VirtGuestProcessGone"
+        assert alert.labels["host"] == "hv01" and alert.labels["domain"] == "web01"
+        assert "4242" in alert.annotations["description"]
+        again = AlertEngine(fast(), Telemetry(), IDENT)
+        again.restore(engine.to_json())
+        engine.observe(disk_record(res="success"), live=True)  # not a start or stop
+        engine.observe(record(node="hvB", res="success", op="stop"), live=True)  # other host
+        assert len(engine.firing()) == 1
+        engine.observe(record(res="success", op="start", vm_pid="5000"), live=True)
+        assert engine.firing() == []
+        again.observe(record(res="success", op="stop", reason="destroyed"), live=False)
+        assert again.firing() == []
+        wait_for(lambda: len(receiver.alerts()) == 2, what="firing + resolved")
+    finally:
+        engine.close(2.0)
+    assert [a["status"] for a in receiver.alerts()] == ["firing", "resolved"]
