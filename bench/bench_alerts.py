@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +28,6 @@ from monitord.alerts import AlertEngine  # noqa: E402
 from monitord.alerts.model import Alert  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
 from monitord.config import AlertsConfig, WebhookConfig  # noqa: E402
-from monitord.telemetry import Telemetry  # noqa: E402
 from tests.alerts.test_alerts import dead_url, record, wait_for  # noqa: E402
 from tests.alerts.test_alerts_alertmanager import Alertmanager  # noqa: E402
 
@@ -100,7 +100,7 @@ def bench_observe() -> list[str]:
         for label, cfg in (("no sink", config), ("3 dead sinks", dead), ("3 live sinks", live)):
             best_ok = best_storm = 0.0
             for _ in range(3):
-                engine = AlertEngine(cfg, Telemetry(), BASE)
+                engine = AlertEngine(cfg, BASE)
                 engine.start()
                 best_ok = max(best_ok, observe_rate(engine, ok))
                 best_storm = max(best_storm, observe_rate(engine, storm))
@@ -115,7 +115,7 @@ def bench_observe() -> list[str]:
 def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
     """Return p50, p99 seconds from observe() to the alert being listed by Alertmanager."""
     cfg = AlertsConfig(journal=False, alertmanager=(am.url,))
-    engine = AlertEngine(cfg, Telemetry(), BASE)
+    engine = AlertEngine(cfg, BASE)
     engine.start()
     samples = []
     for i in range(n):
@@ -140,11 +140,10 @@ def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
 def bench_storm(am: Alertmanager) -> list[str]:
     """10,000 distinct failures at once to Alertmanager and a webhook."""
     hook = CountingReceiver()
-    telemetry = Telemetry()
     cfg = AlertsConfig(
         journal=False, alertmanager=(am.url,), webhook=(WebhookConfig(url=hook.url),)
     )
-    engine = AlertEngine(cfg, telemetry, BASE)
+    engine = AlertEngine(cfg, BASE)
     am_requests = [0]
     for worker in engine.workers:  # count the POSTs the Alertmanager sink makes
         if worker.name == "alertmanager":
@@ -164,7 +163,7 @@ def bench_storm(am: Alertmanager) -> list[str]:
     t_observe = time.perf_counter() - t0
 
     def drained() -> bool:
-        a = telemetry.alerts
+        a = Counter(engine.counters.snapshot())
         return a[("alertmanager", "sent")] + a[("alertmanager", "failed")] >= STORM and (
             a[("webhook", "sent")] + a[("webhook", "failed")] >= STORM
         )
@@ -175,7 +174,7 @@ def bench_storm(am: Alertmanager) -> list[str]:
     with urllib.request.urlopen(f"{am.url}/api/v2/alerts", timeout=30) as r:
         listed = sum(1 for a in json.load(r) if a["labels"]["uuid"].startswith("3000"))
     hook.stop()
-    a = telemetry.alerts
+    a = Counter(engine.counters.snapshot())
     return [
         f"| observe() of {STORM:,} failures | {t_observe * 1000:.0f} ms |",
         f"| time until both sinks drained | {t_drain * 1000:.0f} ms |",

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Action = Callable[[], None]
+Action = Callable[[], object]  # what it returns is ignored
 
 
 @dataclass(slots=True)

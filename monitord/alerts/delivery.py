@@ -14,9 +14,9 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.model import Alert
 from monitord.alerts.sinks import DeliveryError, Sink
-from monitord.telemetry import Telemetry
 
 log = logging.getLogger("monitord.alerts")
 
@@ -27,14 +27,14 @@ class DeliveryWorker:
     def __init__(
         self,
         sink: Sink,
-        telemetry: Telemetry,
+        counters: AlertCounters,
         queue_size: int = 10_000,
         batch_size: int = 500,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
     ) -> None:
         self.sink = sink
-        self.telemetry = telemetry
+        self.counters = counters
         self.queue_size = max(1, queue_size)
         self.batch_size = max(1, batch_size)
         self.retry_initial = max(0.001, retry_initial)
@@ -71,7 +71,7 @@ class DeliveryWorker:
             if was_empty and queue:
                 self._cond.notify()
         if dropped:
-            self.telemetry.count_alert(self.sink.name, "dropped", dropped)
+            self.counters.count(self.sink.name, "dropped", dropped)
 
     def take_all(self) -> list[Alert]:
         """Remove and return what is queued (a reconfigured sink hands it to its successor)."""
@@ -88,7 +88,7 @@ class DeliveryWorker:
         """Count what is still queued as dropped and forget it."""
         rest = self.take_all()
         if rest:
-            self.telemetry.count_alert(self.sink.name, "dropped", len(rest))
+            self.counters.count(self.sink.name, "dropped", len(rest))
 
     def start(self) -> None:
         if self._thread is not None:
@@ -154,7 +154,7 @@ class DeliveryWorker:
                     self._failing = True
                 gave_up = not exc.retry or delay > self.retry_max or self._past_deadline()
                 if gave_up:
-                    self.telemetry.count_alert(sink.name, "failed", len(batch))
+                    self.counters.count(sink.name, "failed", len(batch))
                     log.warning(
                         "alerts: gave up on %d alert(s) for %s: %s", len(batch), sink.target, exc
                     )
@@ -168,10 +168,10 @@ class DeliveryWorker:
                 continue
             except Exception:  # a bug in a sink must not kill delivery for the others
                 log.exception("alerts: sink %s raised", sink.target)
-                self.telemetry.count_alert(sink.name, "failed", len(batch))
+                self.counters.count(sink.name, "failed", len(batch))
                 return
             if self._failing:
                 log.info("alerts: delivery to %s works again", sink.target)
                 self._failing = False
-            self.telemetry.count_alert(sink.name, "sent", len(batch))
+            self.counters.count(sink.name, "sent", len(batch))
             return

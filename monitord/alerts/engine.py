@@ -2,8 +2,9 @@
 
 `observe` runs in the ingestion thread for every libvirt record, so it only
 looks up a dict and, for a new failure or a resolution, appends to each sink
-worker's bounded queue. `tick` (the daemon loop, about once a second) expires
-alerts after `resolve_after` and re-sends firing ones to Alertmanager.
+worker's bounded queue. `tick` (the daemon loop, when `next_due` says) expires
+alerts after `resolve_after` and re-sends firing ones to Alertmanager; with no
+alert firing the engine needs no wake-up at all.
 """
 
 from __future__ import annotations
@@ -11,22 +12,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.delivery import DeliveryWorker
 from monitord.alerts.model import Alert, AlertKey, alert_key
 from monitord.alerts.sinks import AlertmanagerSink, JournalSink, Sink, WebhookSink
 from monitord.audit.record import AuditRecord
 from monitord.config import AlertsConfig
 from monitord.logsetup import RateLimitedLogger
-from monitord.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("monitord.alerts")
 
 CHECKPOINT_VERSION: Final = 1
-SINK_NAMES: Final = ("journal", "alertmanager", "webhook")
 
 
 @dataclass(slots=True)
@@ -49,19 +52,20 @@ class AlertEngine:
     def __init__(
         self,
         config: AlertsConfig,
-        telemetry: Telemetry,
         base_url: str,
         clock: Callable[[], float] = time.time,
         *,
         journal_socket: str | None = None,
+        counters: AlertCounters | None = None,
     ) -> None:
         self.config = config
-        self.telemetry = telemetry
+        self.counters = counters if counters is not None else AlertCounters()
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self._journal_socket = journal_socket
         self._lock = threading.Lock()
         self._active: dict[AlertKey, _Active] = {}
+        self._next_due: float | None = None  # clock time; never later than tick has work
         self._limited = RateLimitedLogger(log, burst=1, interval=300.0)
         self._started = False
         self._workers: dict[_Spec, DeliveryWorker] = {}
@@ -110,7 +114,7 @@ class AlertEngine:
                 continue  # logged once by the sink; without journald there is nothing to do
             workers[spec] = DeliveryWorker(
                 sink,
-                self.telemetry,
+                self.counters,
                 queue_size=config.queue_size,
                 batch_size=config.batch_size,
                 retry_initial=config.retry_initial,
@@ -145,7 +149,10 @@ class AlertEngine:
                     self._over_limit()
                     return
                 alert = Alert.from_record(record, self.base_url)
-                self._active[key] = _Active(alert, last_seen=now, last_sent=now)
+                active = self._active[key] = _Active(alert, last_seen=now, last_sent=now)
+                due = self._due(active)
+                if self._next_due is None or due < self._next_due:
+                    self._next_due = due
             for worker in self._all:
                 worker.put(alert)
         elif result == "success":
@@ -162,7 +169,7 @@ class AlertEngine:
     def _over_limit(self) -> None:
         """Count a failure that found alerts.max_firing alerts firing already."""
         for worker in self._all:
-            self.telemetry.count_alert(worker.name, "dropped")
+            self.counters.count(worker.name, "dropped")
         self._limited.warning(
             "%d alerts firing (alerts.max_firing): new failures raise no alert until some resolve",
             len(self._active),
@@ -170,8 +177,24 @@ class AlertEngine:
 
     # Daemon loop side
 
+    def _due(self, active: _Active) -> float:
+        """When `tick` has to look at this alert: to resolve it, or to re-send it."""
+        due = active.last_seen + self.config.resolve_after
+        if self._alertmanagers:
+            due = min(due, active.last_sent + self.config.resend_interval)
+        return due
+
+    def _recompute_due(self) -> None:
+        with self._lock:
+            due = self._due
+            self._next_due = min((due(a) for a in self._active.values()), default=None)
+
+    def next_due(self) -> float | None:
+        """Return when `tick` has work next (clock time), None while no alert fires."""
+        return self._next_due
+
     def tick(self, now: float) -> None:
-        """Resolve stale alerts, re-send firing ones to Alertmanager, publish queue lengths."""
+        """Resolve stale alerts and re-send firing ones to Alertmanager."""
         resolve_after = self.config.resolve_after
         resend_interval = self.config.resend_interval
         alertmanagers = self._alertmanagers
@@ -179,38 +202,55 @@ class AlertEngine:
         resend: list[Alert] = []
         with self._lock:
             if self._active:
-                expired = [k for k, a in self._active.items() if now - a.last_seen >= resolve_after]
+                # Written as `_due` computes it, so a tick at the due time always finds it due.
+                expired = [k for k, a in self._active.items() if a.last_seen + resolve_after <= now]
                 for key in expired:
                     resolved.append(self._active.pop(key).alert.resolved(now))
                 if alertmanagers:
                     for active in self._active.values():
-                        if now - active.last_sent >= resend_interval:
+                        if active.last_sent + resend_interval <= now:
                             active.last_sent = now
                             resend.append(active.alert)
+            due = self._due
+            self._next_due = min((due(a) for a in self._active.values()), default=None)
         if resolved:
             for worker in self._all:
                 worker.put_many(resolved)
         if resend:
             for worker in alertmanagers:
                 worker.put_many(resend)
-        self._publish_queue_lengths()
 
-    def _publish_queue_lengths(self) -> None:
-        lengths = dict.fromkeys(SINK_NAMES, 0)
+    def queue_lengths(self) -> dict[str, int]:
+        """Return the alerts waiting (or in delivery) per configured sink."""
+        lengths: dict[str, int] = {}
         for worker in self._all:
             lengths[worker.name] = lengths.get(worker.name, 0) + len(worker)
-        configured = {w.name for w in self._all}
-        with self.telemetry.alerts_lock:  # the exporter iterates this dict under the same lock
-            queue = self.telemetry.alert_queue
-            for name, n in lengths.items():
-                if name in configured:
-                    queue[name] = n
-                else:
-                    queue.pop(name, None)
+        return lengths
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield deliveries by sink and outcome, and the queue length of each sink."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+        alerts = CounterMetricFamily(
+            "monitord_alerts_total",
+            "Alert deliveries by sink and outcome (sent, failed, dropped).",
+            labels=["sink", "outcome"],
+        )
+        for (sink, outcome), n in sorted(self.counters.snapshot().items()):
+            alerts.add_metric([sink, outcome], n)
+        yield alerts
+        queue = GaugeMetricFamily(
+            "monitord_alert_queue_length", "Alerts waiting to be delivered, by sink.",
+            labels=["sink"],
+        )  # fmt: skip
+        for sink, n in sorted(self.queue_lengths().items()):
+            queue.add_metric([sink], n)
+        yield queue
 
     def after_fork(self) -> None:
-        """In a forked child (the checkpoint writer): replace the lock other threads may hold."""
+        """In a forked child (the checkpoint writer): replace the locks other threads may hold."""
         self._lock = threading.Lock()
+        self.counters.after_fork()
 
     def firing_count(self) -> int:
         """Return how many alerts are firing (cheap; the daemon loop asks often)."""
@@ -226,13 +266,11 @@ class AlertEngine:
         self._started = True
         for worker in self._all:
             worker.start()
-        self._publish_queue_lengths()
 
     def close(self, deadline_seconds: float) -> None:
         """Deliver what is queued for at most `deadline_seconds`, then stop the workers."""
         self._stop(self._all, deadline_seconds, wait=True)
         self._started = False
-        self._publish_queue_lengths()
 
     @staticmethod
     def _stop(workers: Iterable[DeliveryWorker], seconds: float, wait: bool) -> None:
@@ -265,9 +303,9 @@ class AlertEngine:
                 worker.start()
         self.config = config
         self._install(new)
+        self._recompute_due()  # resolve_after, resend_interval or the Alertmanagers changed
         # Retired workers finish in the background: SIGHUP must not stall the daemon loop.
         self._stop(retired.values(), config.drain_timeout, wait=False)
-        self._publish_queue_lengths()
 
     # Checkpoint
 
@@ -304,6 +342,7 @@ class AlertEngine:
                 log.warning("alerts: skipped a bad alert in the checkpoint: %s", exc)
         with self._lock:
             self._active = restored
+        self._recompute_due()
 
     @property
     def workers(self) -> Sequence[DeliveryWorker]:

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from monitord.alerts import ALERT_NAME, Alert, AlertEngine, DeliveryError, WebhookSink
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.delivery import DeliveryWorker
 from monitord.alerts.model import fingerprint
 from monitord.audit.parser import parse_line
 from monitord.audit.record import AuditRecord
 from monitord.config import AlertsConfig, WebhookConfig
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.waiting import wait_until as wait_for
 
@@ -212,7 +212,7 @@ def test_fingerprint_is_fnv1a_of_sorted_labels() -> None:
 def test_success_resolves_and_catch_up_is_quiet(receiver: Receiver) -> None:
     """Catch-up failures raise nothing; a live failure fires; a later success (even one read
     while catching up) resolves it with endsAt at the success's time."""
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), Telemetry(), BASE)
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), BASE)
     engine.start()
     try:
         engine.observe(record(serial=1), live=False)
@@ -234,7 +234,7 @@ def test_success_resolves_and_catch_up_is_quiet(receiver: Receiver) -> None:
 
 def test_on_catch_up_true_alerts_on_old_records() -> None:
     """With on_catch_up, records read while catching up raise alerts too."""
-    engine = AlertEngine(fast(on_catch_up=True), Telemetry(), BASE)
+    engine = AlertEngine(fast(on_catch_up=True), BASE)
     engine.observe(record(), live=False)
     assert len(engine.firing()) == 1
 
@@ -244,7 +244,7 @@ def test_repeated_failure_is_one_alert_and_extends_resolve_after(receiver: Recei
     last failure, then the alert resolves by itself."""
     now = [1000.0]
     cfg = fast(webhook=(WebhookConfig(url=receiver.url),), resolve_after=60.0)
-    engine = AlertEngine(cfg, Telemetry(), BASE, clock=lambda: now[0])
+    engine = AlertEngine(cfg, BASE, clock=lambda: now[0])
     engine.observe(record(serial=1), live=True)
     engine.observe(record(serial=2, uuid="00000000-0000-0000-0000-000000000001"), live=True)
     now[0] = 1030.0
@@ -270,7 +270,7 @@ def test_webhook_payload_has_alertmanager_shape_and_bearer_token(
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     hook = WebhookConfig(url=receiver.url, bearer_token_file=str(token))
-    engine = AlertEngine(fast(webhook=(hook,)), Telemetry(), BASE)
+    engine = AlertEngine(fast(webhook=(hook,)), BASE)
     engine.start()
     try:
         engine.observe(disk_record(), live=True)
@@ -300,7 +300,7 @@ def test_webhook_basic_auth_reads_password_file(receiver: Receiver, tmp_path: Pa
     hook = WebhookConfig(
         url=receiver.url, basic_auth_username="mon", basic_auth_password_file=str(pw)
     )
-    engine = AlertEngine(fast(webhook=(hook,)), Telemetry(), BASE)
+    engine = AlertEngine(fast(webhook=(hook,)), BASE)
     engine.start()
     try:
         engine.observe(record(), live=True)
@@ -314,8 +314,8 @@ def test_webhook_basic_auth_reads_password_file(receiver: Receiver, tmp_path: Pa
 def test_webhook_500s_are_retried_until_delivered(receiver: Receiver) -> None:
     """HTTP 500 answers are retried with backoff; the alert arrives once and counts as sent."""
     receiver.fail_next = 2
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), telemetry, BASE)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), BASE, counters=counters)
     engine.start()
     try:
         engine.observe(record(), live=True)
@@ -323,32 +323,32 @@ def test_webhook_500s_are_retried_until_delivered(receiver: Receiver) -> None:
     finally:
         engine.close(2.0)
     assert receiver.fail_next == 0
-    assert telemetry.alerts[("webhook", "sent")] == 1
-    assert telemetry.alerts[("webhook", "failed")] == 0
+    assert counters.get("webhook", "sent") == 1
+    assert counters.get("webhook", "failed") == 0
 
 
 def test_webhook_down_gives_up_after_backoff_and_counts_failed() -> None:
     """A receiver that is down is retried until the backoff reaches retry_max, then failed."""
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=dead_url()),)), telemetry, BASE)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=dead_url()),)), BASE, counters=counters)
     engine.start()
     try:
         engine.observe(record(), live=True)
-        wait_for(lambda: telemetry.alerts[("webhook", "failed")] == 1, what="failed count")
+        wait_for(lambda: counters.get("webhook", "failed") == 1, what="failed count")
     finally:
         engine.close(1.0)
-    assert telemetry.alerts[("webhook", "sent")] == 0
+    assert counters.get("webhook", "sent") == 0
 
 
 def test_http_4xx_is_not_retried(receiver: Receiver) -> None:
     """A 400 answer cannot be fixed by retrying: the batch is counted failed at once."""
     receiver.status = 400
-    telemetry = Telemetry()
+    counters = AlertCounters()
     sink = WebhookSink(WebhookConfig(url=receiver.url), BASE)
-    worker = DeliveryWorker(sink, telemetry, retry_initial=5.0, retry_max=10.0)
+    worker = DeliveryWorker(sink, counters, retry_initial=5.0, retry_max=10.0)
     worker.put(Alert.from_record(record(), BASE))
     worker.start()
-    wait_for(lambda: telemetry.alerts[("webhook", "failed")] == 1, what="failed without retry")
+    wait_for(lambda: counters.get("webhook", "failed") == 1, what="failed without retry")
     worker.close(1.0)
     assert receiver.count() == 1
 
@@ -357,9 +357,9 @@ def test_slow_receiver_never_blocks_observe_and_queue_is_bounded(receiver: Recei
     """While the receiver hangs, observe() keeps returning; the queue stays bounded and
     overflow is counted as dropped; once the receiver answers, the rest is delivered."""
     receiver.gate.clear()  # every request hangs until released
-    telemetry = Telemetry()
+    counters = AlertCounters()
     cfg = fast(webhook=(WebhookConfig(url=receiver.url),), queue_size=100, batch_size=50)
-    engine = AlertEngine(cfg, telemetry, BASE)
+    engine = AlertEngine(cfg, BASE, counters=counters)
     engine.start()
     try:
         engine.observe(record(serial=0, uuid="00000000-0000-0000-0000-000000000000"), live=True)
@@ -368,20 +368,20 @@ def test_slow_receiver_never_blocks_observe_and_queue_is_bounded(receiver: Recei
             engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
         engine.tick(time.time())
         assert receiver.count() == 0  # nothing answered yet: observe() did not wait for it
-        assert telemetry.alert_queue["webhook"] == 101  # 100 queued + 1 in flight
-        assert telemetry.alerts[("webhook", "dropped")] == 900
+        assert engine.queue_lengths()["webhook"] == 101  # 100 queued + 1 in flight
+        assert counters.get("webhook", "dropped") == 900
         receiver.gate.set()
         wait_for(lambda: len(receiver.alerts()) == 101, what="the rest delivered")
     finally:
         engine.close(2.0)
     assert receiver.count() == 3  # the first alert, then two batches of 50
-    assert telemetry.alerts[("webhook", "sent")] == 101
+    assert counters.get("webhook", "sent") == 101
 
 
 def test_storm_of_10000_failures_is_batched(receiver: Receiver) -> None:
     """10,000 distinct failures in a burst arrive in a few batched requests, none dropped."""
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), telemetry, BASE)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), BASE, counters=counters)
     records = [record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}") for i in range(10_000)]
     engine.start()
     try:
@@ -391,20 +391,20 @@ def test_storm_of_10000_failures_is_batched(receiver: Receiver) -> None:
     finally:
         engine.close(2.0)
     assert receiver.count() <= 10_000 // 500 + 2
-    assert telemetry.alerts[("webhook", "dropped")] == 0
+    assert counters.get("webhook", "dropped") == 0
 
 
 def test_firing_alerts_are_bounded_by_max_firing(receiver: Receiver) -> None:
     """Beyond alerts.max_firing, a new failure raises no alert and is counted as dropped."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     config = fast(webhook=(WebhookConfig(url=receiver.url),), max_firing=3)
-    engine = AlertEngine(config, telemetry, BASE)
+    engine = AlertEngine(config, BASE, counters=counters)
     engine.start()
     try:
         for i in range(5):
             engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
         assert engine.firing_count() == 3
-        assert telemetry.alerts[("webhook", "dropped")] == 2
+        assert counters.get("webhook", "dropped") == 2
         # A resolution makes room again.
         engine.observe(record(res="success", uuid="00000000-0000-0000-0000-000000000000"), True)
         engine.observe(record(serial=9, uuid="00000000-0000-0000-0000-000000000009"), live=True)
@@ -418,7 +418,7 @@ def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) 
     """Firing alerts go into the checkpoint; after a restore they are not sent again as new,
     and a later success still resolves them."""
     cfg = fast(webhook=(WebhookConfig(url=receiver.url),))
-    first = AlertEngine(cfg, Telemetry(), BASE)
+    first = AlertEngine(cfg, BASE)
     first.start()
     first.observe(record(), live=True)
     first.observe(disk_record(), live=True)
@@ -426,7 +426,7 @@ def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) 
     first.close(2.0)
     doc = json.loads(json.dumps(first.to_json()))  # the checkpoint is plain JSON
 
-    second = AlertEngine(cfg, Telemetry(), BASE)
+    second = AlertEngine(cfg, BASE)
     second.restore(doc)
     assert [a.key for a in second.firing()] == [a.key for a in first.firing()]
     second.start()
@@ -445,7 +445,7 @@ def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) 
 
 def test_restore_ignores_unknown_versions_and_bad_items() -> None:
     """A checkpoint from another version or with broken items does not crash restore."""
-    engine = AlertEngine(fast(), Telemetry(), BASE)
+    engine = AlertEngine(fast(), BASE)
     engine.restore({"version": 99, "active": [{}]})
     engine.restore({"version": 1, "active": [{"alert": {}}]})
     assert engine.firing() == []
@@ -454,7 +454,7 @@ def test_restore_ignores_unknown_versions_and_bad_items() -> None:
 def test_reconfigure_keeps_queued_alerts_of_sinks_that_stay(receiver: Receiver) -> None:
     """SIGHUP with the same webhook (new settings) keeps what was queued; new sinks appear,
     removed ones go, and alertmanager sinks get their own worker."""
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), Telemetry(), BASE)
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), BASE)
     for i in range(5):
         engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
     engine.reconfigure(
@@ -472,19 +472,18 @@ def test_reconfigure_keeps_queued_alerts_of_sinks_that_stay(receiver: Receiver) 
 
 def test_close_gives_up_at_the_deadline() -> None:
     """close() returns by its deadline with a dead sink; what is left counts as dropped/failed."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     cfg = fast(webhook=(WebhookConfig(url=dead_url()),), retry_initial=5.0, retry_max=60.0)
-    engine = AlertEngine(cfg, telemetry, BASE)
+    engine = AlertEngine(cfg, BASE, counters=counters)
     engine.start()
     for i in range(3):
         engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
     started = time.monotonic()
     engine.close(0.5)
     assert time.monotonic() - started < 5.0  # not the 5 s backoff, let alone 60
-    counts = telemetry.alerts
-    wait_for(lambda: counts[("webhook", "failed")] + counts[("webhook", "dropped")] == 3)
-    assert counts[("webhook", "failed")] >= 1
-    assert counts[("webhook", "sent")] == 0
+    wait_for(lambda: counters.get("webhook", "failed") + counters.get("webhook", "dropped") == 3)
+    assert counters.get("webhook", "failed") >= 1
+    assert counters.get("webhook", "sent") == 0
 
 
 def test_journal_without_journald_is_inactive_and_logged_once(
@@ -493,7 +492,7 @@ def test_journal_without_journald_is_inactive_and_logged_once(
     """With no journald socket the journal sink is skipped with one log line, never a crash."""
     caplog.set_level(logging.WARNING, logger="monitord.alerts")
     missing = str(tmp_path / "no-socket")
-    engine = AlertEngine(replace(fast(), journal=True), Telemetry(), BASE, journal_socket=missing)
+    engine = AlertEngine(replace(fast(), journal=True), BASE, journal_socket=missing)
     engine.start()
     engine.observe(record(), live=True)
     engine.tick(time.time())

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from monitord.alerts import ALERT_NAME, AlertEngine
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.model import fingerprint
-from monitord.telemetry import Telemetry
 from tests.alertmanager import Alertmanager
 from tests.alerts.test_alerts import BASE, UUID, disk_record, fast, record, wait_for
 from tests.conftest import need_tool
@@ -39,8 +39,8 @@ def test_alertmanager_lists_labels_and_annotations_then_resolution(
     """Both Alertmanagers of an HA pair list the alert with the contract's labels,
     annotations and generatorURL; a later success resolves it in both."""
     ams = alertmanagers
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(alertmanager=tuple(am.url for am in ams)), telemetry, BASE)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(alertmanager=tuple(am.url for am in ams)), BASE, counters=counters)
     engine.start()
     try:
         engine.observe(record(at=time.time()), live=True)
@@ -68,7 +68,7 @@ def test_alertmanager_lists_labels_and_annotations_then_resolution(
             wait_for(lambda am=am: am.alerts() == [], what=f"resolution at {am.url}")
     finally:
         engine.close(2.0)
-    assert telemetry.alerts[("alertmanager", "sent")] == 4  # 2 alerts x 2 Alertmanagers
+    assert counters.get("alertmanager", "sent") == 4  # 2 alerts x 2 Alertmanagers
 
 
 def test_firing_alerts_are_resent_and_kept_alive(
@@ -79,7 +79,7 @@ def test_firing_alerts_are_resent_and_kept_alive(
     am = alertmanagers[0]
     t0 = time.time() - 3700  # the failure was seen an hour ago (injected clock)
     cfg = fast(alertmanager=(am.url,), resend_interval=60.0, resolve_after=3600.0)
-    engine = AlertEngine(cfg, Telemetry(), BASE, clock=lambda: t0)
+    engine = AlertEngine(cfg, BASE, clock=lambda: t0)
     engine.start()
     try:
         engine.observe(disk_record(at=t0), live=True)
@@ -101,13 +101,13 @@ def test_dead_alertmanager_of_a_pair_does_not_stop_the_other(
     """With one Alertmanager of the pair down, the other still gets every alert promptly."""
     up, down = alertmanagers
     down.stop()
-    telemetry = Telemetry()
+    counters = AlertCounters()
     cfg = fast(alertmanager=(down.url, up.url), retry_initial=5.0, retry_max=60.0)
-    engine = AlertEngine(cfg, telemetry, BASE)
+    engine = AlertEngine(cfg, BASE, counters=counters)
     engine.start()
     try:
         engine.observe(record(at=time.time()), live=True)
         wait_for(lambda: len(up.alerts()) == 1, what="alert at the live Alertmanager")
     finally:
         engine.close(0.2)
-    assert telemetry.alerts[("alertmanager", "sent")] == 1
+    assert counters.get("alertmanager", "sent") == 1

@@ -22,18 +22,18 @@ _WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from monitord.alerts import AlertEngine
     from monitord.config import AlertsConfig
-    from monitord.telemetry import Telemetry
+    from monitord.alerts.counters import AlertCounters
     from tests.alerts.test_alerts import record, disk_record
 
-    telemetry = Telemetry()
-    engine = AlertEngine(AlertsConfig(journal=True), telemetry, "http://127.0.0.1:9781")
+    counters = AlertCounters()
+    engine = AlertEngine(AlertsConfig(journal=True), "http://127.0.0.1:9781", counters=counters)
     assert [w.name for w in engine.workers] == ["journal"], engine.workers
     engine.start()
     engine.observe(record(serial=42), live=True)
     engine.observe(disk_record(serial=43), live=True)
     engine.observe(disk_record(res="success", serial=44), live=True)
     engine.close(5.0)
-    assert telemetry.alerts[("journal", "sent")] == 3, telemetry.alerts
+    assert counters.get("journal", "sent") == 3, counters.snapshot()
     """
 )
 

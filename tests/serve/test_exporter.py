@@ -1,4 +1,5 @@
-"""Metrics from the guest table and telemetry (CONTRACT.md "Metrics"), on injected registries."""
+"""Metrics from the guest table and each stage's counters (CONTRACT.md "Metrics"), on injected
+registries."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitord.config import StateConfig
-from monitord.serve.exporter import make_registry, render
+from monitord.alerts import AlertEngine
+from monitord.config import AlertsConfig, StateConfig
+from monitord.pipeline import Pipeline
+from monitord.serve.exporter import StageMetrics, make_registry, render
+from monitord.sources.counters import SourceCounters
+from monitord.state.checkpoint import CheckpointCounters
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.state.test_state import UUID, UUID2, Log, feed
 
@@ -30,33 +34,39 @@ CONTRACT_METRICS = (
 ).split()
 
 
-def populated() -> tuple[GuestTable, Telemetry]:
+def populated() -> tuple[GuestTable, list[StageMetrics]]:
+    """A table with two guests, and every stage's counters with known values."""
     log = Log()
     table = GuestTable(StateConfig(), clock=lambda: 0.0)
     feed(table, log.start(disks=("/d/a", "/d/b")))
     table.apply(log.label("selinux", "system_u:system_r:svirt_t:s0:c1,c2"))
-    table.apply(log.disk("attach", new="/d/c", res="failed"))
+    failed = log.disk("attach", new="/d/c", res="failed")
+    table.apply(failed)
     feed(table, log.start(uuid=UUID2, vm='db "quoted" \\ name'))
     table.apply(log.control("stop", "destroyed", uuid=UUID2, vm="db01"))
-    tel = Telemetry(source="file")
-    tel.parse.lines, tel.parse.bytes = 100, 12345
-    tel.parse.errors["bad_header"] = 2
-    tel.parse.ignored["not_virt"] = 80
-    tel.reopens["rotated"] = 1
-    tel.last_record_time = log.t
-    tel.lag.observe(0.02)
-    tel.lag.observe(7.0)
-    tel.checkpoint_time = 1_700_000_500.0
-    tel.checkpoint_errors = 1
-    tel.count_alert("alertmanager", "sent", 3)
-    tel.alert_queue["alertmanager"] = 2
-    return table, tel
+    source = SourceCounters("file")
+    source.parse.lines, source.parse.bytes = 100, 12345
+    source.parse.errors["bad_header"] = 2
+    source.parse.ignored["not_virt"] = 80
+    source.reopens["rotated"] = 1
+    pipeline = Pipeline(table)
+    pipeline.last_record_time = log.t
+    pipeline.lag.observe(0.02)
+    pipeline.lag.observe(7.0)
+    checkpoint = CheckpointCounters(time=1_700_000_500.0, errors=1)
+    # Not started: the two failures stay queued for the Alertmanager sink.
+    config = AlertsConfig(journal=False, alertmanager=("http://127.0.0.1:9/",))
+    alerts = AlertEngine(config, "http://127.0.0.1:9781")
+    alerts.counters.count("alertmanager", "sent", 3)
+    alerts.observe(failed, live=True)
+    alerts.observe(log.control("start", "booted", uuid=UUID2, res="failed"), live=True)
+    return table, [source, pipeline, checkpoint, alerts]
 
 
 def test_every_contract_metric_is_exported() -> None:
     """Every metric of the contract appears with HELP and TYPE in the text output."""
-    table, tel = populated()
-    text = generate_latest(make_registry(table, tel, "1.2.3")).decode()
+    table, stages = populated()
+    text = generate_latest(make_registry(table, "1.2.3", stages)).decode()
     for name in CONTRACT_METRICS:
         base = name.removesuffix("_total")
         assert f"# HELP {name} " in text or f"# HELP {base} " in text, name
@@ -65,8 +75,8 @@ def test_every_contract_metric_is_exported() -> None:
 
 def test_guest_and_counter_values() -> None:
     """Sample values follow the table: running, vcpus, memory, devices, failures, counters."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     g = {"uuid": UUID, "domain": "web01", "virt": "kvm"}
     assert reg.get_sample_value("libvirt_audit_domain_running", g) == 1.0
     assert reg.get_sample_value("libvirt_audit_domain_vcpus", g) == 2.0
@@ -93,9 +103,9 @@ def test_guest_and_counter_values() -> None:
 
 
 def test_daemon_self_metrics() -> None:
-    """Self-metrics come from Telemetry and the table."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    """Self-metrics come from the stages that own them, and from the table."""
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     assert reg.get_sample_value("monitord_build_info", {"version": "1.2.3"}) == 1.0
     assert reg.get_sample_value("monitord_lines_read_total", {"source": "file"}) == 100
     assert reg.get_sample_value("monitord_bytes_read_total", {"source": "file"}) == 12345
@@ -118,11 +128,13 @@ def test_daemon_self_metrics() -> None:
 
 def test_forgotten_guest_series_disappear() -> None:
     """After eviction a guest's series are gone; the eviction is counted."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "x")
+    table, stages = populated()
+    reg = make_registry(table, "x", stages)
     db = {"uuid": UUID2, "domain": "db01", "virt": "kvm"}
     assert reg.get_sample_value("libvirt_audit_domain_running", db) == 0.0
-    assert table.expire(tel.last_record_time + 8 * 86400) == 1  # type: ignore[operator]
+    newest = next(s for s in stages if isinstance(s, Pipeline)).last_record_time
+    assert newest is not None
+    assert table.expire(newest + 8 * 86400) == 1
     assert reg.get_sample_value("libvirt_audit_domain_running", db) is None
     assert reg.get_sample_value("monitord_guests_evicted_total") == 1
     body, _ = render(reg, None)
@@ -142,8 +154,8 @@ def _samples(text: str, openmetrics: bool) -> set[tuple[str, tuple[tuple[str, st
 
 def test_fast_render_equals_reference_path() -> None:
     """The cached /metrics renderer gives the same samples as prometheus-client, in both formats."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     body, ctype = render(reg, None)
     assert ctype.startswith("text/plain")
     assert _samples(body.decode(), False) == _samples(generate_latest(reg).decode(), False)
@@ -172,8 +184,8 @@ def test_promtool_check_metrics_passes() -> None:
     prometheus-client's strict OpenMetrics parser in the test above.)
     """
     promtool = need_tool("promtool")
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     body, _ = render(reg, None)
     proc = subprocess.run(
         [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
@@ -186,9 +198,9 @@ def test_registries_are_independent() -> None:
     """Two registries never share state and the global registry gets nothing of ours."""
     from prometheus_client import REGISTRY
 
-    table, tel = populated()
-    make_registry(table, tel, "a")
-    make_registry(table, tel, "b")
+    table, stages = populated()
+    make_registry(table, "a", stages)
+    make_registry(table, "b", stages)
     assert REGISTRY.get_sample_value("monitord_guests_tracked") is None
 
 
@@ -198,7 +210,7 @@ def test_fast_render_follows_renames_states_labels_and_evictions() -> None:
 
     log = Log()
     table = GuestTable(StateConfig(max_guests=3), clock=lambda: 0.0)
-    reg = make_registry(table, Telemetry(source="file"), "1.2.3")
+    reg = make_registry(table, "1.2.3")
     om = "application/openmetrics-text; version=1.0.0"
 
     def same() -> str:

@@ -22,7 +22,6 @@ from monitord.errors import RuntimeFailure
 from monitord.serve.exporter import make_registry
 from monitord.serve.server import WebServer, parse_listen
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.state.test_state import UUID, UUID2, Log, feed
 
@@ -36,7 +35,7 @@ def make_server(
     log = Log()
     feed(table, log.start(disks=("/d/a",)))
     table.apply(log.disk("attach", new="/d/b", res="failed"))
-    registry = make_registry(table, Telemetry(), "9.9.9")
+    registry = make_registry(table, "9.9.9")
     state = health if health is not None else [(True, "")]
     web = WebServer(HttpConfig(listen=listen, **http), registry, table, lambda: state[0])
     return web, table
