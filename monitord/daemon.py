@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from typing import Any, Final
 from monitord import __version__
 from monitord.alerts import AlertEngine
 from monitord.audit.parser import ParseError
-from monitord.config import Config, load_run_config
+from monitord.config import Config, HttpConfig, load_run_config
 from monitord.errors import ConfigError, RuntimeFailure
 from monitord.logsetup import RateLimitedLog, setup_logging
 from monitord.notify import Notifier
@@ -61,9 +62,13 @@ class Flags:
     reload: bool = False
 
 
-def _base_url(listen: str) -> str:
-    host, port = listen.rsplit(":", 1)
-    return f"http://{host}:{port}"
+def _base_url(http: HttpConfig) -> str:
+    """The daemon's own URL as alerts link to it (the machine's name when bound to all)."""
+    host, port = http.address
+    if not host:
+        host = socket.gethostname()
+    scheme = "https" if http.tls_cert else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class Daemon:
@@ -89,7 +94,7 @@ class Daemon:
         self.store = CheckpointStore(config.state.dir, clock)
         self._background = BackgroundSave(self.store, clock)
         self.source_counters = SourceCounters(config.source.kind)
-        self.alerts = AlertEngine(config.alerts, _base_url(config.http.listen), clock=clock)
+        self.alerts = AlertEngine(config.alerts, _base_url(config.http), clock=clock)
         self.pipeline = Pipeline(self.table, self.alerts, clock=clock)
         self.scheduler = Scheduler()
         self.source: Source | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from monitord.config import AlertsConfig, Config, HttpConfig, SourceConfig, StateConfig
-from monitord.daemon import Daemon
+from monitord.daemon import Daemon, _base_url
 from tests.daemonproc import MonitordProcess, free_port, wait_until
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "checkpoint-v1.json"
@@ -176,3 +177,12 @@ def test_idle_loop_with_alerts_firing_does_not_tick(tmp_path: Path) -> None:
         time.sleep(4.0)
         assert wakeups() - before <= 1  # it was 4 or more with a tick every second
         assert d.stop() == 0
+
+
+def test_alert_links_name_a_reachable_listener() -> None:
+    """Alerts link to the listener: IPv6 in brackets, the host name when bound to every address."""
+    assert _base_url(HttpConfig(listen="127.0.0.1:9781")) == "http://127.0.0.1:9781"
+    assert _base_url(HttpConfig(listen="[::1]:9781")) == "http://[::1]:9781"
+    assert _base_url(HttpConfig(listen=":9781")) == f"http://{socket.gethostname()}:9781"
+    tls = HttpConfig(listen="localhost:443", tls_cert="/c.pem", tls_key="/k.pem")
+    assert _base_url(tls) == "https://localhost:443"

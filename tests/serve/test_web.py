@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from monitord.config import BasicAuthUser, HttpConfig, StateConfig
+from monitord.config import BasicAuthUser, HttpConfig, StateConfig, parse_listen
 from monitord.errors import RuntimeFailure
 from monitord.serve.exporter import make_registry
-from monitord.serve.server import WebServer, parse_listen
+from monitord.serve.server import WebServer, bind_address
 from monitord.state.table import GuestTable
 from tests.conftest import need_tool
 from tests.state.test_state import UUID, UUID2, Log, feed
@@ -226,10 +226,12 @@ def test_address_in_use_and_invalid_addresses() -> None:
     finally:
         web.stop()
     for bad in ("nonsense", "127.0.0.1:99999", "::1:80", "[zz]:80", "127.0.0.1:"):
+        web, _ = make_server(listen=bad)
         with pytest.raises(RuntimeFailure, match="cannot listen on"):
-            parse_listen(bad)
-    assert parse_listen(":9781")[1:] == ("0.0.0.0", 9781)
-    assert parse_listen("[::1]:9781") == (socket.AF_INET6, "::1", 9781)
+            web.start()
+    assert bind_address(parse_listen(":9781"))[1:] == ("0.0.0.0", 9781)
+    assert bind_address(parse_listen("[::1]:9781")) == (socket.AF_INET6, "::1", 9781)
+    assert bind_address(parse_listen("localhost:80"))[1:] in (("127.0.0.1", 80), ("::1", 80))
 
 
 def test_ipv6_loopback() -> None:
