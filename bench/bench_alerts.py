@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from monitord.alerts import AlertEngine, Identity  # noqa: E402
+from monitord.alerts.counters import AlertCounters  # noqa: E402
 from monitord.alerts.model import Alert  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
 from monitord.config import AlertmanagerConfig, AlertsConfig, WebhookConfig  # noqa: E402
-from monitord.telemetry import Telemetry  # noqa: E402
 from tests.alertmanager import Alertmanager  # noqa: E402
 from tests.alerts.test_alerts import dead_url, record, wait_for  # noqa: E402
 from tests.daemonproc import free_port  # noqa: E402
@@ -105,7 +106,7 @@ def bench_observe() -> list[str]:
         for label, cfg in (("no sink", config), ("3 dead sinks", dead), ("3 live sinks", live)):
             best_ok = best_storm = 0.0
             for _ in range(3):
-                engine = AlertEngine(cfg, Telemetry(), IDENTITY)
+                engine = AlertEngine(cfg, IDENTITY)
                 engine.start()
                 best_ok = max(best_ok, observe_rate(engine, ok))
                 best_storm = max(best_storm, observe_rate(engine, storm))
@@ -120,7 +121,7 @@ def bench_observe() -> list[str]:
 def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
     """Return p50, p99 seconds from observe() to the alert being listed by Alertmanager."""
     cfg = AlertsConfig(journal=False, alertmanager=(AlertmanagerConfig(url=am.url),))
-    engine = AlertEngine(cfg, Telemetry(), IDENTITY)
+    engine = AlertEngine(cfg, IDENTITY)
     engine.start()
     samples = []
     for i in range(n):
@@ -145,10 +146,10 @@ def bench_latency(am: Alertmanager, n: int = 100) -> tuple[float, float]:
 def bench_storm(pair: tuple[Alertmanager, Alertmanager]) -> list[str]:
     """10,000 distinct failures at once to an Alertmanager pair and a webhook."""
     hook = CountingReceiver()
-    telemetry = Telemetry()
+    counters = AlertCounters()
     members = tuple(AlertmanagerConfig(url=am.url) for am in pair)
     cfg = AlertsConfig(journal=False, alertmanager=members, webhook=(WebhookConfig(url=hook.url),))
-    engine = AlertEngine(cfg, telemetry, IDENTITY)
+    engine = AlertEngine(cfg, IDENTITY, counters=counters)
     am_requests = [0]
     for worker in engine.workers:  # count the POSTs the Alertmanager sink makes
         if worker.name == "alertmanager":
@@ -169,9 +170,9 @@ def bench_storm(pair: tuple[Alertmanager, Alertmanager]) -> list[str]:
     t_observe = time.perf_counter() - t0
 
     def drained() -> bool:
-        a = telemetry.alerts
-        return a[("alertmanager", "sent")] + a[("alertmanager", "dropped")] >= STORM and (
-            a[("webhook", "sent")] + a[("webhook", "dropped")] >= STORM
+        a = Counter(counters.snapshot())
+        return a.get("alertmanager", "sent") + a.get("alertmanager", "dropped") >= STORM and (
+            a.get("webhook", "sent") + a.get("webhook", "dropped") >= STORM
         )
 
     wait_for(drained, timeout=120, what="storm drained")
@@ -182,7 +183,7 @@ def bench_storm(pair: tuple[Alertmanager, Alertmanager]) -> list[str]:
         with urllib.request.urlopen(f"{am.url}/api/v2/alerts", timeout=30) as r:
             listed.append(sum(1 for a in json.load(r) if a["labels"]["uuid"].startswith("3000")))
     hook.stop()
-    a = telemetry.alerts
+    a = Counter(engine.counters.snapshot())
     return [
         f"| observe() of {STORM:,} failures | {t_observe * 1000:.0f} ms |",
         f"| time until both sinks drained | {t_drain * 1000:.0f} ms |",
@@ -198,7 +199,7 @@ def bench_outage(down_for: float = 3.0) -> list[str]:
     """10,000 failures while a webhook is down for longer than retry_max (0.5 s): time from
     its return until every alert arrived, requests made."""
     port = free_port()
-    telemetry = Telemetry()
+    counters = AlertCounters()
     hook_url = f"http://127.0.0.1:{port}/hook"
     cfg = AlertsConfig(
         journal=False,
@@ -206,19 +207,19 @@ def bench_outage(down_for: float = 3.0) -> list[str]:
         retry_initial=0.05,
         retry_max=0.5,
     )
-    engine = AlertEngine(cfg, telemetry, IDENTITY)
+    engine = AlertEngine(cfg, IDENTITY, counters=counters)
     engine.start()
     for rec in failures(STORM, prefix="4000"):
         engine.observe(rec, True)
     time.sleep(down_for)  # the outage: several retry_max windows with connection refused
-    failed = telemetry.alerts[("webhook", "failed")]
+    failed = counters.get("webhook", "failed")
     hook = CountingReceiver(port)
     t0 = time.perf_counter()
     wait_for(lambda: hook.alerts >= STORM, timeout=120, what="every alert after the outage")
     t_recover = time.perf_counter() - t0
     engine.close(2.0)
     hook.stop()
-    a = telemetry.alerts
+    a = Counter(counters.snapshot())
     return [
         f"| outage | {down_for:.0f} s (retry_max 0.5 s) |",
         f"| failed attempts counted during the outage (alerts x attempts) | {failed:,} |",

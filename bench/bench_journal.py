@@ -44,9 +44,9 @@ def build(directory: Path, entries: int, seed: int) -> float:
 
 
 def read_source(directory: Path) -> tuple[float, ParseStats, int]:
-    stats = ParseStats()
     config = SourceConfig(kind="journal", journal_dir=str(directory), start="beginning")
-    src = JournalSource(config, stats)
+    src = JournalSource(config)
+    stats = src.counters.parse
     started = time.perf_counter()
     src.open(None)
     n = 0

@@ -36,7 +36,6 @@ from monitord.config import HttpConfig, StateConfig  # noqa: E402
 from monitord.serve.exporter import make_registry  # noqa: E402
 from monitord.serve.server import WebServer  # noqa: E402
 from monitord.state.table import GuestTable  # noqa: E402
-from monitord.telemetry import Telemetry  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -203,7 +202,7 @@ def bench_scrape(guests: int) -> list[str]:
     rss_table = rss_mib()
     web = WebServer(
         HttpConfig(listen="127.0.0.1:0"),
-        make_registry(table, Telemetry(), "bench"),
+        make_registry(table, "bench"),
         table,
         lambda: (True, ""),
     )

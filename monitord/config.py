@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
 
 from monitord.errors import ConfigError
 
@@ -61,6 +61,17 @@ class BasicAuthUser:
     password_hash: str  # bcrypt, as in Prometheus exporter-toolkit's web.yml
 
 
+class ListenAddress(NamedTuple):
+    """Where the HTTP listener binds (`parse_listen` checked it)."""
+
+    host: str  # "" for every IPv4 address; an IPv6 address without its brackets
+    port: int
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.host
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9781"
@@ -68,6 +79,11 @@ class HttpConfig:
     tls_key: str | None = None
     basic_auth_users: tuple[BasicAuthUser, ...] = ()
     max_connections: int = 64
+
+    @property
+    def address(self) -> ListenAddress:
+        """`listen` as host and port; ValueError if it is not HOST:PORT."""
+        return parse_listen(self.listen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,10 +244,14 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split "HOST:PORT" ("[::1]:9781", ":9781" for every address) into host and port."""
+def parse_listen(value: str) -> ListenAddress:
+    """Split "HOST:PORT" ("[::1]:9781", ":9781" for every address) into host and port.
+
+    The one parser of listen addresses: the config checks them with it, the listener
+    binds what it returns. Raises ValueError saying what is wrong.
+    """
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f'expected HOST:PORT (e.g. "127.0.0.1:9781"), got {value!r}')
     port = int(port_text)
     if port > 65535:
@@ -244,12 +264,12 @@ def parse_listen(value: str) -> tuple[str, int]:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{host!r} is not an IPv6 address in {value!r}") from None
-        return host, port
+        return ListenAddress(host, port)
     if ":" in host:
         raise ValueError(f'write an IPv6 address in brackets, e.g. "[::1]:9781", not {value!r}')
     if host and not _HOSTNAME.match(host):
         raise ValueError(f"{host!r} is not a host name or address in {value!r}")
-    return host, port
+    return ListenAddress(host, port)
 
 
 def _check_url(value: str) -> str:

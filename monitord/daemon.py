@@ -1,8 +1,12 @@
 """`monitord run`: wire source -> parser -> state -> exporters/alerts, and run the loop.
 
-One thread ingests (source, parser, guest table, alert hand-off, checkpoint);
-the HTTP server and alert deliveries run in their own threads. Signal handlers
-only set flags and wake the loop through a pipe; the loop acts on them.
+This module is the composition root: it builds each stage once, registers the
+stages' own metrics with the exporter, restores the checkpoint into them, and
+runs the loop. One thread ingests (source, parser, guest table, alert hand-off,
+checkpoint); the HTTP server and alert deliveries run in their own threads.
+The loop sleeps in the source's poll until data arrives or a timer of the
+scheduler is due. Signal handlers only set flags and wake the loop through a
+pipe; the loop acts on them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -27,21 +31,26 @@ from monitord.errors import ConfigError, RuntimeFailure
 from monitord.logsetup import RateLimitedLog, setup_logging
 from monitord.notify import Notifier
 from monitord.pipeline import Pipeline
+from monitord.scheduler import Scheduler
 from monitord.serve.exporter import make_registry
 from monitord.serve.server import WebServer
 from monitord.sources.audisp import AudispSource
 from monitord.sources.base import Health, Source
+from monitord.sources.counters import SourceCounters
 from monitord.sources.file import FileSource
 from monitord.state.checkpoint import BackgroundSave, CheckpointStore
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 
 log = logging.getLogger("monitord")
 
-TICK: Final = 1.0  # the loop wakes at least this often (alerts, watchdog, status)
 EXPIRE_EVERY: Final = 60.0
 STATUS_EVERY: Final = 5.0
 STALL_AFTER: Final = 30.0
+BUSY_RETRY: Final = 0.1  # the previous background checkpoint is still being written
+# The scheduler's tasks.
+CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG = (
+    "checkpoint", "alerts", "reload", "expire", "status", "watchdog",
+)  # fmt: skip
 
 
 @dataclass
@@ -69,11 +78,15 @@ class Daemon:
         self.notifier = notifier if notifier is not None else Notifier()
         self.flags = Flags()
         self.source_factory = source_factory
-        self.telemetry = Telemetry(source=config.source.kind)
-        self.table = GuestTable(config.state, clock=clock)
-        self.store = CheckpointStore(config.state.dir)
+        # The stages, each built once: restoring a checkpoint loads into them, never
+        # replaces them, so whoever holds one (the exporter, the pipeline) keeps the live one.
+        self.table = GuestTable(config.state, clock=clock, host=config.identity.host)
+        self.store = CheckpointStore(config.state.dir, clock)
         self._background = BackgroundSave(self.store, clock)
-        self.alerts: AlertEngine | None = None
+        self.source_counters = SourceCounters(config.source.kind)
+        self.alerts = AlertEngine(config.alerts, Identity.from_config(config), clock=clock)
+        self.pipeline = Pipeline(self.table, self.alerts, clock=clock)
+        self.scheduler = Scheduler()
         self.source: Source | None = None
         self.web: WebServer | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -81,6 +94,7 @@ class Daemon:
         self._last_loop = time.monotonic()
         self._dirty = False
         self._records_since_status = 0
+        self._last_status = time.monotonic()
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -92,16 +106,16 @@ class Daemon:
         if self.source_factory is not None:
             return self.source_factory(config)
         kind = config.source.kind
-        stats = self.telemetry.parse
+        counters = self.source_counters
         if kind == "file":
-            return FileSource(config.source, stats, self.telemetry.reopens, self._on_parse_error)
+            return FileSource(config.source, counters, self._on_parse_error)
         if kind == "audisp":
-            return AudispSource(config.source, stats, self.telemetry.dropped, self._on_parse_error)
+            return AudispSource(
+                config.source, counters.parse, counters.dropped, self._on_parse_error
+            )
         from monitord.sources.journal import JournalSource
 
-        source: Source = JournalSource(
-            config.source, stats, self._on_parse_error, reopens=self.telemetry.reopens
-        )
+        source: Source = JournalSource(config.source, counters, self._on_parse_error)
         return source
 
     def _restore(self) -> dict[str, Any] | None:
@@ -113,17 +127,20 @@ class Daemon:
             log.info("no checkpoint in %s: building state from the log's start", self.store.dir)
             return None
         try:
+            telemetry = doc.get("telemetry") or {}
+            if not isinstance(telemetry, Mapping):
+                raise TypeError(f"telemetry is {type(telemetry).__name__}, not an object")
             self.table.restore(doc["state"])
-            self.telemetry.restore(doc.get("telemetry") or {})
-            if self.alerts is not None and doc.get("alerts"):
+            self.source_counters.restore(telemetry)
+            self.pipeline.restore(telemetry)
+            self.store.counters.restore(telemetry, saved_at=doc.get("saved_at"))
+            self.alerts.counters.restore(telemetry)
+            if doc.get("alerts"):
                 self.alerts.restore(doc["alerts"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             log.error("checkpoint %s does not fit (%s); starting fresh", self.store.path, err)
-            self.table = GuestTable(self.config.state, clock=self.clock)
-            self.telemetry = Telemetry(source=self.config.source.kind)
+            self._start_fresh()
             return None
-        self.telemetry.source = self.config.source.kind
-        self.telemetry.checkpoint_time = doc.get("saved_at")
         source_doc = doc.get("source") or {}
         if source_doc.get("kind") != self.config.source.kind:
             log.warning(
@@ -135,6 +152,23 @@ class Daemon:
         position = source_doc.get("position")
         return position if isinstance(position, dict) else None
 
+    def _start_fresh(self) -> None:
+        """Empty every stage a partial restore may have filled (in place: others hold them)."""
+        self.table.restore({})
+        self.source_counters.restore({})
+        self.pipeline.restore({})
+        self.store.counters.restore({})
+        self.alerts.counters.restore({})
+
+    def _telemetry_doc(self) -> dict[str, Any]:
+        """The checkpoint's `telemetry` object: each stage's counters, flat (format 1)."""
+        return {
+            **self.source_counters.to_json(),
+            **self.pipeline.to_json(),
+            **self.store.counters.to_json(),
+            **self.alerts.counters.to_json(),
+        }
+
     def _checkpoint_doc(self) -> dict[str, Any]:
         source = self.source
         return {
@@ -143,8 +177,8 @@ class Daemon:
                 "position": source.position() if source is not None else None,
             },
             "state": self.table.to_json(),
-            "telemetry": self.telemetry.to_json(),
-            "alerts": self.alerts.to_json() if self.alerts is not None else None,
+            "telemetry": self._telemetry_doc(),
+            "alerts": self.alerts.to_json(),
         }
 
     def checkpoint(self) -> None:
@@ -153,10 +187,8 @@ class Daemon:
         try:
             self.store.save(self._checkpoint_doc())
         except OSError as err:
-            self.telemetry.checkpoint_errors += 1
             log.error("cannot write checkpoint %s: %s", self.store.path, err.strerror)
             return
-        self.telemetry.checkpoint_time = self.clock()
         self._dirty = False
 
     def checkpoint_in_background(self) -> bool:
@@ -174,20 +206,12 @@ class Daemon:
     def _in_child(self) -> None:
         # Only the forking thread lives on in the child: locks other threads held are void.
         self.table.after_fork()
-        self.telemetry.after_fork()
-        if self.alerts is not None:
-            self.alerts.after_fork()
+        self.alerts.after_fork()
 
     def _reap_checkpoint(self) -> None:
         outcome = self._background.poll()
-        if outcome is None:
-            return
-        ok, taken_at = outcome
-        if ok:
-            self.telemetry.checkpoint_time = taken_at
-        else:
-            self.telemetry.checkpoint_errors += 1
-            self._dirty = True  # try again at the next interval
+        if outcome is not None and not outcome[0]:
+            self._mark_dirty()  # try again at the next interval
             log.error("the background checkpoint failed (see the error above); will retry")
 
     def health(self) -> tuple[bool, str]:
@@ -221,16 +245,15 @@ class Daemon:
         config = self.config
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
-        identity = Identity.from_config(config)
-        self.alerts = AlertEngine(config.alerts, self.telemetry, identity, clock=self.clock)
         position = self._restore()
         self.source = self._make_source(config)
         self.source.open(position)
-        pipeline = Pipeline(self.table, self.telemetry, self.alerts, clock=self.clock)
-        registry = make_registry(self.table, self.telemetry, __version__)
+        stages = (self.source_counters, self.pipeline, self.store.counters, self.alerts)
+        registry = make_registry(self.table, __version__, stages)
         self.web = WebServer(config.http, registry, self.table, self.health)
         self.web.start()
         self.alerts.start()
+        self._schedule_timers()
         log.info(
             "monitord %s: source %s, listening on %s, state in %s",
             __version__,
@@ -240,76 +263,86 @@ class Daemon:
         )
         self.notifier.ready()
         try:
-            self._loop(pipeline)
+            self._loop()
         finally:
             self._shutdown()
         return 0
 
-    def _loop(self, pipeline: Pipeline) -> None:
-        next_tick = next_checkpoint = next_expire = next_status = 0.0
-        last_status = time.monotonic()
+    def _schedule_timers(self) -> None:
+        """Every timed job of the loop; each runs only when due, none polls."""
+        sched = self.scheduler
+        sched.once(CHECKPOINT, self._checkpoint_task)
+        sched.once(ALERTS, self._alerts_task)
+        sched.once(RELOAD, self._reload)
+        sched.every(EXPIRE, EXPIRE_EVERY, self._expire)
+        if self.notifier.enabled:
+            sched.every(STATUS, STATUS_EVERY, self._status)
         ping_every = self.notifier.ping_interval
-        next_ping = 0.0
+        if ping_every is not None:
+            # Pinged by the loop itself: a stuck stage stops the pings and systemd restarts us.
+            sched.every(WATCHDOG, ping_every, self.notifier.watchdog)
+        self._arm_alerts()  # alerts restored from the checkpoint
+
+    def _loop(self) -> None:
+        sched = self.scheduler
         wake = [self._wake_r]
         while not self.flags.stop:
             source = self.source
             assert source is not None
-            mono = time.monotonic()
-            # Idle, the loop sleeps as long as the source's safety re-check: no faster wake-ups
-            # unless a checkpoint, an alert tick or a watchdog ping is due.
-            timeout = self.config.source.rescan_interval
-            if self._dirty:
-                timeout = min(timeout, max(0.0, next_checkpoint - mono))
-            if self._alerts_busy():
-                timeout = min(timeout, max(0.0, next_tick - mono))
-            if ping_every is not None:
-                timeout = min(timeout, max(0.0, next_ping - mono))
+            # Idle, the loop sleeps as long as the source's safety re-check, or until a
+            # timer is due: a checkpoint of unsaved state, an alert to resolve, a ping.
+            timeout = sched.timeout(self.config.source.rescan_interval)
             live = source.caught_up
             records = source.poll(timeout, wake)
             self._drain_wake()
             if records:
-                pipeline.apply(records, live)
-                self._dirty = True
+                self.pipeline.apply(records, live)
                 self._records_since_status += len(records)
-            self._last_loop = mono = time.monotonic()
-            now = self.clock()
-            if mono >= next_tick:
-                next_tick = mono + TICK
-                if self.alerts is not None:
-                    self.alerts.tick(now)
+                self._mark_dirty()
+                self._arm_alerts()
+            self._last_loop = time.monotonic()
             if source.take_switch():
-                self._dirty = True
-                next_checkpoint = 0.0  # checkpoint at once on rotation
+                self._mark_dirty()
+                sched.schedule(CHECKPOINT)  # checkpoint at once on rotation
             self._reap_checkpoint()
-            if self._dirty and mono >= next_checkpoint:
-                if self.checkpoint_in_background():
-                    next_checkpoint = mono + self.config.state.checkpoint_interval
-                else:
-                    next_checkpoint = mono + 0.1  # the previous one is still being written
-            if mono >= next_expire:
-                next_expire = mono + EXPIRE_EVERY
-                # Age is judged by record time, so replaying an old log forgets nothing early.
-                newest = self.telemetry.last_record_time
-                if newest is not None and self.table.expire(newest):
-                    self._dirty = True
-            if mono >= next_status:
-                self._status(mono - last_status)
-                last_status, next_status = mono, mono + STATUS_EVERY
-            if ping_every is not None and mono >= next_ping:
-                self.notifier.watchdog()
-                next_ping = mono + ping_every
             if self.flags.reload:
                 self.flags.reload = False
-                self._reload()
+                sched.schedule(RELOAD)
+            sched.run_due()
             if source.finished:
                 log.info("the plugin pipe was closed: stopping")
                 break
 
-    def _alerts_busy(self) -> bool:
-        """Alerts firing or queued need the once-a-second tick (resolve, re-send, queue gauges)."""
-        if self.alerts is None:
-            return False
-        return self.alerts.firing_count() > 0 or any(self.telemetry.alert_queue.values())
+    # -- the timers ----------------------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        """Unsaved state: checkpoint `checkpoint_interval` after the last one (or now)."""
+        self._dirty = True
+        sched = self.scheduler
+        if not sched.pending(CHECKPOINT):
+            last = sched.last_run(CHECKPOINT)
+            interval = self.config.state.checkpoint_interval
+            sched.schedule_at(CHECKPOINT, 0.0 if last is None else last + interval)
+
+    def _checkpoint_task(self) -> None:
+        if self._dirty and not self.checkpoint_in_background():
+            self.scheduler.schedule(CHECKPOINT, BUSY_RETRY)
+
+    def _arm_alerts(self) -> None:
+        """Wake the loop when the alert engine has work (resolve, re-send); never otherwise."""
+        due = self.alerts.next_due()
+        if due is not None:
+            self.scheduler.schedule(ALERTS, due - self.clock())
+
+    def _alerts_task(self) -> None:
+        self.alerts.tick(self.clock())
+        self._arm_alerts()
+
+    def _expire(self) -> None:
+        # Age is judged by record time, so replaying an old log forgets nothing early.
+        newest = self.pipeline.last_record_time
+        if newest is not None and self.table.expire(newest):
+            self._mark_dirty()
 
     def _drain_wake(self) -> None:
         try:
@@ -318,10 +351,11 @@ class Daemon:
         except BlockingIOError:
             pass
 
-    def _status(self, elapsed: float) -> None:
-        rate = self._records_since_status / max(elapsed, 1e-3)
-        self._records_since_status = 0
-        last = self.telemetry.last_record_time
+    def _status(self) -> None:
+        mono = time.monotonic()
+        rate = self._records_since_status / max(mono - self._last_status, 1e-3)
+        self._records_since_status, self._last_status = 0, mono
+        last = self.pipeline.last_record_time
         lag = f"{max(0.0, self.clock() - last):.1f}s" if last is not None else "n/a"
         guests = self.table.guests_tracked
         ok, reason = self.health()
@@ -343,8 +377,9 @@ class Daemon:
         self.config = new
         setup_logging(new.logging, plugin=new.source.kind == "audisp")
         self.table.config = new.state  # limits apply from the next record on
-        if self.alerts is not None:
-            self.alerts.reconfigure(new.alerts, Identity.from_config(new))
+        self.table.host = new.identity.host
+        self.alerts.reconfigure(new.alerts, Identity.from_config(new))
+        self._arm_alerts()
         if new.source != old.source and old.source.kind == "audisp":
             # A second reader on auditd's pipe would split the stream between two queues.
             log.warning("source settings of the audisp plugin change on restart only")
@@ -357,7 +392,7 @@ class Daemon:
             if new.source.kind == old.source.kind and new.source.path == old.source.path:
                 doc = self.store.load()
                 position = ((doc or {}).get("source") or {}).get("position")
-            self.telemetry.source = new.source.kind
+            self.source_counters.kind = new.source.kind
             self.source = self._make_source(new)
             self.source.open(position)
         if new.http != old.http:
@@ -368,14 +403,13 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         self.checkpoint()
-        if self.alerts is not None:
-            self.alerts.close(self.config.alerts.drain_timeout)
-            self.checkpoint()  # alerts delivered during the drain are no longer pending
+        self.alerts.close(self.config.alerts.drain_timeout)
+        self.checkpoint()  # alerts delivered during the drain are no longer pending
         if self.web is not None:
             self.web.stop()
         if self.source is not None:
             self.source.close()
-        stats = self.telemetry.parse
+        stats = self.source_counters.parse
         log.info(
             "stopped: %d lines, %d libvirt records, %d malformed, %d guests tracked",
             stats.lines,

@@ -29,9 +29,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.model import Alert
 from monitord.alerts.sinks import DeliveryError, Sink
-from monitord.telemetry import Telemetry
 
 log = logging.getLogger("monitord.alerts")
 
@@ -42,7 +42,7 @@ class DeliveryWorker:
     def __init__(
         self,
         sink: Sink,
-        telemetry: Telemetry,
+        counters: AlertCounters,
         queue_size: int = 10_000,
         batch_size: int = 500,
         retry_initial: float = 0.5,
@@ -50,7 +50,7 @@ class DeliveryWorker:
         wanted: Callable[[Alert], bool] | None = None,
     ) -> None:
         self.sink = sink
-        self.telemetry = telemetry
+        self.counters = counters
         self.wanted = wanted
         self.queue_size = max(1, queue_size)
         self.batch_size = max(1, batch_size)
@@ -70,7 +70,7 @@ class DeliveryWorker:
 
     def _count(self, outcome: str, n: int = 1) -> None:
         """Count `n` alerts of this sink with `outcome` (sent, failed, dropped)."""
-        self.telemetry.count_alert(self.sink.name, outcome, n)
+        self.counters.count(self.sink.name, outcome, n)
 
     def __len__(self) -> int:
         return len(self._queue) + len(self._batch)

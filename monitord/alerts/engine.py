@@ -2,9 +2,10 @@
 
 `observe` runs in the ingestion thread for every libvirt record, so it only
 looks up a dict and, for a new failure or a resolution, appends to each sink
-worker's bounded queue. `tick` (the daemon loop, about once a second) expires
+worker's bounded queue. `tick` (the daemon loop, when `next_due` says) expires
 alerts after `resolve_after` and, as Prometheus' notifier does, re-sends firing
-alerts and, for `resolved_retention`, resolved ones to Alertmanager.
+alerts and, for `resolved_retention`, resolved ones to Alertmanager; with no
+alert firing or resolved within the retention the engine needs no wake-up.
 
 Workers: one for the journal (an entry per firing and per resolution), ONE for
 every configured Alertmanager (a batch is fanned out to all of them and counts
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.delivery import DeliveryWorker
 from monitord.alerts.model import Alert, AlertKey, Identity, alert_key, process_gone_key
 from monitord.alerts.sinks import AlertmanagerSink, JournalSink, Sink, WebhookSink
@@ -29,13 +32,14 @@ from monitord.audit.record import AuditRecord
 from monitord.audit.types import VIRT_CONTROL
 from monitord.config import AlertsConfig
 from monitord.logsetup import RateLimitedLogger
-from monitord.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("monitord.alerts")
 
 # 2: keys carry the node; resolved alerts in retention and webhook deliveries are kept.
 CHECKPOINT_VERSION: Final = 2
-SINK_NAMES: Final = ("journal", "alertmanager", "webhook")
 
 
 @dataclass(slots=True)
@@ -82,14 +86,14 @@ class AlertEngine:
     def __init__(
         self,
         config: AlertsConfig,
-        telemetry: Telemetry,
         identity: Identity,
         clock: Callable[[], float] = time.time,
         *,
         journal_socket: str | None = None,
+        counters: AlertCounters | None = None,
     ) -> None:
         self.config = config
-        self.telemetry = telemetry
+        self.counters = counters if counters is not None else AlertCounters()
         self.identity = identity
         self.clock = clock
         self._journal_socket = journal_socket
@@ -98,6 +102,7 @@ class AlertEngine:
         self._resolved: dict[AlertKey, _Resolved] = {}  # oldest resolution first
         # Keys of firing VirtGuestProcessGone alerts: they do not expire by resolve_after.
         self._gone: set[AlertKey] = set()
+        self._next_due: float | None = None  # clock time; never later than tick has work
         self._limited = RateLimitedLogger(log, burst=1, interval=300.0)
         self._started = False
         self._workers: dict[_Spec, DeliveryWorker] = {}
@@ -106,7 +111,7 @@ class AlertEngine:
         self._install(self._build(config, {}))
 
     def _count(self, sink: str, outcome: str, n: int = 1) -> None:
-        self.telemetry.count_alert(sink, outcome, n)
+        self.counters.count(sink, outcome, n)
 
     # Sinks and workers
 
@@ -151,7 +156,7 @@ class AlertEngine:
                 continue  # logged once by the sink; without journald there is nothing to do
             workers[spec] = DeliveryWorker(
                 sink,
-                self.telemetry,
+                self.counters,
                 queue_size=config.queue_size,
                 batch_size=config.batch_size,
                 retry_initial=config.retry_initial,
@@ -199,7 +204,8 @@ class AlertEngine:
                     self._over_limit()
                     return
                 alert = Alert.from_record(record, self.identity)
-                self._active[key] = _Active(alert, last_seen=now, last_sent=now)
+                active = self._active[key] = _Active(alert, last_seen=now, last_sent=now)
+                self._note_due(self._due(key, active))
             for worker in self._all:
                 worker.put(alert)
         elif result == "success":
@@ -223,8 +229,9 @@ class AlertEngine:
             if alert.key in self._active:
                 return
             now = self.clock()
-            self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
+            active = self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
             self._gone.add(alert.key)
+            self._note_due(self._due(alert.key, active))
         for worker in self._all:
             worker.put(alert)
 
@@ -245,9 +252,10 @@ class AlertEngine:
     def _retain(self, resolved: Alert, now: float) -> None:
         """Keep a resolved alert for re-sending (under the lock), at most max_firing of them."""
         self._resolved.pop(resolved.key, None)
-        self._resolved[resolved.key] = _Resolved(resolved, resolved_at=now, last_sent=now)
+        done = self._resolved[resolved.key] = _Resolved(resolved, resolved_at=now, last_sent=now)
         while len(self._resolved) > self.config.max_firing:
             del self._resolved[next(iter(self._resolved))]
+        self._note_due(self._resolved_due(done))
 
     def _over_limit(self) -> None:
         """Count a failure that found alerts.max_firing alerts firing already."""
@@ -260,19 +268,56 @@ class AlertEngine:
 
     # Daemon loop side
 
+    def _due(self, key: AlertKey, active: _Active) -> float:
+        """When `tick` has to look at a firing alert: to resolve it, or to re-send it."""
+        due = math.inf if key in self._gone else active.last_seen + self.config.resolve_after
+        if self._alertmanager is not None:
+            due = min(due, active.last_sent + self.config.resend_interval)
+        return due
+
+    def _resolved_due(self, done: _Resolved) -> float:
+        """When `tick` has to look at a resolution: to forget it, or to re-send it."""
+        due = done.resolved_at + self.config.resolved_retention
+        if self._alertmanager is not None:
+            due = min(due, done.last_sent + self.config.resend_interval)
+        return due
+
+    def _earliest_due(self) -> float | None:
+        """The next time `tick` has work (under the lock); None when there is none."""
+        due = min(
+            min((self._due(k, a) for k, a in self._active.items()), default=math.inf),
+            min((self._resolved_due(r) for r in self._resolved.values()), default=math.inf),
+        )
+        return None if due == math.inf else due
+
+    def _note_due(self, due: float) -> None:
+        """Bring the next tick forward to `due` if it is earlier (under the lock)."""
+        if due != math.inf and (self._next_due is None or due < self._next_due):
+            self._next_due = due
+
+    def _recompute_due(self) -> None:
+        with self._lock:
+            self._next_due = self._earliest_due()
+
+    def next_due(self) -> float | None:
+        """Return when `tick` has work next (clock time), None while nothing is firing or
+        resolved within the retention."""
+        return self._next_due
+
     def tick(self, now: float) -> None:
         """Resolve stale alerts, re-send firing and recently resolved ones to Alertmanager,
-        forget resolutions older than the retention, publish queue lengths."""
+        forget resolutions older than the retention."""
         cfg = self.config
         alertmanager = self._alertmanager
         resolved: list[Alert] = []
         resend: list[Alert] = []
         with self._lock:
             if self._active:
+                # Written as `_due` computes it, so a tick at the due time always finds it due.
                 expired = [
                     k
                     for k, a in self._active.items()
-                    if now - a.last_seen >= cfg.resolve_after and k not in self._gone
+                    if a.last_seen + cfg.resolve_after <= now and k not in self._gone
                 ]
                 for key in expired:
                     alert = self._active.pop(key).alert.resolved(now)
@@ -281,44 +326,59 @@ class AlertEngine:
             retained = self._resolved
             while retained:
                 oldest = next(iter(retained.values()))
-                if now - oldest.resolved_at < cfg.resolved_retention:
+                if oldest.resolved_at + cfg.resolved_retention > now:
                     break
                 del retained[oldest.alert.key]
             if alertmanager is not None:
                 for active in self._active.values():
-                    if now - active.last_sent >= cfg.resend_interval:
+                    if active.last_sent + cfg.resend_interval <= now:
                         active.last_sent = now
                         resend.append(active.alert)
                 for done in retained.values():
                     # A key firing again is that alert now: its old resolution must not undo it.
                     if done.alert.key not in self._active and (
-                        now - done.last_sent >= cfg.resend_interval
+                        done.last_sent + cfg.resend_interval <= now
                     ):
                         done.last_sent = now
                         resend.append(done.alert)
+            self._next_due = self._earliest_due()
         if resolved:
             for worker in self._all:
                 worker.put_many(resolved)
         if resend and alertmanager is not None:
             alertmanager.put_many(resend)
-        self._publish_queue_lengths()
 
-    def _publish_queue_lengths(self) -> None:
-        lengths = dict.fromkeys(SINK_NAMES, 0)
+    def queue_lengths(self) -> dict[str, int]:
+        """Return the alerts waiting (or in delivery) per configured sink."""
+        lengths: dict[str, int] = {}
         for worker in self._all:
             lengths[worker.name] = lengths.get(worker.name, 0) + len(worker)
-        configured = {w.name for w in self._all}
-        with self.telemetry.alerts_lock:  # the exporter iterates this dict under the same lock
-            queue = self.telemetry.alert_queue
-            for name, n in lengths.items():
-                if name in configured:
-                    queue[name] = n
-                else:
-                    queue.pop(name, None)
+        return lengths
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield deliveries by sink and outcome, and the queue length of each sink."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+        alerts = CounterMetricFamily(
+            "monitord_alerts_total",
+            "Alert deliveries by sink and outcome (sent, failed, dropped).",
+            labels=["sink", "outcome"],
+        )
+        for (sink, outcome), n in sorted(self.counters.snapshot().items()):
+            alerts.add_metric([sink, outcome], n)
+        yield alerts
+        queue = GaugeMetricFamily(
+            "monitord_alert_queue_length", "Alerts waiting to be delivered, by sink.",
+            labels=["sink"],
+        )  # fmt: skip
+        for sink, n in sorted(self.queue_lengths().items()):
+            queue.add_metric([sink], n)
+        yield queue
 
     def after_fork(self) -> None:
         """In a forked child (the checkpoint writer): replace the locks other threads may hold."""
         self._lock = threading.Lock()
+        self.counters.after_fork()
         for worker in self._all:
             worker.after_fork()
 
@@ -336,14 +396,12 @@ class AlertEngine:
         self._started = True
         for worker in self._all:
             worker.start()
-        self._publish_queue_lengths()
 
     def close(self, deadline_seconds: float) -> None:
         """Deliver what is queued for at most `deadline_seconds`, then stop the workers
         (a webhook's undelivered alerts stay queued for the checkpoint)."""
         self._stop(self._all, deadline_seconds, wait=True)
         self._started = False
-        self._publish_queue_lengths()
 
     @staticmethod
     def _stop(workers: Iterable[DeliveryWorker], seconds: float, wait: bool) -> None:
@@ -381,9 +439,9 @@ class AlertEngine:
                 worker.start()
         self.config = config
         self._install(new)
+        self._recompute_due()  # resolve_after, resend_interval or the Alertmanagers changed
         # Removed sinks finish in the background: SIGHUP must not stall the daemon loop.
         self._stop(retired.values(), config.drain_timeout, wait=False)
-        self._publish_queue_lengths()
 
     # Checkpoint
 
@@ -454,6 +512,7 @@ class AlertEngine:
                     break
             else:
                 self._count(sink, "dropped", len(alerts))  # that webhook is gone from the config
+        self._recompute_due()
 
     @property
     def workers(self) -> Sequence[DeliveryWorker]:

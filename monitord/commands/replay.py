@@ -7,62 +7,56 @@ import json
 import sys
 from typing import BinaryIO
 
-from monitord.audit.parser import StreamParser
+from monitord.audit.parser import ParseStats, StreamParser
 from monitord.audit.record import AuditRecord
 from monitord.commands import guesttable
 from monitord.commands.inputs import open_all, read_chunks
 from monitord.config import StateConfig
 from monitord.pipeline import Pipeline
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 
 
-def replay(
-    inputs: list[tuple[str, BinaryIO]],
-    table: GuestTable,
-    telemetry: Telemetry | None = None,
-) -> Telemetry:
+def replay(inputs: list[tuple[str, BinaryIO]], table: GuestTable) -> ParseStats:
     """Feed the inputs, in order, through parser and pipeline; expire by record time.
 
     Expiry runs after each chunk's records, the order `monitord run` follows too.
+    Returns what the parser counted.
     """
-    telemetry = telemetry if telemetry is not None else Telemetry(source="file")
-    pipeline = Pipeline(table, telemetry, alerts=None)
+    stats = ParseStats()
+    pipeline = Pipeline(table, alerts=None)
     for name, stream in inputs:
         # One parser per file: a partial last line never joins the next file's first.
-        parser = StreamParser(stats=telemetry.parse)
+        parser = StreamParser(stats=stats)
         try:
             for chunk in read_chunks(stream, name):
-                _apply(parser.feed(chunk), pipeline, table, telemetry)
-            _apply(parser.finish(), pipeline, table, telemetry)
+                _apply(parser.feed(chunk), pipeline, table)
+            _apply(parser.finish(), pipeline, table)
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
-    return telemetry
+    return stats
 
 
-def _apply(
-    records: list[AuditRecord], pipeline: Pipeline, table: GuestTable, telemetry: Telemetry
-) -> None:
+def _apply(records: list[AuditRecord], pipeline: Pipeline, table: GuestTable) -> None:
     pipeline.apply(records, live=False)
-    if telemetry.last_record_time is not None:
-        table.expire(telemetry.last_record_time)
+    if pipeline.last_record_time is not None:
+        table.expire(pipeline.last_record_time)
 
 
 def main(args: argparse.Namespace) -> int:
     inputs = open_all(list(args.files))
     # The document has no `events`: keeping none saves their memory.
     table = GuestTable(StateConfig(max_events=0))
-    telemetry = replay(inputs, table)
+    stats = replay(inputs, table)
     doc = table.document()
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(guesttable.render(doc["guests"]))
-    errors = sum(telemetry.parse.errors.values())
+    errors = sum(stats.errors.values())
     if errors:
-        detail = ", ".join(f"{r}={n}" for r, n in sorted(telemetry.parse.errors.items()))
+        detail = ", ".join(f"{r}={n}" for r, n in sorted(stats.errors.items()))
         print(f"monitord: {errors} malformed line(s) skipped ({detail})", file=sys.stderr)
     sys.stdout.flush()
     return 0

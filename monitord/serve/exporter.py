@@ -1,4 +1,4 @@
-"""Prometheus metrics read from the guest table and the daemon's telemetry at scrape time.
+"""Prometheus metrics read from the guest table and each stage's counters at scrape time.
 
 `make_registry` builds a new registry (never the global one) holding every
 metric of docs/INTERFACE.md, "Metrics". The per-guest series (about 14 a
@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
-from monitord.audit.parser import IGNORED_REASONS, PARSE_ERROR_REASONS
 from monitord.state.guest import DEVICE_LISTS, METRIC_FIELDS, STATES, Guest, GuestKey
 from monitord.state.table import GuestTable, Snapshot
-from monitord.telemetry import Telemetry
 
-__all__ = ["GUEST_FAMILIES", "MonitordRegistry", "make_registry", "render"]
+__all__ = ["GUEST_FAMILIES", "MonitordRegistry", "StageMetrics", "make_registry", "render"]
 
-REOPEN_REASONS: Final = ("rotated", "truncated", "created")
 GUEST_LABELS: Final = ("uuid", "domain", "virt", "node")
 # A guest's samples in one family: (extra label text, already escaped and comma-led; value).
 _Samples = list[tuple[str, float]]
@@ -200,80 +196,36 @@ def table_families(snap: Snapshot) -> Iterator[Metric]:
     yield unmatched
 
 
-class DaemonCollector(Collector):
-    """monitord's own metrics, read from the shared Telemetry and the table."""
+class StageMetrics(Protocol):
+    """A pipeline stage's own metrics (source, pipeline, checkpoint, alerts), read at scrape."""
 
-    def __init__(self, table: GuestTable, telemetry: Telemetry, version: str) -> None:
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _StageCollector(Collector):
+    """A stage's metrics registered as a prometheus-client collector."""
+
+    def __init__(self, stage: StageMetrics) -> None:
+        self.stage = stage
+
+    def collect(self) -> Iterable[Metric]:
+        return self.stage.collect()
+
+
+class DaemonCollector(Collector):
+    """monitord's own metrics that no stage owns: the build, and the guest table's size."""
+
+    def __init__(self, table: GuestTable, version: str) -> None:
         self.table = table
-        self.telemetry = telemetry
         self.version = version
 
     def collect(self) -> Iterator[Metric]:
-        t = self.telemetry
         build = GaugeMetricFamily(
             "monitord_build_info", "Always 1; the version label names the running monitord.",
             labels=["version"],
         )  # fmt: skip
         build.add_metric([self.version], 1)
         yield build
-        lines = CounterMetricFamily(
-            "monitord_lines_read_total", "Lines read from the record source.", labels=["source"]
-        )
-        lines.add_metric([t.source], t.parse.lines)
-        yield lines
-        nbytes = CounterMetricFamily(
-            "monitord_bytes_read_total", "Bytes read from the record source.", labels=["source"]
-        )
-        nbytes.add_metric([t.source], t.parse.bytes)
-        yield nbytes
-        errors = CounterMetricFamily(
-            "monitord_parse_errors_total",
-            "VIRT_* lines that could not be parsed and were skipped, by reason.",
-            labels=["reason"],
-        )
-        for reason in sorted(set(PARSE_ERROR_REASONS) | set(t.parse.errors)):
-            errors.add_metric([reason], t.parse.errors.get(reason, 0))
-        yield errors
-        ignored = CounterMetricFamily(
-            "monitord_records_ignored_total",
-            "Lines read but not used: not a VIRT_* record (not_virt) or not libvirt's "
-            "(not_libvirt).",
-            labels=["reason"],
-        )
-        for reason in sorted(set(IGNORED_REASONS) | set(t.parse.ignored)):
-            ignored.add_metric([reason], t.parse.ignored.get(reason, 0))
-        yield ignored
-        dropped = CounterMetricFamily(
-            "monitord_records_dropped_total",
-            "Lines lost before parsing, e.g. when the audisp input queue was full.",
-            labels=["reason"],
-        )
-        for reason, n in sorted(t.dropped.items()):
-            dropped.add_metric([reason], n)
-        yield dropped
-        reopens = CounterMetricFamily(
-            "monitord_log_reopens_total",
-            "Times the followed log was reopened: rotated, truncated or created.",
-            labels=["reason"],
-        )
-        for reason in sorted(set(REOPEN_REASONS) | set(t.reopens)):
-            reopens.add_metric([reason], t.reopens.get(reason, 0))
-        yield reopens
-        last = GaugeMetricFamily(
-            "monitord_last_record_timestamp_seconds",
-            "Time of the newest libvirt record applied (Unix seconds, record time).",
-        )
-        if t.last_record_time is not None:
-            last.add_metric([], t.last_record_time)
-        yield last
-        lag = t.lag
-        yield HistogramMetricFamily(
-            "monitord_record_lag_seconds",
-            "Seconds between a record's own time and the moment monitord applied it (live "
-            "records only).",
-            buckets=lag.cumulative(),
-            sum_value=lag.total,
-        )
         tracked = GaugeMetricFamily("monitord_guests_tracked", "Guests currently tracked.")
         tracked.add_metric([], self.table.guests_tracked)
         yield tracked
@@ -284,36 +236,6 @@ class DaemonCollector(Collector):
         )
         evicted.add_metric([], self.table.guests_evicted)
         yield evicted
-        ckpt = GaugeMetricFamily(
-            "monitord_checkpoint_timestamp_seconds",
-            "When the last checkpoint was written (Unix seconds).",
-        )
-        if t.checkpoint_time is not None:
-            ckpt.add_metric([], t.checkpoint_time)
-        yield ckpt
-        ckpt_err = CounterMetricFamily(
-            "monitord_checkpoint_errors_total", "Checkpoint writes that failed."
-        )
-        ckpt_err.add_metric([], t.checkpoint_errors)
-        yield ckpt_err
-        with t.alerts_lock:
-            alert_counts = sorted(t.alerts.items())
-            queues = sorted(t.alert_queue.items())
-        alerts = CounterMetricFamily(
-            "monitord_alerts_total",
-            "Alert deliveries by sink and outcome (sent, failed, dropped).",
-            labels=["sink", "outcome"],
-        )
-        for (sink, outcome), n in alert_counts:
-            alerts.add_metric([sink, outcome], n)
-        yield alerts
-        queue = GaugeMetricFamily(
-            "monitord_alert_queue_length", "Alerts waiting to be delivered, by sink.",
-            labels=["sink"],
-        )  # fmt: skip
-        for sink, n in queues:
-            queue.add_metric([sink], n)
-        yield queue
 
 
 class MonitordRegistry(CollectorRegistry):
@@ -355,13 +277,16 @@ def render_parts(registry: CollectorRegistry, accept: str | None) -> tuple[list[
 
 def make_registry(
     table: GuestTable,
-    telemetry: Telemetry,
     version: str,
+    stages: Iterable[StageMetrics] = (),
 ) -> MonitordRegistry:
-    """Return a new registry with every CONTRACT.md metric and the process/Python collectors."""
+    """Return a new registry with the guest metrics, the self-metrics of each stage given
+    (the daemon gives them all: docs/INTERFACE.md) and the process/Python collectors."""
     registry = MonitordRegistry(table)
     registry.register(TableCollector(table))
-    registry.register(DaemonCollector(table, telemetry, version))
+    registry.register(DaemonCollector(table, version))
+    for stage in stages:
+        registry.register(_StageCollector(stage))
     # prometheus-client's default collectors, on this registry instead of the global one.
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

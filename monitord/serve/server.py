@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import html
-import ipaddress
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from monitord.config import BasicAuthUser, HttpConfig
+from monitord.config import BasicAuthUser, HttpConfig, ListenAddress
 from monitord.errors import RuntimeFailure
 from monitord.serve import exporter
 from monitord.state.table import GuestTable
@@ -62,30 +61,17 @@ INDEX_HTML: Final = """<!DOCTYPE html>
 """
 
 
-def parse_listen(listen: str) -> tuple[socket.AddressFamily, str, int]:
-    """Return (family, host, port) of `HOST:PORT`, `[V6]:PORT` or `:PORT` (all IPv4)."""
-    text = listen.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise RuntimeFailure(f"cannot listen on {listen!r}: expected HOST:PORT or [IPV6]:PORT")
-    port = int(port_text)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host.split("%")[0])
-        except ValueError:
-            raise RuntimeFailure(
-                f"cannot listen on {listen!r}: {host!r} is no IPv6 address"
-            ) from None
+def bind_address(listen: ListenAddress) -> tuple[socket.AddressFamily, str, int]:
+    """Return the socket family, host and port to bind for a parsed listen address."""
+    host, port = listen
+    if listen.ipv6:
         return socket.AF_INET6, host, port
     if host == "":
         return socket.AF_INET, "0.0.0.0", port
-    if ":" in host:
-        raise RuntimeFailure(f"cannot listen on {listen!r}: write IPv6 addresses as [ADDR]:PORT")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise RuntimeFailure(f"cannot listen on {listen!r}: {err.strerror}") from None
+        raise RuntimeFailure(f"cannot listen on {host}:{port}: {err.strerror}") from None
     family, _, _, _, addr = infos[0]
     return family, str(addr[0]), port
 
@@ -418,7 +404,11 @@ class WebServer:
 
     def start(self) -> None:
         """Bind and serve from a background thread; RuntimeFailure if the address is unusable."""
-        family, host, port = parse_listen(self.config.listen)
+        try:
+            address = self.config.address
+        except ValueError as err:
+            raise RuntimeFailure(f"cannot listen on {self.config.listen!r}: {err}") from None
+        family, host, port = bind_address(address)
         tls = self._tls_context()
         if self.auth is not None:
             try:

@@ -17,7 +17,6 @@ import re
 import select
 import stat
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Final
 from inotify_simple import INotify
 from inotify_simple import flags as iflags
 
-from monitord.audit.parser import ErrorHandler, ParseStats, StreamParser
+from monitord.audit.parser import ErrorHandler, StreamParser
 from monitord.audit.record import AuditRecord
 from monitord.config import SourceConfig
 from monitord.sources.base import Health, Position
+from monitord.sources.counters import SourceCounters
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,16 @@ class FileSource:
     def __init__(
         self,
         config: SourceConfig,
-        stats: ParseStats,
-        reopens: Counter[str],
+        counters: SourceCounters | None = None,
         on_error: ErrorHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(config.path)
         self.config = config
-        self.stats = stats
-        self.reopens = reopens
+        self.counters = counters if counters is not None else SourceCounters(self.name)
+        self.stats, self.reopens = self.counters.parse, self.counters.reopens
         self.clock = clock
-        self.parser = StreamParser(stats, config.max_line_length, on_error)
+        self.parser = StreamParser(self.counters.parse, config.max_line_length, on_error)
         self._file: _OpenFile | None = None
         # (dev, ino) of files known to follow the open one, oldest first: the way on if the
         # open file is deleted from the directory before we see where it was in the chain.

@@ -21,19 +21,19 @@ import grp
 import logging
 import os
 import select
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 from systemd import journal
 
-from monitord.audit.parser import ErrorHandler, Ignored, ParseError, ParseStats, parse_line
+from monitord.audit.parser import ErrorHandler, Ignored, ParseError, parse_line
 from monitord.audit.record import AuditRecord
 from monitord.audit.types import VIRT_FIRST, VIRT_LAST, type_name
 from monitord.config import SourceConfig
 from monitord.errors import UserError
 from monitord.sources.base import Health, Position
+from monitord.sources.counters import SourceCounters
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,14 @@ class JournalSource:
     def __init__(
         self,
         config: SourceConfig,
-        stats: ParseStats,
+        counters: SourceCounters | None = None,
         on_error: ErrorHandler | None = None,
-        reopens: Counter[str] | None = None,
         max_entries_per_poll: int = MAX_ENTRIES_PER_POLL,
     ) -> None:
         self.config = config
-        self.stats = stats
+        self.counters = counters if counters is not None else SourceCounters(self.name)
+        self.stats = self.counters.parse
         self.on_error = on_error
-        self.reopens = reopens
         self.max_entries_per_poll = max_entries_per_poll
         self.cursor_lost = 0  # checkpointed cursors that no longer existed (journal vacuumed)
         self._reader: journal._Reader | None = None
@@ -245,8 +244,7 @@ class JournalSource:
 
     def _count_lost(self, cursor: str) -> None:
         self.cursor_lost += 1
-        if self.reopens is not None:
-            self.reopens["cursor_lost"] += 1
+        self.counters.reopens["cursor_lost"] += 1
         log.warning(
             "checkpointed journal cursor no longer exists (journal vacuumed or replaced): "
             "reading from the oldest entry; cursor was %s",

@@ -11,9 +11,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +25,49 @@ FORMAT_VERSION: Final = 1
 FILENAME: Final = "checkpoint.json"
 
 
-class CheckpointStore:
-    """Load and save `checkpoint.json` in the state directory."""
+@dataclass
+class CheckpointCounters:
+    """When the last checkpoint was written and how many writes failed (the daemon thread's)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    time: float | None = None
+    errors: int = 0
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the checkpoint's metric families."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+        when = GaugeMetricFamily(
+            "monitord_checkpoint_timestamp_seconds",
+            "When the last checkpoint was written (Unix seconds).",
+        )
+        if self.time is not None:
+            when.add_metric([], self.time)
+        yield when
+        errors = CounterMetricFamily(
+            "monitord_checkpoint_errors_total", "Checkpoint writes that failed."
+        )
+        errors.add_metric([], self.errors)
+        yield errors
+
+    def to_json(self) -> dict[str, Any]:
+        """Return this part of the checkpoint's `telemetry` object (the time is `saved_at`)."""
+        return {"checkpoint_errors": self.errors}
+
+    def restore(self, doc: Mapping[str, Any], saved_at: float | None = None) -> None:
+        """Load what `to_json` saved and the checkpoint's own `saved_at`."""
+        errors = int(doc.get("checkpoint_errors", 0))
+        self.time = None if saved_at is None else float(saved_at)
+        self.errors = errors
+
+
+class CheckpointStore:
+    """Load and save `checkpoint.json` in the state directory; count what was written."""
+
+    def __init__(self, directory: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.dir = Path(directory)
         self.path = self.dir / FILENAME
+        self.clock = clock
+        self.counters = CheckpointCounters()
 
     def load(self) -> dict[str, Any] | None:
         """Return the saved document, None when there is none.
@@ -55,10 +96,21 @@ class CheckpointStore:
         return doc
 
     def save(self, doc: dict[str, Any]) -> int:
+        """Write doc atomically and count it; return its size. Raises OSError, counted."""
+        saved_at = self.clock()
+        try:
+            size = self._write(doc, saved_at)
+        except OSError:
+            self.counters.errors += 1
+            raise
+        self.counters.time = saved_at
+        return size
+
+    def _write(self, doc: dict[str, Any], saved_at: float) -> int:
         """Write doc atomically (temp file, fsync, rename, fsync dir); return its size."""
         body = dict(doc)
         body["version"] = FORMAT_VERSION
-        body["saved_at"] = time.time()
+        body["saved_at"] = saved_at
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
@@ -88,7 +140,10 @@ class CheckpointStore:
 
 
 class BackgroundSave:
-    """At most one checkpoint written by a forked child; the parent reaps it without blocking."""
+    """At most one checkpoint written by a forked child; the parent reaps it without blocking.
+
+    The child's outcome is counted in the store's counters when it is reaped.
+    """
 
     def __init__(self, store: CheckpointStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -125,13 +180,21 @@ class BackgroundSave:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid == 0:
             return None
-        self.pid = None
-        return os.waitstatus_to_exitcode(status) == 0, self.taken_at
+        return self._reaped(status)
 
     def wait(self) -> tuple[bool, float] | None:
         """Wait for a running child (before a synchronous save, so files land in order)."""
         if self.pid is None:
             return None
         _, status = os.waitpid(self.pid, 0)
+        return self._reaped(status)
+
+    def _reaped(self, status: int) -> tuple[bool, float]:
         self.pid = None
-        return os.waitstatus_to_exitcode(status) == 0, self.taken_at
+        ok = os.waitstatus_to_exitcode(status) == 0
+        counters = self.store.counters
+        if ok:
+            counters.time = self.taken_at
+        else:
+            counters.errors += 1
+        return ok, self.taken_at

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,12 +20,12 @@ from typing import Any
 import pytest
 
 from monitord.alerts import ALERT_NAME, Alert, AlertEngine, DeliveryError, Identity, WebhookSink
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.delivery import DeliveryWorker
 from monitord.alerts.model import fingerprint
 from monitord.audit.parser import parse_line
 from monitord.audit.record import AuditRecord
 from monitord.config import AlertmanagerConfig, AlertsConfig, WebhookConfig
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.waiting import wait_until as wait_for
 
@@ -250,7 +251,7 @@ def test_old_checkpoint_keys_without_node_are_this_hosts() -> None:
 def test_success_resolves_and_catch_up_is_quiet(receiver: Receiver) -> None:
     """Catch-up failures raise nothing; a live failure fires; a later success (even one read
     while catching up) resolves it with endsAt at the success's time."""
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), Telemetry(), IDENT)
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), IDENT)
     engine.start()
     try:
         engine.observe(record(serial=1), live=False)
@@ -273,7 +274,7 @@ def test_success_resolves_and_catch_up_is_quiet(receiver: Receiver) -> None:
 def test_same_failure_on_two_hosts_is_two_alerts(receiver: Receiver) -> None:
     """The same guest failing the same operation on two hosts (a migration) raises two alerts
     with distinct label sets; a success on one host resolves only that host's alert."""
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), Telemetry(), IDENT)
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), IDENT)
     engine.observe(record(serial=1, node="hvA", op="migrate", reason="migrated"), live=True)
     engine.observe(record(serial=2, node="hvB", op="migrate", reason="migrated"), live=True)
     engine.observe(record(serial=3, op="migrate", reason="migrated"), live=True)  # this host
@@ -293,7 +294,7 @@ def test_same_failure_on_two_hosts_is_two_alerts(receiver: Receiver) -> None:
 
 def test_on_catch_up_true_alerts_on_old_records() -> None:
     """With on_catch_up, records read while catching up raise alerts too."""
-    engine = AlertEngine(fast(on_catch_up=True), Telemetry(), IDENT)
+    engine = AlertEngine(fast(on_catch_up=True), IDENT)
     engine.observe(record(), live=False)
     assert len(engine.firing()) == 1
 
@@ -303,7 +304,7 @@ def test_repeated_failure_is_one_alert_and_extends_resolve_after(receiver: Recei
     last failure, then the alert resolves by itself."""
     now = [1000.0]
     cfg = fast(webhook=(WebhookConfig(url=receiver.url),), resolve_after=60.0)
-    engine = AlertEngine(cfg, Telemetry(), IDENT, clock=lambda: now[0])
+    engine = AlertEngine(cfg, IDENT, clock=lambda: now[0])
     engine.observe(record(serial=1), live=True)
     engine.observe(record(serial=2, uuid="00000000-0000-0000-0000-000000000001"), live=True)
     now[0] = 1030.0
@@ -329,7 +330,7 @@ def test_webhook_payload_has_alertmanager_shape_and_bearer_token(
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     hook = WebhookConfig(url=receiver.url, bearer_token_file=str(token))
-    engine = AlertEngine(fast(webhook=(hook,)), Telemetry(), IDENT)
+    engine = AlertEngine(fast(webhook=(hook,)), IDENT)
     engine.start()
     try:
         engine.observe(disk_record(), live=True)
@@ -359,7 +360,7 @@ def test_webhook_basic_auth_reads_password_file(receiver: Receiver, tmp_path: Pa
     hook = WebhookConfig(
         url=receiver.url, basic_auth_username="mon", basic_auth_password_file=str(pw)
     )
-    engine = AlertEngine(fast(webhook=(hook,)), Telemetry(), IDENT)
+    engine = AlertEngine(fast(webhook=(hook,)), IDENT)
     engine.start()
     try:
         engine.observe(record(), live=True)
@@ -373,8 +374,8 @@ def test_webhook_basic_auth_reads_password_file(receiver: Receiver, tmp_path: Pa
 def test_webhook_500s_are_retried_until_delivered(receiver: Receiver) -> None:
     """HTTP 500 answers are retried with backoff; the alert arrives once and counts as sent."""
     receiver.fail_next = 2
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), telemetry, IDENT)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), IDENT, counters=counters)
     engine.start()
     try:
         engine.observe(record(), live=True)
@@ -382,23 +383,23 @@ def test_webhook_500s_are_retried_until_delivered(receiver: Receiver) -> None:
     finally:
         engine.close(2.0)
     assert receiver.fail_next == 0
-    assert telemetry.alerts[("webhook", "sent")] == 1
-    assert telemetry.alerts[("webhook", "failed")] == 0
+    assert counters.get("webhook", "sent") == 1
+    assert counters.get("webhook", "failed") == 0
 
 
 def test_webhook_down_keeps_retrying_and_counts_failed() -> None:
     """A receiver that is down is retried past retry_max (counted failed at each attempt
     then), never given up while the alert fires; it stays queued at shutdown."""
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=dead_url()),)), telemetry, IDENT)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=dead_url()),)), IDENT, counters=counters)
     engine.start()
     try:
         engine.observe(record(), live=True)
-        wait_for(lambda: telemetry.alerts[("webhook", "failed")] >= 3, what="failed attempts")
+        wait_for(lambda: counters.get("webhook", "failed") >= 3, what="failed attempts")
     finally:
         engine.close(1.0)
-    assert telemetry.alerts[("webhook", "sent")] == 0
-    assert telemetry.alerts[("webhook", "dropped")] == 0
+    assert counters.get("webhook", "sent") == 0
+    assert counters.get("webhook", "dropped") == 0
     (pending,) = engine.to_json()["pending"]
     assert [a["serial"] for a in pending["alerts"]] == [42]
 
@@ -406,24 +407,24 @@ def test_webhook_down_keeps_retrying_and_counts_failed() -> None:
 def test_http_4xx_is_not_retried(receiver: Receiver) -> None:
     """A 400 answer cannot be fixed by retrying: the batch is counted failed at once."""
     receiver.status = 400
-    telemetry = Telemetry()
+    counters = AlertCounters()
     sink = WebhookSink(WebhookConfig(url=receiver.url), BASE)
-    worker = DeliveryWorker(sink, telemetry, retry_initial=5.0, retry_max=10.0)
+    worker = DeliveryWorker(sink, counters, retry_initial=5.0, retry_max=10.0)
     worker.put(Alert.from_record(record(), IDENT))
     worker.start()
-    wait_for(lambda: telemetry.alerts[("webhook", "failed")] == 1, what="failed without retry")
+    wait_for(lambda: counters.get("webhook", "failed") == 1, what="failed without retry")
     worker.close(1.0)
     assert receiver.count() == 1
-    assert telemetry.alerts[("webhook", "dropped")] == 1  # given up for good
+    assert counters.get("webhook", "dropped") == 1  # given up for good
 
 
 def test_slow_receiver_never_blocks_observe_and_queue_is_bounded(receiver: Receiver) -> None:
     """While the receiver hangs, observe() keeps returning; the queue stays bounded and
     overflow is counted as dropped; once the receiver answers, the rest is delivered."""
     receiver.gate.clear()  # every request hangs until released
-    telemetry = Telemetry()
+    counters = AlertCounters()
     cfg = fast(webhook=(WebhookConfig(url=receiver.url),), queue_size=100, batch_size=50)
-    engine = AlertEngine(cfg, telemetry, IDENT)
+    engine = AlertEngine(cfg, IDENT, counters=counters)
     engine.start()
     try:
         engine.observe(record(serial=0, uuid="00000000-0000-0000-0000-000000000000"), live=True)
@@ -432,20 +433,20 @@ def test_slow_receiver_never_blocks_observe_and_queue_is_bounded(receiver: Recei
             engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
         engine.tick(time.time())
         assert receiver.count() == 0  # nothing answered yet: observe() did not wait for it
-        assert telemetry.alert_queue["webhook"] == 101  # 100 queued + 1 in flight
-        assert telemetry.alerts[("webhook", "dropped")] == 900
+        assert engine.queue_lengths()["webhook"] == 101  # 100 queued + 1 in flight
+        assert counters.get("webhook", "dropped") == 900
         receiver.gate.set()
         wait_for(lambda: len(receiver.alerts()) == 101, what="the rest delivered")
     finally:
         engine.close(2.0)
     assert receiver.count() == 3  # the first alert, then two batches of 50
-    assert telemetry.alerts[("webhook", "sent")] == 101
+    assert counters.get("webhook", "sent") == 101
 
 
 def test_storm_of_10000_failures_is_batched(receiver: Receiver) -> None:
     """10,000 distinct failures in a burst arrive in a few batched requests, none dropped."""
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), telemetry, IDENT)
+    counters = AlertCounters()
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), IDENT, counters=counters)
     records = [record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}") for i in range(10_000)]
     engine.start()
     try:
@@ -455,20 +456,20 @@ def test_storm_of_10000_failures_is_batched(receiver: Receiver) -> None:
     finally:
         engine.close(2.0)
     assert receiver.count() <= 10_000 // 500 + 2
-    assert telemetry.alerts[("webhook", "dropped")] == 0
+    assert counters.get("webhook", "dropped") == 0
 
 
 def test_firing_alerts_are_bounded_by_max_firing(receiver: Receiver) -> None:
     """Beyond alerts.max_firing, a new failure raises no alert and is counted as dropped."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     config = fast(webhook=(WebhookConfig(url=receiver.url),), max_firing=3)
-    engine = AlertEngine(config, telemetry, IDENT)
+    engine = AlertEngine(config, IDENT, counters=counters)
     engine.start()
     try:
         for i in range(5):
             engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
         assert engine.firing_count() == 3
-        assert telemetry.alerts[("webhook", "dropped")] == 2
+        assert counters.get("webhook", "dropped") == 2
         # A resolution makes room again.
         engine.observe(record(res="success", uuid="00000000-0000-0000-0000-000000000000"), True)
         engine.observe(record(serial=9, uuid="00000000-0000-0000-0000-000000000009"), live=True)
@@ -482,7 +483,7 @@ def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) 
     """Firing alerts go into the checkpoint; after a restore they are not sent again as new,
     and a later success still resolves them."""
     cfg = fast(webhook=(WebhookConfig(url=receiver.url),))
-    first = AlertEngine(cfg, Telemetry(), IDENT)
+    first = AlertEngine(cfg, IDENT)
     first.start()
     first.observe(record(), live=True)
     first.observe(disk_record(), live=True)
@@ -490,7 +491,7 @@ def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) 
     first.close(2.0)
     doc = json.loads(json.dumps(first.to_json()))  # the checkpoint is plain JSON
 
-    second = AlertEngine(cfg, Telemetry(), IDENT)
+    second = AlertEngine(cfg, IDENT)
     second.restore(doc)
     assert [a.key for a in second.firing()] == [a.key for a in first.firing()]
     second.start()
@@ -509,7 +510,7 @@ def test_firing_alerts_survive_restart_without_being_resent(receiver: Receiver) 
 
 def test_restore_ignores_unknown_versions_and_bad_items() -> None:
     """A checkpoint from another version or with broken items does not crash restore."""
-    engine = AlertEngine(fast(), Telemetry(), IDENT)
+    engine = AlertEngine(fast(), IDENT)
     engine.restore({"version": 99, "active": [{}]})
     engine.restore({"version": 1, "active": [{"alert": {}}]})
     assert engine.firing() == []
@@ -518,7 +519,7 @@ def test_restore_ignores_unknown_versions_and_bad_items() -> None:
 def test_reconfigure_keeps_queued_alerts_of_sinks_that_stay(receiver: Receiver) -> None:
     """SIGHUP with the same webhook (new settings) keeps what was queued; new sinks appear,
     removed ones go, and alertmanager sinks get their own worker."""
-    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), Telemetry(), IDENT)
+    engine = AlertEngine(fast(webhook=(WebhookConfig(url=receiver.url),)), IDENT)
     for i in range(5):
         engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
     hook = WebhookConfig(url=receiver.url, timeout=3.0)
@@ -536,9 +537,9 @@ def test_reconfigure_keeps_queued_alerts_of_sinks_that_stay(receiver: Receiver) 
 def test_close_returns_at_the_deadline_and_keeps_webhook_alerts() -> None:
     """close() returns by its deadline with a dead sink; the webhook's undelivered alerts
     are kept for the checkpoint, not counted dropped or failed."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     cfg = fast(webhook=(WebhookConfig(url=dead_url()),), retry_initial=5.0, retry_max=60.0)
-    engine = AlertEngine(cfg, telemetry, IDENT)
+    engine = AlertEngine(cfg, IDENT, counters=counters)
     engine.start()
     for i in range(3):
         engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
@@ -548,7 +549,7 @@ def test_close_returns_at_the_deadline_and_keeps_webhook_alerts() -> None:
     wait_for(lambda: len(engine.workers[0]) == 3, what="the batch back in the queue")
     (pending,) = engine.to_json()["pending"]
     assert [a["serial"] for a in pending["alerts"]] == [0, 1, 2]
-    counts = telemetry.alerts
+    counts = Counter(counters.snapshot())
     assert counts[("webhook", "sent")] == counts[("webhook", "dropped")] == 0
 
 
@@ -558,7 +559,7 @@ def test_journal_without_journald_is_inactive_and_logged_once(
     """With no journald socket the journal sink is skipped with one log line, never a crash."""
     caplog.set_level(logging.WARNING, logger="monitord.alerts")
     missing = str(tmp_path / "no-socket")
-    engine = AlertEngine(replace(fast(), journal=True), Telemetry(), IDENT, journal_socket=missing)
+    engine = AlertEngine(replace(fast(), journal=True), IDENT, journal_socket=missing)
     engine.start()
     engine.observe(record(), live=True)
     engine.tick(time.time())
@@ -622,7 +623,7 @@ def test_process_gone_fires_until_the_guests_next_start_or_stop(receiver: Receiv
     """VirtGuestProcessGone fires once per guest, outlives resolve_after, survives a restore,
     and resolves at the guest's next start or stop record (not at other records)."""
     engine = AlertEngine(
-        fast(webhook=(WebhookConfig(url=receiver.url),), resolve_after=0.001), Telemetry(), IDENT
+        fast(webhook=(WebhookConfig(url=receiver.url),), resolve_after=0.001), IDENT
     )
     engine.start()
     try:
@@ -633,7 +634,7 @@ def test_process_gone_fires_until_the_guests_next_start_or_stop(receiver: Receiv
         assert alert.labels["alertname"] == "VirtGuestProcessGone"
         assert alert.labels["host"] == "hv01" and alert.labels["domain"] == "web01"
         assert "4242" in alert.annotations["description"]
-        again = AlertEngine(fast(), Telemetry(), IDENT)
+        again = AlertEngine(fast(), IDENT)
         again.restore(engine.to_json())
         engine.observe(disk_record(res="success"), live=True)  # not a start or stop
         engine.observe(record(node="hvB", res="success", op="stop"), live=True)  # other host

@@ -8,6 +8,7 @@ import json
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,10 +19,10 @@ import bcrypt
 import pytest
 
 from monitord.alerts import ALERT_NAME, AlertEngine, DeliveryError, Identity
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.model import Alert, fingerprint
 from monitord.alerts.sinks import AlertmanagerSink
 from monitord.config import AlertmanagerConfig
-from monitord.telemetry import Telemetry
 from tests.alertmanager import AM_HOOK_CONFIG, Alertmanager, make_certificates
 from tests.alerts.test_alerts import (
     BASE,
@@ -89,10 +90,10 @@ def test_pair_lists_labels_and_annotations_then_resolution(
     """Both Alertmanagers of an HA pair list the alert with the contract's labels,
     annotations and generatorURL; a later success resolves it in both. Each alert counts
     once as sent (accepted by at least one)."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     identity = Identity("hv01", BASE, (("cluster", "prod-eu"),))
     engine = AlertEngine(
-        fast(alertmanager=alertmanagers(*(am.url for am in pair))), telemetry, identity
+        fast(alertmanager=alertmanagers(*(am.url for am in pair))), identity, counters=counters
     )
     engine.start()
     try:
@@ -123,8 +124,8 @@ def test_pair_lists_labels_and_annotations_then_resolution(
             wait_for(lambda am=am: am.alerts() == [], what=f"resolution at {am.url}")
     finally:
         engine.close(2.0)
-    assert telemetry.alerts[("alertmanager", "sent")] == 2  # 2 alerts, each to the pair once
-    assert telemetry.alerts[("alertmanager", "failed")] == 0
+    assert counters.get("alertmanager", "sent") == 2  # 2 alerts, each to the pair once
+    assert counters.get("alertmanager", "failed") == 0
 
 
 def test_three_hosts_stay_three_alerts_notified_once_each(
@@ -133,11 +134,11 @@ def test_three_hosts_stay_three_alerts_notified_once_each(
     """The same guest failing the same operation on three hosts (records with node=hvA/hvB/hvC
     read by a central collector) stays three alerts in both Alertmanagers; the pair sends one
     notification per group after deduplication, and one per group when they resolve."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     now = [time.time()]
     collector = Identity("collector", BASE, (("cluster", "prod-eu"),))
     cfg = fast(alertmanager=alertmanagers(*(am.url for am in pair)), resend_interval=60.0)
-    engine = AlertEngine(cfg, telemetry, collector, clock=lambda: now[0])
+    engine = AlertEngine(cfg, collector, clock=lambda: now[0], counters=counters)
     hosts = ("hvA", "hvB", "hvC")
     engine.start()
     try:
@@ -170,7 +171,7 @@ def test_three_hosts_stay_three_alerts_notified_once_each(
         assert notifications(receiver) == expected
     finally:
         engine.close(2.0)
-    counts = telemetry.alerts
+    counts = Counter(counters.snapshot())
     assert counts[("alertmanager", "sent")] == 9  # 3 firing, 3 re-sent, 3 resolved
     assert counts[("alertmanager", "failed")] == counts[("alertmanager", "dropped")] == 0
 
@@ -182,33 +183,35 @@ def test_dead_alertmanager_of_a_pair_does_not_stop_the_other(
     the alert counts as sent, and as failed once for the Alertmanager that is down."""
     up, down = pair
     down.stop()
-    telemetry = Telemetry()
+    counters = AlertCounters()
     cfg = fast(alertmanager=alertmanagers(down.url, up.url), retry_initial=5.0, retry_max=60.0)
-    engine = AlertEngine(cfg, telemetry, IDENT)
+    engine = AlertEngine(cfg, IDENT, counters=counters)
     engine.start()
     try:
         engine.observe(record(at=time.time()), live=True)
         wait_for(lambda: len(up.alerts()) == 1, what="alert at the live Alertmanager")
-        wait_for(lambda: telemetry.alerts[("alertmanager", "failed")] == 1, what="failed count")
+        wait_for(lambda: counters.get("alertmanager", "failed") == 1, what="failed count")
     finally:
         engine.close(0.2)
-    assert telemetry.alerts[("alertmanager", "sent")] == 1
-    assert telemetry.alerts[("alertmanager", "dropped")] == 0
+    assert counters.get("alertmanager", "sent") == 1
+    assert counters.get("alertmanager", "dropped") == 0
 
 
 def test_alert_no_alertmanager_accepted_is_dropped() -> None:
     """When no Alertmanager accepts a batch after the retries, each alert counts dropped once,
     and failed once per Alertmanager."""
-    telemetry = Telemetry()
-    engine = AlertEngine(fast(alertmanager=alertmanagers(dead_url(), dead_url())), telemetry, IDENT)
+    counters = AlertCounters()
+    engine = AlertEngine(
+        fast(alertmanager=alertmanagers(dead_url(), dead_url())), IDENT, counters=counters
+    )
     engine.start()
     try:
         engine.observe(record(), live=True)
-        wait_for(lambda: telemetry.alerts[("alertmanager", "dropped")] == 1, what="dropped")
+        wait_for(lambda: counters.get("alertmanager", "dropped") == 1, what="dropped")
     finally:
         engine.close(1.0)
-    assert telemetry.alerts[("alertmanager", "failed")] == 2
-    assert telemetry.alerts[("alertmanager", "sent")] == 0
+    assert counters.get("alertmanager", "failed") == 2
+    assert counters.get("alertmanager", "sent") == 0
 
 
 def test_firing_alerts_are_resent_and_kept_alive(
@@ -219,7 +222,7 @@ def test_firing_alerts_are_resent_and_kept_alive(
     am = pair[0]
     t0 = time.time() - 3700  # the failure was seen an hour ago (injected clock)
     cfg = fast(alertmanager=alertmanagers(am.url), resend_interval=60.0, resolve_after=3600.0)
-    engine = AlertEngine(cfg, Telemetry(), IDENT, clock=lambda: t0)
+    engine = AlertEngine(cfg, IDENT, clock=lambda: t0)
     engine.start()
     try:
         engine.observe(disk_record(at=t0), live=True)
@@ -290,7 +293,7 @@ def test_resolved_alerts_are_resent_for_the_retention(capture: Capture) -> None:
     cfg = fast(
         alertmanager=alertmanagers(capture.url), resend_interval=60.0, resolved_retention=900.0
     )
-    engine = AlertEngine(cfg, Telemetry(), IDENT, clock=lambda: now[0])
+    engine = AlertEngine(cfg, IDENT, clock=lambda: now[0])
     engine.start()
     try:
         engine.observe(record(serial=1, at=now[0]), live=True)
@@ -320,7 +323,7 @@ def test_a_resolution_does_not_undo_the_same_alert_firing_again(capture: Capture
     resolution (same labels: Alertmanager would resolve the new one)."""
     now = [10_000.0]
     cfg = fast(alertmanager=alertmanagers(capture.url), resend_interval=60.0)
-    engine = AlertEngine(cfg, Telemetry(), IDENT, clock=lambda: now[0])
+    engine = AlertEngine(cfg, IDENT, clock=lambda: now[0])
     engine.start()
     try:
         engine.observe(record(serial=1), live=True)
@@ -410,8 +413,8 @@ def test_alertmanager_behind_tls_with_client_certificate_and_basic_auth(tmp_path
         assert not info.value.retry
         assert am.alerts() == []
 
-        telemetry = Telemetry()
-        engine = AlertEngine(fast(alertmanager=(good,)), telemetry, IDENT)
+        counters = AlertCounters()
+        engine = AlertEngine(fast(alertmanager=(good,)), IDENT, counters=counters)
         engine.start()
         try:
             engine.observe(record(at=time.time()), live=True)
@@ -419,6 +422,6 @@ def test_alertmanager_behind_tls_with_client_certificate_and_basic_auth(tmp_path
         finally:
             engine.close(2.0)
         assert am.alerts()[0]["labels"]["host"] == "hv01"
-        assert telemetry.alerts[("alertmanager", "sent")] == 1
+        assert counters.get("alertmanager", "sent") == 1
     finally:
         am.stop()

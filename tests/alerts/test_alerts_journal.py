@@ -22,12 +22,12 @@ _WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from monitord.alerts import AlertEngine, Identity
     from monitord.config import AlertsConfig
-    from monitord.telemetry import Telemetry
+    from monitord.alerts.counters import AlertCounters
     from tests.alerts.test_alerts import record, disk_record
 
-    telemetry = Telemetry()
+    counters = AlertCounters()
     identity = Identity("hv01", "http://hv01:9781", (("cluster", "prod-eu"),))
-    engine = AlertEngine(AlertsConfig(journal=True), telemetry, identity)
+    engine = AlertEngine(AlertsConfig(journal=True), identity, counters=counters)
     assert [w.name for w in engine.workers] == ["journal"], engine.workers
     engine.start()
     engine.observe(record(serial=42), live=True)
@@ -35,7 +35,7 @@ _WRITER = textwrap.dedent(
     engine.observe(disk_record(res="success", serial=44), live=True)
     engine.observe(record(serial=45, node="hvB"), live=True)
     engine.close(5.0)
-    assert telemetry.alerts[("journal", "sent")] == 4, telemetry.alerts
+    assert counters.get("journal", "sent") == 4, Counter(counters.snapshot())
     """
 )
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from monitord.alerts import AlertEngine, DeliveryError, WebhookSink
+from monitord.alerts.counters import AlertCounters
 from monitord.alerts.model import Alert
 from monitord.config import WebhookConfig
-from monitord.telemetry import Telemetry
 from tests.alerts.test_alerts import BASE, IDENT, fast, record, wait_for
 from tests.daemonproc import free_port
 
@@ -123,10 +123,10 @@ def test_every_alert_arrives_after_an_outage_longer_than_retry_max(flaky: FlakyR
     """Failures raised while the webhook is down, then answering 500, then garbage, then
     too slowly, each phase many times longer than retry_max, all arrive once it recovers:
     every firing alert, and the resolutions of those that resolved meanwhile."""
-    telemetry = Telemetry()
+    counters = AlertCounters()
     hook = WebhookConfig(url=flaky.url, timeout=TIMEOUT)
     cfg = fast(webhook=(hook,), retry_initial=0.01, retry_max=0.05, drain_timeout=2.0)
-    engine = AlertEngine(cfg, telemetry, IDENT)
+    engine = AlertEngine(cfg, IDENT, counters=counters)
     engine.start()
     try:
         for n, mode in enumerate(("down", "error", "garbage", "slow")):
@@ -134,11 +134,11 @@ def test_every_alert_arrives_after_an_outage_longer_than_retry_max(flaky: FlakyR
             for i in range(n * 5, n * 5 + 5):
                 engine.observe(record(serial=i, uuid=uuid(i)), live=True)
             # Long past retry_max: failed attempts after the backoff window keep coming.
-            failed = telemetry.alerts[("webhook", "failed")]
+            failed = counters.get("webhook", "failed")
             if mode != "down":
                 wait_for(lambda: flaky.attempts() >= 4, what=f"retries while {mode}")
             wait_for(
-                lambda failed=failed: telemetry.alerts[("webhook", "failed")] > failed,
+                lambda failed=failed: counters.get("webhook", "failed") > failed,
                 what=f"failed attempts past retry_max while the receiver is {mode}",
             )
         for i in range(5):  # resolved during the outage
@@ -152,8 +152,8 @@ def test_every_alert_arrives_after_an_outage_longer_than_retry_max(flaky: FlakyR
     resolved = sorted(a["labels"]["uuid"] for a in got if a["status"] == "resolved")
     assert firing == [uuid(i) for i in range(20)]
     assert resolved == [uuid(i) for i in range(5)]
-    assert telemetry.alerts[("webhook", "sent")] == 25
-    assert telemetry.alerts[("webhook", "dropped")] == 0
+    assert counters.get("webhook", "sent") == 25
+    assert counters.get("webhook", "dropped") == 0
     assert engine.to_json()["pending"] == []
 
 
@@ -161,10 +161,10 @@ def test_resolution_older_than_the_retention_is_dropped(flaky: FlakyReceiver) ->
     """An alert that resolved longer than resolved_retention ago while the webhook was down
     is no longer delivered (counted dropped); one still firing is."""
     now = [1000.0]
-    telemetry = Telemetry()
+    counters = AlertCounters()
     hook = WebhookConfig(url=flaky.url, timeout=TIMEOUT)
     cfg = fast(webhook=(hook,), retry_initial=0.01, retry_max=0.05, resolved_retention=60.0)
-    engine = AlertEngine(cfg, telemetry, IDENT, clock=lambda: now[0])
+    engine = AlertEngine(cfg, IDENT, counters=counters, clock=lambda: now[0])
     flaky.set("down")
     engine.start()
     try:
@@ -175,20 +175,20 @@ def test_resolution_older_than_the_retention_is_dropped(flaky: FlakyReceiver) ->
         assert len(engine.to_json()["resolved"]) == 1
         engine.tick(1061.0)  # the resolution is older than the retention
         assert engine.to_json()["resolved"] == []
-        wait_for(lambda: telemetry.alerts[("webhook", "dropped")] == 2, what="firing+resolved")
+        wait_for(lambda: counters.get("webhook", "dropped") == 2, what="firing+resolved")
         flaky.set("ok")
         wait_for(lambda: len(flaky.accepted()) == 1, what="the alert that still fires")
     finally:
         engine.close(2.0)
     assert [a["labels"]["uuid"] for a in flaky.accepted()] == [uuid(3)]
-    assert telemetry.alerts[("webhook", "sent")] == 1
+    assert counters.get("webhook", "sent") == 1
 
 
 def test_undelivered_webhook_alerts_survive_a_restart(flaky: FlakyReceiver) -> None:
     """Alerts a webhook had not accepted at shutdown go into the checkpoint and are delivered
     by the next run; firing alerts it had accepted are not sent again."""
     cfg = fast(webhook=(WebhookConfig(url=flaky.url, timeout=TIMEOUT),))
-    first = AlertEngine(cfg, Telemetry(), IDENT)
+    first = AlertEngine(cfg, IDENT)
     first.start()
     first.observe(record(serial=1, uuid=uuid(1)), live=True)
     wait_for(lambda: len(flaky.accepted()) == 1, what="the first alert delivered")
@@ -202,7 +202,7 @@ def test_undelivered_webhook_alerts_survive_a_restart(flaky: FlakyReceiver) -> N
     assert [a["serial"] for a in doc["pending"][0]["alerts"]] == [2, 3]
 
     flaky.set("ok")
-    second = AlertEngine(cfg, Telemetry(), IDENT)
+    second = AlertEngine(cfg, IDENT)
     second.restore(doc)
     assert len(second.firing()) == 3
     second.start()

@@ -18,7 +18,6 @@ from monitord.config import HttpConfig, StateConfig
 from monitord.serve.exporter import make_registry
 from monitord.serve.server import WebServer
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import DATA, SAMPLES
 
 GOLDEN = DATA / "state"
@@ -139,7 +138,7 @@ def test_replay_counts_malformed_lines(tmp_path: Path, capsys: pytest.CaptureFix
 def served(doc_table: GuestTable) -> WebServer:
     web = WebServer(
         HttpConfig(listen="127.0.0.1:0"),
-        make_registry(doc_table, Telemetry(), "t"),
+        make_registry(doc_table, "t"),
         doc_table,
         lambda: (True, ""),
     )
@@ -211,8 +210,7 @@ def test_replay_tricky_log_counts_and_expires(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     _tricky_log(log)
     table = GuestTable(StateConfig(forget_stopped_after=5.0, max_guests=6, max_events=5))
-    telemetry = replay(open_all([str(log)]), table)
-    stats = telemetry.parse.to_json()
+    stats = replay(open_all([str(log)]), table).to_json()
     # An over-long line is an error only where it had to be held across reads.
     assert stats["errors"]["bad_timestamp"] == 20 and stats["errors"]["line_too_long"] >= 1
     assert stats["records"] and table.guests_tracked <= 6 and table.evicted

@@ -16,6 +16,7 @@ from monitord.config import (
     AlertsConfig,
     Config,
     HttpConfig,
+    ListenAddress,
     LoggingConfig,
     SourceConfig,
     StateConfig,
@@ -231,7 +232,11 @@ def test_listen_forms() -> None:
     assert parse_listen("[::1]:0") == ("::1", 0)
     assert parse_listen(":9781") == ("", 9781)
     assert parse_listen("host.example:80") == ("host.example", 80)
-    for bad in ("9781", "host:", "[fe80::zz]:1", "a b:1", "host:-1"):
+    v6 = parse_listen("[fe80::1%eth0]:9781")
+    assert isinstance(v6, ListenAddress) and v6.ipv6 and v6.host == "fe80::1%eth0"
+    assert not parse_listen("127.0.0.1:1").ipv6
+    assert HttpConfig(listen="[::1]:9781").address == ("::1", 9781)
+    for bad in ("9781", "host:", "[fe80::zz]:1", "a b:1", "host:-1", "host:\u0669\u0667"):
         with pytest.raises(ValueError):
             parse_listen(bad)
 

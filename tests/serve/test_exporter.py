@@ -7,11 +7,14 @@ import subprocess
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitord.alerts import AlertEngine, Identity
 from monitord.audit.record import AuditRecord
-from monitord.config import StateConfig
-from monitord.serve.exporter import MonitordRegistry, make_registry, render
+from monitord.config import AlertmanagerConfig, AlertsConfig, StateConfig
+from monitord.pipeline import Pipeline
+from monitord.serve.exporter import MonitordRegistry, StageMetrics, make_registry, render
+from monitord.sources.counters import SourceCounters
+from monitord.state.checkpoint import CheckpointCounters
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.state.test_state import UUID, UUID2, Log, feed
 
@@ -31,27 +34,35 @@ CONTRACT_METRICS = (
 ).split()
 
 
-def populated() -> tuple[GuestTable, Telemetry]:
+def populated() -> tuple[GuestTable, list[StageMetrics]]:
+    """A table with two guests, and every stage's counters with known values."""
     log = Log()
     table = GuestTable(StateConfig(), clock=lambda: 0.0)
     feed(table, log.start(disks=("/d/a", "/d/b")))
     table.apply(log.label("selinux", "system_u:system_r:svirt_t:s0:c1,c2"))
-    table.apply(log.disk("attach", new="/d/c", res="failed"))
+    failed = log.disk("attach", new="/d/c", res="failed")
+    table.apply(failed)
     feed(table, log.start(uuid=UUID2, vm='db "quoted" \\ name'))
     table.apply(log.control("stop", "destroyed", uuid=UUID2, vm="db01"))
-    tel = Telemetry(source="file")
-    tel.parse.lines, tel.parse.bytes = 100, 12345
-    tel.parse.errors["bad_header"] = 2
-    tel.parse.ignored["not_virt"] = 80
-    tel.reopens["rotated"] = 1
-    tel.last_record_time = log.t
-    tel.lag.observe(0.02)
-    tel.lag.observe(7.0)
-    tel.checkpoint_time = 1_700_000_500.0
-    tel.checkpoint_errors = 1
-    tel.count_alert("alertmanager", "sent", 3)
-    tel.alert_queue["alertmanager"] = 2
-    return table, tel
+    source = SourceCounters("file")
+    source.parse.lines, source.parse.bytes = 100, 12345
+    source.parse.errors["bad_header"] = 2
+    source.parse.ignored["not_virt"] = 80
+    source.reopens["rotated"] = 1
+    pipeline = Pipeline(table)
+    pipeline.last_record_time = log.t
+    pipeline.lag.observe(0.02)
+    pipeline.lag.observe(7.0)
+    checkpoint = CheckpointCounters(time=1_700_000_500.0, errors=1)
+    # Not started: the two failures stay queued for the Alertmanager sink.
+    config = AlertsConfig(
+        journal=False, alertmanager=(AlertmanagerConfig(url="http://127.0.0.1:9/"),)
+    )
+    alerts = AlertEngine(config, Identity("hv01", "http://127.0.0.1:9781"))
+    alerts.counters.count("alertmanager", "sent", 3)
+    alerts.observe(failed, live=True)
+    alerts.observe(log.control("start", "booted", uuid=UUID2, res="failed"), live=True)
+    return table, [source, pipeline, checkpoint, alerts]
 
 
 def value(reg: MonitordRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -66,8 +77,8 @@ def value(reg: MonitordRegistry, name: str, labels: dict[str, str] | None = None
 
 def test_every_contract_metric_is_exported() -> None:
     """Every metric of the contract appears with HELP and TYPE in the text output."""
-    table, tel = populated()
-    text = render(make_registry(table, tel, "1.2.3"), None)[0].decode()
+    table, stages = populated()
+    text = render(make_registry(table, "1.2.3", stages), None)[0].decode()
     for name in CONTRACT_METRICS:
         base = name.removesuffix("_total")
         assert f"# HELP {name} " in text or f"# HELP {base} " in text, name
@@ -76,8 +87,8 @@ def test_every_contract_metric_is_exported() -> None:
 
 def test_guest_and_counter_values() -> None:
     """Sample values follow the table: running, vcpus, memory, devices, failures, counters."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     g = {"uuid": UUID, "domain": "web01", "virt": "kvm"}
     assert value(reg, "libvirt_audit_domain_running", g) == 1.0
     assert value(reg, "libvirt_audit_domain_vcpus", g) == 2.0
@@ -106,9 +117,9 @@ def test_guest_and_counter_values() -> None:
 
 
 def test_daemon_self_metrics() -> None:
-    """Self-metrics come from Telemetry and the table."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    """Self-metrics come from the stages that own them, and from the table."""
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     assert value(reg, "monitord_build_info", {"version": "1.2.3"}) == 1.0
     assert value(reg, "monitord_lines_read_total", {"source": "file"}) == 100
     assert value(reg, "monitord_bytes_read_total", {"source": "file"}) == 12345
@@ -131,11 +142,12 @@ def test_daemon_self_metrics() -> None:
 
 def test_forgotten_guest_series_disappear() -> None:
     """After eviction a guest's series are gone; the eviction is counted."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "x")
+    table, stages = populated()
+    reg = make_registry(table, "x", stages)
     db = {"uuid": UUID2, "domain": "db01", "virt": "kvm"}
     assert value(reg, "libvirt_audit_domain_running", db) == 0.0
-    assert table.expire(tel.last_record_time + 8 * 86400) == 1  # type: ignore[operator]
+    last = stages[1].last_record_time  # type: ignore[attr-defined]
+    assert table.expire(last + 8 * 86400) == 1
     assert value(reg, "libvirt_audit_domain_running", db) is None
     assert value(reg, "monitord_guests_evicted_total") == 1
     body, _ = render(reg, None)
@@ -155,8 +167,8 @@ def _samples(text: str, openmetrics: bool) -> set[tuple[str, tuple[tuple[str, st
 
 def test_text_and_openmetrics_say_the_same() -> None:
     """Both exposition formats carry the same samples; OpenMetrics parses strictly, once EOF."""
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     body, ctype = render(reg, None)
     assert ctype.startswith("text/plain")
     om_body, om_type = render(reg, "application/openmetrics-text; version=1.0.0")
@@ -187,7 +199,7 @@ def test_node_label_only_for_other_hosts_guests() -> None:
     remote = parse_line("node=hvB " + line)
     assert isinstance(remote, AuditRecord)
     table.apply(remote)
-    reg = make_registry(table, Telemetry(source="file"), "1")
+    reg = make_registry(table, "1")
     g = {"uuid": UUID, "domain": "web01", "virt": "kvm"}
     assert value(reg, "libvirt_audit_domain_running", g) == 1.0
     assert value(reg, "libvirt_audit_domain_running", {**g, "node": "hvB"}) == 1.0
@@ -200,8 +212,8 @@ def test_promtool_check_metrics_passes() -> None:
     prometheus-client's strict OpenMetrics parser in the test above.)
     """
     promtool = need_tool("promtool")
-    table, tel = populated()
-    reg = make_registry(table, tel, "1.2.3")
+    table, stages = populated()
+    reg = make_registry(table, "1.2.3", stages)
     body, _ = render(reg, None)
     proc = subprocess.run(
         [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
@@ -214,9 +226,9 @@ def test_registries_are_independent() -> None:
     """Two registries never share state and the global registry gets nothing of ours."""
     from prometheus_client import REGISTRY
 
-    table, tel = populated()
-    make_registry(table, tel, "a")
-    make_registry(table, tel, "b")
+    table, stages = populated()
+    make_registry(table, "a", stages)
+    make_registry(table, "b", stages)
     assert REGISTRY.get_sample_value("monitord_guests_tracked") is None
 
 
@@ -224,7 +236,7 @@ def test_render_follows_renames_states_labels_and_evictions() -> None:
     """Cached per-guest label prefixes follow changes; odd label values are escaped."""
     log = Log()
     table = GuestTable(StateConfig(max_guests=3), clock=lambda: 0.0)
-    reg = make_registry(table, Telemetry(source="file"), "1.2.3")
+    reg = make_registry(table, "1.2.3")
     om = "application/openmetrics-text; version=1.0.0"
 
     def same() -> str:

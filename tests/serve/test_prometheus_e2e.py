@@ -17,7 +17,6 @@ from monitord.config import HttpConfig, StateConfig
 from monitord.serve.exporter import make_registry
 from monitord.serve.server import WebServer
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.daemonproc import free_port
 from tests.state.test_state import Log, feed
@@ -34,7 +33,7 @@ def web() -> Iterator[tuple[WebServer, GuestTable]]:
     table = GuestTable(StateConfig())
     server = WebServer(
         HttpConfig(listen="127.0.0.1:0"),
-        make_registry(table, Telemetry(), "e2e"),
+        make_registry(table, "e2e"),
         table,
         lambda: (True, ""),
     )

@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from monitord.config import BasicAuthUser, HttpConfig, StateConfig
+from monitord.config import BasicAuthUser, HttpConfig, StateConfig, parse_listen
 from monitord.errors import RuntimeFailure
 from monitord.serve.exporter import make_registry
-from monitord.serve.server import WebServer, parse_listen
+from monitord.serve.server import WebServer, bind_address
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import need_tool
 from tests.state.test_state import UUID, UUID2, Log, feed
 
@@ -36,7 +35,7 @@ def make_server(
     log = Log()
     feed(table, log.start(disks=("/d/a",)))
     table.apply(log.disk("attach", new="/d/b", res="failed"))
-    registry = make_registry(table, Telemetry(), "9.9.9")
+    registry = make_registry(table, "9.9.9")
     state = health if health is not None else [(True, "")]
     web = WebServer(HttpConfig(listen=listen, **http), registry, table, lambda: state[0])
     return web, table
@@ -227,10 +226,12 @@ def test_address_in_use_and_invalid_addresses() -> None:
     finally:
         web.stop()
     for bad in ("nonsense", "127.0.0.1:99999", "::1:80", "[zz]:80", "127.0.0.1:"):
+        web, _ = make_server(listen=bad)
         with pytest.raises(RuntimeFailure, match="cannot listen on"):
-            parse_listen(bad)
-    assert parse_listen(":9781")[1:] == ("0.0.0.0", 9781)
-    assert parse_listen("[::1]:9781") == (socket.AF_INET6, "::1", 9781)
+            web.start()
+    assert bind_address(parse_listen(":9781"))[1:] == ("0.0.0.0", 9781)
+    assert bind_address(parse_listen("[::1]:9781")) == (socket.AF_INET6, "::1", 9781)
+    assert bind_address(parse_listen("localhost:80"))[1:] in (("127.0.0.1", 80), ("::1", 80))
 
 
 def test_ipv6_loopback() -> None:

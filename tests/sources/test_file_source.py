@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from monitord.audit.parser import ParseStats
 from monitord.audit.record import AuditRecord
 from monitord.config import SourceConfig
 from monitord.sources.file import FileSource
@@ -38,9 +37,9 @@ def append(path: Path, data: bytes) -> None:
 
 
 def make_source(path: Path, **kw: object) -> tuple[FileSource, Counter[str]]:
-    reopens: Counter[str] = Counter()
     config = SourceConfig(path=str(path), **kw)  # type: ignore[arg-type]
-    return FileSource(config, ParseStats(), reopens), reopens
+    src = FileSource(config)
+    return src, src.counters.reopens
 
 
 def collect(src: FileSource, want: int, timeout: float = 5.0) -> list[AuditRecord]:
@@ -292,11 +291,9 @@ def test_unreadable_file_names_the_fix(tmp_path: Path) -> None:
     log.chmod(0o600)
     os.chown(log, 65534, 65534)
     code = (
-        "from collections import Counter\n"
-        "from monitord.audit.parser import ParseStats\n"
         "from monitord.config import SourceConfig\n"
         "from monitord.sources.file import FileSource\n"
-        f"s = FileSource(SourceConfig(path={str(log)!r}), ParseStats(), Counter())\n"
+        f"s = FileSource(SourceConfig(path={str(log)!r}))\n"
         "s.open(None); print(s.poll(timeout=0.05)); print(s.health().reason)\n"
     )
     # Root without CAP_DAC_* is refused a file of another user, as the monitord user would be;

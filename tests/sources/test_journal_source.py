@@ -116,20 +116,18 @@ def file_records(tmp: Path, lines: list[str]) -> tuple[list[AuditRecord], ParseS
     """What the file source reads from an audit.log holding these lines."""
     log = tmp / "audit.log"
     log.write_text("".join(line + "\n" for line in lines))
-    stats = ParseStats()
-    src = FileSource(SourceConfig(path=str(log), start="beginning"), stats, Counter())
+    src = FileSource(SourceConfig(path=str(log), start="beginning"))
     src.open(None)
     try:
-        return drain(src), stats
+        return drain(src), src.counters.parse
     finally:
         src.close()
 
 
 def journal_source(path: Path, **kw: object) -> tuple[JournalSource, ParseStats, Counter[str]]:
-    stats = ParseStats()
-    reopens: Counter[str] = Counter()
     config = SourceConfig(kind="journal", journal_dir=str(path), **kw)  # type: ignore[arg-type]
-    return JournalSource(config, stats, reopens=reopens), stats, reopens
+    src = JournalSource(config)
+    return src, src.counters.parse, src.counters.reopens
 
 
 def drain(src: FileSource | JournalSource, timeout: float = 10.0) -> list[AuditRecord]:
@@ -252,9 +250,9 @@ def test_malformed_entries_are_counted_and_skipped(tmp_path: Path) -> None:
         [bad_msg, no_serial, no_name, unbalanced, audit_entry(good, host)],
     )
     seen: list[tuple[str, bytes]] = []
-    stats = ParseStats()
     config = SourceConfig(kind="journal", journal_dir=str(tmp_path / "bad.journal"))
-    src = JournalSource(config, stats, on_error=lambda e, raw: seen.append((e.reason, raw)))
+    src = JournalSource(config, on_error=lambda e, raw: seen.append((e.reason, raw)))
+    stats = src.counters.parse
     src.open(None)
     got = drain(src)
     src.close()
@@ -409,10 +407,9 @@ def test_missing_journal_dir_is_a_user_error(tmp_path: Path) -> None:
 
 _HEALTH_PROBE = r"""
 import sys
-from monitord.audit.parser import ParseStats
 from monitord.config import SourceConfig
 from monitord.sources.journal import JournalSource
-src = JournalSource(SourceConfig(kind="journal", journal_dir=sys.argv[1] or None), ParseStats())
+src = JournalSource(SourceConfig(kind="journal", journal_dir=sys.argv[1] or None))
 src.open(None)
 print(src.health().ok, src.health().reason)
 """
