@@ -53,6 +53,9 @@ class StateConfig:
     max_label_values: int = 100
     # Records kept per guest for /api/v1/guests/{uuid} `events`.
     max_events: int = 50
+    # How often the processes of this host's running guests are checked (a guest whose
+    # QEMU died while libvirtd was down never gets a stop record).
+    process_check_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from monitord.sources.audisp import AudispSource
 from monitord.sources.base import Health, Source
 from monitord.sources.counters import SourceCounters
 from monitord.sources.file import FileSource
+from monitord.state import liveness
 from monitord.state.checkpoint import BackgroundSave, CheckpointStore
 from monitord.state.table import GuestTable
 
@@ -48,8 +49,8 @@ STATUS_EVERY: Final = 5.0
 STALL_AFTER: Final = 30.0
 BUSY_RETRY: Final = 0.1  # the previous background checkpoint is still being written
 # The scheduler's tasks.
-CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG = (
-    "checkpoint", "alerts", "reload", "expire", "status", "watchdog",
+CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG, PROCESSES = (
+    "checkpoint", "alerts", "reload", "expire", "status", "watchdog", "processes",
 )  # fmt: skip
 
 
@@ -275,6 +276,8 @@ class Daemon:
         sched.once(ALERTS, self._alerts_task)
         sched.once(RELOAD, self._reload)
         sched.every(EXPIRE, EXPIRE_EVERY, self._expire)
+        interval = self.config.state.process_check_interval
+        sched.every(PROCESSES, interval, self._check_processes, first=interval)
         if self.notifier.enabled:
             sched.every(STATUS, STATUS_EVERY, self._status)
         ping_every = self.notifier.ping_interval
@@ -337,6 +340,24 @@ class Daemon:
     def _alerts_task(self) -> None:
         self.alerts.tick(self.clock())
         self._arm_alerts()
+
+    def _check_processes(self) -> None:
+        """Report this host's running guests whose process is gone (docs/INTERFACE.md,
+        `process_gone`): libvirt writes no stop for a QEMU that died while libvirtd was
+        down. Only once caught up: an old log names processes long gone."""
+        source = self.source
+        if source is None or not source.caught_up:
+            return
+        for key, vm_pid, started_at in self.table.running_processes():
+            gone = liveness.check(vm_pid, started_at) is liveness.Liveness.GONE
+            if self.table.set_process_gone(key, vm_pid, gone) and gone:
+                g = self.table.guest_document(key[1], key[0]) or {}
+                log.warning(
+                    "guest %s (%s) is running according to the audit log, but its process "
+                    "%d is gone", g.get("name"), key[1], vm_pid,
+                )  # fmt: skip
+                self.alerts.process_gone(key[1], g.get("name"), g.get("virt"), vm_pid)
+                self._mark_dirty()
 
     def _expire(self) -> None:
         # Age is judged by record time, so replaying an old log forgets nothing early.

@@ -42,7 +42,6 @@ INTERFACE = ROOT / "docs" / "INTERFACE.md"
 LANDING = frozenset(
     {
         "docs/INSTALL.md",
-        "monitord/scheduler.py",
         "monitord/state/store.py",
         "debian",
     }
@@ -187,8 +186,8 @@ def test_every_command_and_flag_is_documented() -> None:
 def metric_families() -> set[str]:
     """Every family name /metrics serves for a populated table (prometheus-client's own
     process_* and python_* families aside)."""
-    table, telemetry = populated()
-    body = render(make_registry(table, telemetry, "0.0.0"), None)[0].decode()
+    table, stages = populated()
+    body = render(make_registry(table, "0.0.0", stages), None)[0].decode()
     names = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
     return {n for n in names if not n.startswith(("process_", "python_"))}
 
