@@ -111,12 +111,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """`--source=audisp` started as root by auditd (monitord/privileges.py)."""
+
+    # Who the plugin becomes once stdin, the state dir and the listener are open.
+    user: str = "monitord"
+    group: str | None = None  # None: the user's primary group
+    # Serve [http] from the plugin too; off unless asked (or `--listen` is given).
+    http: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     state: StateConfig = field(default_factory=StateConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    plugin: PluginConfig = field(default_factory=PluginConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -233,6 +245,8 @@ _VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (HttpConfig, "listen"): _check_listen,
     (WebhookConfig, "url"): _check_url,
     (LoggingConfig, "level"): _check_level,
+    (PluginConfig, "user"): _check_nonempty,
+    (PluginConfig, "group"): _check_nonempty,
 }
 _ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (AlertsConfig, "alertmanager"): _check_url,

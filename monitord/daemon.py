@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from monitord import __version__
+from monitord import __version__, privileges
 from monitord.alerts import AlertEngine
 from monitord.audit.parser import ParseError
 from monitord.config import Config, load_run_config
@@ -230,7 +230,11 @@ class Daemon:
         pipeline = Pipeline(self.table, self.telemetry, self.alerts, clock=self.clock)
         registry = make_registry(self.table, self.telemetry, __version__)
         self.web = WebServer(config.http, registry, self.table, self.health)
-        self.web.start()
+        if privileges.plugin_serves_http(config, self.overrides):
+            self.web.start()
+        # auditd starts the plugin as root: with stdin, state and listener open, become the
+        # unprivileged [plugin] user before the alert senders start (monitord/privileges.py).
+        privileges.drop_plugin_privileges(config)
         self.alerts.start()
         log.info(
             "monitord %s: source %s, listening on %s, state in %s",

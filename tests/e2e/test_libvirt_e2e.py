@@ -221,6 +221,7 @@ def test_monitord_follows_real_libvirt_like_virsh_sees_it(tmp_path: Path) -> Non
     config.write_text(
         '[state]\ncheckpoint_interval = "1s"\n'
         f'[alerts]\njournal = false\nalertmanager = ["{am.url}"]\n'
+        '[plugin]\nuser = "root"\n'  # tmp_path is root's alone; test_privileges tests the drop
     )
     config.chmod(0o600)
     plugin_port = free_port()
