@@ -269,7 +269,11 @@ def fresh_root(where: Path) -> Path:
     root.mkdir()
     if CACHE.exists() and time.time() - CACHE.stat().st_mtime < CACHE_MAX_AGE:
         with tarfile.open(CACHE) as tar:
-            tar.extractall(root, numeric_owner=True, filter="fully_trusted")
+            # Our own tarball, devices and all. Debian 12's Python 3.11.2 has no `filter`.
+            if hasattr(tarfile, "fully_trusted_filter"):
+                tar.extractall(root, numeric_owner=True, filter="fully_trusted")
+            else:
+                tar.extractall(root, numeric_owner=True)
         return root
     ok([need_tool("debootstrap"), "--variant=minbase", SUITE, str(root), MIRROR], timeout=900)
     CACHE.parent.mkdir(parents=True, exist_ok=True)
