@@ -192,6 +192,8 @@ def plugin_conf(plugins: Path, wrapper: Path, command: list[str]) -> None:
             line = f"path = {wrapper}"
         elif key == "args":
             continue
+        elif key == "active":
+            line = "active = yes"  # the shipped conf is inactive
         lines.append(line)
     plugins.mkdir(parents=True, exist_ok=True)
     conf = plugins / "monitord.conf"
