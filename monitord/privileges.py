@@ -4,10 +4,12 @@ auditd starts every plugin as root. `monitord run --source=audisp` needs root on
 for what it opens at start-up: stdin (already open), the state directory and, when
 configured, the listener (a port below 1024, a TLS key only root can read). Once those
 are open, the daemon calls `drop_plugin_privileges()`: it becomes `[plugin] user` and
-`group` with the user's supplementary groups (as systemd's User= does), sets
-no_new_privs, and keeps no capability. Going from uid 0 to a non-zero uid clears the
-permitted, effective and ambient sets (capabilities(7)), and glibc applies set*id()
-to every thread, so the threads already reading stdin and serving HTTP change too.
+`group` with the user's supplementary groups (as systemd's User= does) and keeps no
+capability. Going from uid 0 to a non-zero uid clears the permitted, effective and
+ambient sets (capabilities(7)), and glibc applies set*id() to every thread, so the
+threads already reading stdin and serving HTTP change too. no_new_privs is per thread:
+it is set on the main thread, and the threads it starts later inherit it (monitord
+execs nothing, so it only guards against a future exec).
 A parser or HTTP bug then runs as an unprivileged user, as in laurel.
 
 The service (monitord.service) needs none of this: systemd starts it as `monitord`.
