@@ -295,6 +295,8 @@ def debian(tmp_path: Path) -> Iterator[DebianRoot]:
         f"deb {SECURITY} {SUITE}-security main\n"
     )
     shutil.copy("/etc/resolv.conf", path / "etc/resolv.conf")
+    # A mirror's passing hiccup is not a failure of the package.
+    (path / "etc/apt/apt.conf.d/80retries").write_text('Acquire::Retries "3";\n')
     root = DebianRoot(path)
     try:
         root.enter()
