@@ -164,6 +164,17 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """`--source=audisp` started as root by auditd (monitord/privileges.py)."""
+
+    # Who the plugin becomes once stdin, the state dir and the listener are open.
+    user: str = "monitord"
+    group: str | None = None  # None: the user's primary group
+    # Serve [http] from the plugin too; off unless asked (or `--listen` is given).
+    http: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -171,6 +182,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    plugin: PluginConfig = field(default_factory=PluginConfig)
 
     @property
     def external_url(self) -> str:
@@ -316,6 +328,8 @@ _VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (IdentityConfig, "host"): _check_nonempty,
     (IdentityConfig, "external_url"): _check_url,
     (LoggingConfig, "level"): _check_level,
+    (PluginConfig, "user"): _check_nonempty,
+    (PluginConfig, "group"): _check_nonempty,
 }
 _ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {}
 # Array elements that may be written as a bare string: the string is this key of the table

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from monitord import __version__
+from monitord import __version__, privileges
 from monitord.alerts import AlertEngine, Identity
 from monitord.audit.parser import ParseError
 from monitord.config import Config, load_run_config
@@ -252,7 +252,11 @@ class Daemon:
         stages = (self.source_counters, self.pipeline, self.store.counters, self.alerts)
         registry = make_registry(self.table, __version__, stages)
         self.web = WebServer(config.http, registry, self.table, self.health)
-        self.web.start()
+        if privileges.plugin_serves_http(config, self.overrides):
+            self.web.start()
+        # auditd starts the plugin as root: with stdin, state and listener open, become the
+        # unprivileged [plugin] user before the alert senders start (monitord/privileges.py).
+        privileges.drop_plugin_privileges(config)
         self.alerts.start()
         self._schedule_timers()
         log.info(

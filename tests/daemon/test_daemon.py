@@ -95,7 +95,11 @@ def test_audisp_stdin_until_eof(tmp_path: Path) -> None:
         for i, line in enumerate(lines)
     )
     r, w = os.pipe()
-    d = MonitordProcess(tmp_path / "state", ["--source", "audisp"], stdin=r)
+    # As root the plugin would become [plugin] user (tests/deploy/test_privileges.py); stay.
+    config = tmp_path / "monitord.toml"
+    config.write_text('[plugin]\nuser = "root"\n')
+    args = ["--source", "audisp", "--config", str(config)]
+    d = MonitordProcess(tmp_path / "state", args, stdin=r)
     d.start()
     os.close(r)
     os.write(w, stream[: len(stream) // 2])

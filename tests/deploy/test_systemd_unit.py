@@ -18,7 +18,7 @@ from tests.conftest import ROOT, need_tool
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "monitord.service"
 PLUGIN = DEPLOY / "audit" / "plugins.d" / "monitord.conf"
-INSTALLED_BINARY = "/usr/local/bin/monitord"  # where scripts/install.sh links monitord
+INSTALLED_BINARY = "/usr/bin/monitord"  # where the Debian package installs monitord
 # `systemd-analyze security` exposure (0-10) the unit must stay at or below; README states it.
 EXPOSURE_LIMIT = 2.0
 
@@ -163,7 +163,7 @@ def test_plugin_conf_is_what_auditd_accepts() -> None:
     """The plugin conf has auditd's keys and at most 2 args (auditd's limit)."""
     s = {k: v[0] for k, v in settings(PLUGIN.read_text()).items()}
     assert s == {
-        "active": "yes",
+        "active": "no",  # installed inactive: the service is the default way to run
         "direction": "out",
         "path": INSTALLED_BINARY,
         "type": "always",

@@ -192,6 +192,8 @@ def plugin_conf(plugins: Path, wrapper: Path, command: list[str]) -> None:
             line = f"path = {wrapper}"
         elif key == "args":
             continue
+        elif key == "active":
+            line = "active = yes"  # the shipped conf is inactive
         lines.append(line)
     plugins.mkdir(parents=True, exist_ok=True)
     conf = plugins / "monitord.conf"
@@ -221,6 +223,7 @@ def test_monitord_follows_real_libvirt_like_virsh_sees_it(tmp_path: Path) -> Non
     config.write_text(
         '[state]\ncheckpoint_interval = "1s"\n'
         f'[alerts]\njournal = false\nalertmanager = ["{am.url}"]\n'
+        '[plugin]\nuser = "root"\n'  # tmp_path is root's alone; test_privileges tests the drop
     )
     config.chmod(0o600)
     plugin_port = free_port()

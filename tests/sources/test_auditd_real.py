@@ -64,6 +64,8 @@ def test_audisp_plugin_receives_every_record(tmp_path: Path) -> None:
     conf.write_text(
         f'[source]\nkind = "audisp"\n[state]\ndir = "{state}"\ncheckpoint_interval = "1s"\n'
         f'[http]\nlisten = "127.0.0.1:{port}"\n[alerts]\njournal = false\n'
+        # Stays root (tmp_path is root's alone); tests/deploy/test_privileges.py tests the drop.
+        '[plugin]\nuser = "root"\nhttp = true\n'
     )
     conf.chmod(0o600)
     template = (ROOT / "deploy" / "audit" / "plugins.d" / "monitord.conf").read_text()
