@@ -41,9 +41,7 @@ INTERFACE = ROOT / "docs" / "INTERFACE.md"
 # branch is merged: once the file exists, the test below asks to remove it.
 LANDING = frozenset(
     {
-        "docs/INSTALL.md",
         "monitord/state/store.py",
-        "debian",
     }
 )
 
