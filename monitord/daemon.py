@@ -49,8 +49,8 @@ STATUS_EVERY: Final = 5.0
 STALL_AFTER: Final = 30.0
 BUSY_RETRY: Final = 0.1  # the previous background checkpoint is still being written
 # The scheduler's tasks.
-CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG, PROCESSES = (
-    "checkpoint", "alerts", "reload", "expire", "status", "watchdog", "processes",
+CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG, RESCAN, PROCESSES = (
+    "checkpoint", "alerts", "reload", "expire", "status", "watchdog", "rescan", "processes",
 )  # fmt: skip
 
 
@@ -279,6 +279,9 @@ class Daemon:
         sched.once(CHECKPOINT, self._checkpoint_task)
         sched.once(ALERTS, self._alerts_task)
         sched.once(RELOAD, self._reload)
+        # The source re-checks its input at every wake-up; this is the wake-up that makes sure
+        # it does so every rescan_interval, on the same grid as the other periodic tasks.
+        sched.every(RESCAN, self.config.source.rescan_interval, lambda: None)
         sched.every(EXPIRE, EXPIRE_EVERY, self._expire)
         interval = self.config.state.process_check_interval
         sched.every(PROCESSES, interval, self._check_processes, first=interval)
@@ -296,8 +299,8 @@ class Daemon:
         while not self.flags.stop:
             source = self.source
             assert source is not None
-            # Idle, the loop sleeps as long as the source's safety re-check, or until a
-            # timer is due: a checkpoint of unsaved state, an alert to resolve, a ping.
+            # Idle, the loop sleeps until a timer is due: the source's safety re-check, a
+            # checkpoint of unsaved state, an alert to resolve or re-send, a ping.
             timeout = sched.timeout(self.config.source.rescan_interval)
             live = source.caught_up
             records = source.poll(timeout, wake)

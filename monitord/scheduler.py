@@ -1,10 +1,11 @@
 """The daemon loop's timers: named tasks with next-due times, and how long the loop may sleep.
 
 The loop blocks in its source's poll until data arrives or the earliest task is
-due, then runs what is due. A periodic task is due again `interval` after it
-ran; a one-shot task runs once each time it is scheduled, so a task with
-nothing to do (no unsaved state, no firing alert) costs no wake-up at all.
-Times are monotonic seconds from an injected clock.
+due, then runs what is due. A periodic task keeps its phase (due every
+`interval` from its first run, so tasks of related periods share wake-ups
+instead of drifting apart); a one-shot task runs once each time it is
+scheduled, so a task with nothing to do (no unsaved state, no firing alert)
+costs no wake-up at all. Times are monotonic seconds from an injected clock.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class Scheduler:
     def run_due(self) -> list[str]:
         """Run every task due by now, earliest first; return their names.
 
-        A task is rescheduled (periodic) or unscheduled (one-shot) before its
+        A task is rescheduled (periodic: one interval after its due time, or after
+        now if it is late by more than that) or unscheduled (one-shot) before its
         action runs, so the action may schedule it again, sooner or later.
         """
         now = self.clock()
@@ -96,7 +98,12 @@ class Scheduler:
             if task.due is None or task.due > now:
                 continue  # an earlier action cancelled or postponed it
             task.last_run = now
-            task.due = None if task.interval is None else now + task.interval
+            if task.interval is None:
+                task.due = None
+            else:
+                task.due = task.due + task.interval
+                if task.due <= now:
+                    task.due = now + task.interval
             task.action()
             ran.append(task.name)
         return ran

@@ -171,7 +171,10 @@ def test_idle_loop_with_alerts_firing_does_not_tick(tmp_path: Path) -> None:
                     return int(line.split()[1])
             raise AssertionError("no voluntary_ctxt_switches")
 
-        time.sleep(1.0)  # the checkpoint after the records, and its child reaped
+        checkpoint = tmp_path / "state" / "checkpoint.json"
+        # The checkpoint after the records (up to checkpoint_interval later), its child reaped.
+        wait_until(lambda: json.loads(checkpoint.read_text())["telemetry"]["parse"]["records"])
+        time.sleep(0.5)
         before = wakeups()
         time.sleep(4.0)
         assert wakeups() - before <= 1  # it was 4 or more with a tick every second

@@ -36,6 +36,24 @@ def test_periodic_task_runs_at_start_then_every_interval() -> None:
     assert ran == ["expire", "expire"]
 
 
+def test_periodic_tasks_keep_their_phase() -> None:
+    """A periodic task run a little late stays on its grid, so a 5 s and a 15 s task keep
+    sharing one wake-up every 15 s; run later than a whole interval, it starts over from now."""
+    sched, clock, ran = make()
+    sched.every("status", 5.0, lambda: ran.append("status"))
+    sched.every("watchdog", 15.0, lambda: ran.append("watchdog"))
+    wakeups = 0
+    while ran.count("status") < 12:
+        sched.run_due()
+        wakeups += 1
+        clock.now += sched.timeout(60.0) + 0.003  # each wake-up a little late
+    assert ran.count("watchdog") == 4 and wakeups == 12
+    assert clock.now == pytest.approx(1000.0 + 60.0 + 0.003)  # lateness does not add up
+    clock.now += 40.0  # a stall longer than both intervals
+    assert sched.run_due() == ["status", "watchdog"]
+    assert sched.due("status") == pytest.approx(clock.now + 5.0)
+
+
 def test_first_run_can_be_delayed() -> None:
     """`first` puts the first run later than now."""
     sched, clock, _ = make()
