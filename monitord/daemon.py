@@ -81,6 +81,7 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         source_factory: Callable[[Config], Source] | None = None,
+        table: GuestTable | None = None,
     ) -> None:
         self.config = config
         self.overrides = overrides
@@ -90,7 +91,7 @@ class Daemon:
         self.source_factory = source_factory
         # The stages, each built once: restoring a checkpoint loads into them, never
         # replaces them, so whoever holds one (the exporter, the pipeline) keeps the live one.
-        self.table = GuestTable(config.state, clock=clock)
+        self.table = table if table is not None else GuestTable(config.state, clock=clock)
         self.store = CheckpointStore(config.state.dir, clock)
         self._background = BackgroundSave(self.store, clock)
         self.source_counters = SourceCounters(config.source.kind)
