@@ -1,5 +1,5 @@
-"""Metrics from the guest table and each stage's counters (CONTRACT.md "Metrics"), on injected
-registries."""
+"""Metrics from the guest table and each stage's counters (docs/INTERFACE.md, metrics), on
+injected registries."""
 
 from __future__ import annotations
 
