@@ -185,9 +185,9 @@ class AlertEngine:
         return due
 
     def _recompute_due(self) -> None:
-        with self._lock:
-            due = self._due
-            self._next_due = min((due(a) for a in self._active.values()), default=None)
+        """Scan the firing alerts for the earliest due time (call with `_lock` held)."""
+        due = self._due
+        self._next_due = min((due(a) for a in self._active.values()), default=None)
 
     def next_due(self) -> float | None:
         """Return when `tick` has work next (clock time), None while no alert fires."""
@@ -211,8 +211,7 @@ class AlertEngine:
                         if active.last_sent + resend_interval <= now:
                             active.last_sent = now
                             resend.append(active.alert)
-            due = self._due
-            self._next_due = min((due(a) for a in self._active.values()), default=None)
+            self._recompute_due()
         if resolved:
             for worker in self._all:
                 worker.put_many(resolved)
@@ -303,7 +302,8 @@ class AlertEngine:
                 worker.start()
         self.config = config
         self._install(new)
-        self._recompute_due()  # resolve_after, resend_interval or the Alertmanagers changed
+        with self._lock:
+            self._recompute_due()  # resolve_after, resend_interval or the Alertmanagers changed
         # Retired workers finish in the background: SIGHUP must not stall the daemon loop.
         self._stop(retired.values(), config.drain_timeout, wait=False)
 
@@ -342,7 +342,7 @@ class AlertEngine:
                 log.warning("alerts: skipped a bad alert in the checkpoint: %s", exc)
         with self._lock:
             self._active = restored
-        self._recompute_due()
+            self._recompute_due()
 
     @property
     def workers(self) -> Sequence[DeliveryWorker]:
