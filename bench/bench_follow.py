@@ -198,9 +198,8 @@ class InProcessDaemon:
             alerts=AlertsConfig(journal=False),
         )
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.daemon = Daemon(self.config)
-        self.table = StampedTable(self.config.state, clock=self.daemon.clock)
-        self.daemon.table = self.table
+        self.table = StampedTable(self.config.state)
+        self.daemon = Daemon(self.config, table=self.table)
         self.thread = threading.Thread(target=self.daemon.run, name="ingestion", daemon=True)
 
     def start(self, timeout: float = 120.0) -> None:

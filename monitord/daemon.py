@@ -72,6 +72,7 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         source_factory: Callable[[Config], Source] | None = None,
+        table: GuestTable | None = None,
     ) -> None:
         self.config = config
         self.overrides = overrides
@@ -81,7 +82,11 @@ class Daemon:
         self.source_factory = source_factory
         # The stages, each built once: restoring a checkpoint loads into them, never
         # replaces them, so whoever holds one (the exporter, the pipeline) keeps the live one.
-        self.table = GuestTable(config.state, clock=clock, host=config.identity.host)
+        self.table = (
+            table
+            if table is not None
+            else GuestTable(config.state, clock=clock, host=config.identity.host)
+        )
         self.store = CheckpointStore(config.state.dir, clock)
         self._background = BackgroundSave(self.store, clock)
         self.source_counters = SourceCounters(config.source.kind)

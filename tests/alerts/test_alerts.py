@@ -323,6 +323,31 @@ def test_repeated_failure_is_one_alert_and_extends_resolve_after(receiver: Recei
     assert statuses == ["firing", "firing", "resolved", "resolved"]
 
 
+def test_next_due_names_the_next_resolve_or_resend() -> None:
+    """The engine tells the loop when it next has work: nothing while no alert fires, the
+    earliest resolve (or re-send, with Alertmanager) otherwise; never a fixed tick."""
+    now = [1000.0]
+    engine = AlertEngine(fast(resolve_after=600.0), BASE, clock=lambda: now[0])
+    assert engine.next_due() is None
+    engine.observe(record(serial=1), live=True)
+    assert engine.next_due() == 1600.0
+    now[0] = 1100.0
+    engine.observe(record(serial=2, uuid="00000000-0000-0000-0000-000000000001"), live=True)
+    assert engine.next_due() == 1600.0  # the first one still resolves first
+    engine.tick(1300.0)  # early: nothing to do, the due time stays
+    assert engine.next_due() == 1600.0 and len(engine.firing()) == 2
+    engine.tick(1600.0)
+    assert len(engine.firing()) == 1 and engine.next_due() == 1700.0
+    engine.tick(1700.0)
+    assert engine.firing() == [] and engine.next_due() is None
+    # With Alertmanager the re-send comes first; a reload that adds it moves the due time.
+    engine.observe(record(serial=3), live=True)  # at 1100
+    assert engine.next_due() == 1700.0
+    engine.reconfigure(fast(resolve_after=600.0, alertmanager=("http://127.0.0.1:9/",)))
+    assert engine.next_due() == 1100.0 + engine.config.resend_interval
+    engine.close(0.0)
+
+
 def test_webhook_payload_has_alertmanager_shape_and_bearer_token(
     receiver: Receiver, tmp_path: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""Metrics from the guest table and telemetry (docs/INTERFACE.md "Metrics")."""
+"""Metrics from the guest table and each stage's counters (docs/INTERFACE.md, "Metrics")."""
 
 from __future__ import annotations
 
