@@ -327,7 +327,7 @@ def test_next_due_names_the_next_resolve_or_resend() -> None:
     """The engine tells the loop when it next has work: nothing while no alert fires, the
     earliest resolve (or re-send, with Alertmanager) otherwise; never a fixed tick."""
     now = [1000.0]
-    engine = AlertEngine(fast(resolve_after=600.0), BASE, clock=lambda: now[0])
+    engine = AlertEngine(fast(resolve_after=600.0), IDENT, clock=lambda: now[0])
     assert engine.next_due() is None
     engine.observe(record(serial=1), live=True)
     assert engine.next_due() == 1600.0
@@ -339,11 +339,13 @@ def test_next_due_names_the_next_resolve_or_resend() -> None:
     engine.tick(1600.0)
     assert len(engine.firing()) == 1 and engine.next_due() == 1700.0
     engine.tick(1700.0)
-    assert engine.firing() == [] and engine.next_due() is None
+    # Nothing fires; the resolutions are kept (and would be re-sent) for the retention.
+    assert engine.firing() == []
+    assert engine.next_due() == 1600.0 + engine.config.resolved_retention
     # With Alertmanager the re-send comes first; a reload that adds it moves the due time.
     engine.observe(record(serial=3), live=True)  # at 1100
     assert engine.next_due() == 1700.0
-    engine.reconfigure(fast(resolve_after=600.0, alertmanager=("http://127.0.0.1:9/",)))
+    engine.reconfigure(fast(resolve_after=600.0, alertmanager=alertmanagers("http://127.0.0.1:9/")))
     assert engine.next_due() == 1100.0 + engine.config.resend_interval
     engine.close(0.0)
 
