@@ -15,6 +15,7 @@ from monitord.config import StateConfig
 from monitord.pipeline import Pipeline
 from monitord.state.table import GuestTable
 from monitord.telemetry import Telemetry
+from monitord.textout import printable_doc
 
 
 def replay(
@@ -54,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
     # The document has no `events`: keeping none saves their memory.
     table = GuestTable(StateConfig(max_events=0))
     telemetry = replay(inputs, table)
-    doc = table.document()
+    # Names with bytes that are not UTF-8 are shown escaped (monitord/textout.py).
+    doc = printable_doc(table.document())
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")

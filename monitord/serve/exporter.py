@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from monitord.audit.parser import IGNORED_REASONS, PARSE_ERROR_REASONS
 from monitord.state.table import DEVICE_KINDS, DEVICE_LISTS, STATES, GuestRow, GuestTable, Snapshot
 from monitord.telemetry import Telemetry
+from monitord.textout import printable
 
 __all__ = ["GUEST_FAMILIES", "MonitordRegistry", "make_registry", "render"]
 
@@ -58,7 +59,9 @@ ALWAYS_KINDS: Final = frozenset({"disks", "nics"})
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    """A label value as the exposition writes it: UTF-8-safe (bytes that are not UTF-8 as
+    `\\xHH`, see monitord/textout.py), then backslash, newline and quote escaped."""
+    return printable(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _labels(names: Iterable[str], values: Iterable[str]) -> str:
@@ -118,7 +121,7 @@ class GuestCollector(Collector):
             key = _guest_key(row)
             for family, samples in zip(families, _guest_samples(row), strict=True):
                 for extra_values, value in samples:
-                    family.add_metric([*key, *extra_values], value)
+                    family.add_metric([printable(v) for v in (*key, *extra_values)], value)
         yield from families
 
 
@@ -141,12 +144,17 @@ def table_families(snap: Snapshot) -> Iterator[Metric]:
     )  # fmt: skip
     for name, help_text, label_names, values in counters:
         family = CounterMetricFamily(name, help_text, labels=label_names)
-        for key, n in sorted(values.items()):
-            family.add_metric(list(key), n)
+        # Printable values may coincide (a byte, and `\xHH` spelt out): one series, counts added.
+        shown: dict[tuple[str, ...], int] = {}
+        for key, n in values.items():
+            label_values = tuple(map(printable, key))
+            shown[label_values] = shown.get(label_values, 0) + n
+        for label_values, n in sorted(shown.items()):
+            family.add_metric(list(label_values), n)
         yield family
     counts: dict[tuple[str, str], int] = {}
     for row in snap.guests:
-        k = (row.virt or "", row.state)
+        k = (printable(row.virt or ""), row.state)
         counts[k] = counts.get(k, 0) + 1
     domains = GaugeMetricFamily(
         "libvirt_audit_domains",
