@@ -3,10 +3,13 @@ files re-read on reload, plain HTTP on the TLS port, bad files as config errors.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 
 from monitord.config import HttpConfig, parse_config
@@ -23,6 +27,7 @@ from tests.conftest import need_tool
 from tests.daemonproc import free_port, monitord_cmd
 from tests.serve.test_web import make_server
 from tests.serve.tlsfiles import TlsFiles, make_ca, make_cert, make_tls_files
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +252,66 @@ def test_client_cert_settings_checked_in_config() -> None:
     )
     assert ok.http.client_auth_type == "RequireAndVerifyClientCert"
     assert json.dumps(ok.http.min_version) == '"TLS13"'
+
+
+def test_sighup_reloads_tls_files_and_users_of_a_running_daemon(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    """`monitord run` with TLS and basic auth: after the certificate file is replaced and a
+    user added, SIGHUP makes new connections see both, without a restart."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(tls.server_cert, cert)
+    shutil.copy(tls.server_key, key)
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    port = free_port()
+    config = tmp_path / "monitord.toml"
+
+    def write_config(users: str) -> None:
+        config.write_text(
+            f'[http]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+            f"[http.basic_auth_users]\n{users}"
+        )
+        config.chmod(0o600)
+
+    write_config(f'a = "{hashed}"\n')
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    out = (tmp_path / "daemon.log").open("wb")
+    proc = subprocess.Popen(
+        [*monitord_cmd(), "run", "--config", str(config), "--audit-log", str(log),
+         "--state-dir", str(tmp_path / "state")],
+        stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def status(user: str) -> int:
+        token = base64.b64encode(f"{user}:pw".encode()).decode()
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=client_context(tls), timeout=5
+        )
+        try:
+            conn.request("GET", "/healthz", headers={"Authorization": f"Basic {token}"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        wait_until(lambda: status("a") in (200, 503), timeout=30, what="listening",
+                   ignore=(OSError,))  # fmt: skip
+        assert status("b") == 401
+        renewed = make_cert(tmp_path, "renewed", (tls.ca, tls.ca.with_suffix(".key")))
+        shutil.copy(renewed[0], cert)
+        shutil.copy(renewed[1], key)
+        write_config(f'a = "{hashed}"\nb = "{hashed}"\n')
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: status("b") in (200, 503), timeout=15, what="user b after SIGHUP",
+                   ignore=(OSError,))  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw_sock:
+            ctx = client_context(tls)
+            with ctx.wrap_socket(raw_sock, server_hostname="127.0.0.1") as s:
+                der = s.getpeercert(binary_form=True)
+        assert der == ssl.PEM_cert_to_DER_cert(renewed[0].read_text())
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        out.close()
