@@ -10,8 +10,8 @@ What an adversarial client meets:
 - a deadline for the whole request head (TLS handshake included), not per read;
 - at most `max_connections_per_client` connections per address (more are
   closed at once), and at most `max_connections` in all: then the connection
-  that has waited longest for a request head makes room once it has waited a
-  second, and new connections wait in the listen backlog until one does;
+  that has waited longest for a request head makes room once it has waited
+  DISPLACE_AFTER, and new connections wait in the listen backlog until one does;
 - scrapes share renders: one render at a time per kind of answer, reused while
   younger than `cache_max_age`, kept in memory maps that go back to the system
   when the last client has its copy;
@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import html
 import ipaddress
+import itertools
 import logging
 import mmap
 import os
@@ -72,8 +73,9 @@ SEND_BLOCK: Final = 256 * 1024
 # Bodies at least this large live in their own memory map (returned to the system when
 # freed, whatever glibc's malloc thresholds have become); smaller ones are plain bytes.
 MAP_AT_LEAST: Final = 256 * 1024
-# At max_connections, a connection waiting this long for a request head makes room.
-DISPLACE_AFTER: Final = 1.0
+# At max_connections, a connection waiting this long for a request head makes room: long
+# enough for a client to send its request (or finish a TLS handshake) across the world.
+DISPLACE_AFTER: Final = 0.25
 # Bodies smaller than this are never compressed.
 GZIP_AT_LEAST: Final = 512
 GZIP_LEVEL: Final = 1
@@ -308,20 +310,14 @@ def _collect(parts: Iterable[bytes], size: int) -> bytes | memoryview:
 
     A map is unmapped when its last reader lets go, so the memory of a large
     answer goes back to the system at once, whatever malloc would have kept.
+    Parts are joined a few thousand at a time (in C), never into one big string.
     """
     if size < MAP_AT_LEAST:
         return b"".join(parts)
     area = mmap.mmap(-1, size)
-    block: list[bytes] = []
-    held = 0
-    for part in parts:
-        block.append(part)
-        held += len(part)
-        if held >= 64 * 1024:
-            area.write(b"".join(block))
-            block, held = [], 0
-    if block:
-        area.write(b"".join(block))
+    pieces = iter(parts)
+    while block := b"".join(itertools.islice(pieces, 2048)):
+        area.write(block)
     return memoryview(area)
 
 
