@@ -86,7 +86,7 @@ class HttpConfig:
     header_timeout: float = 10.0
     # A kept-alive connection may wait this long for its next request.
     idle_timeout: float = 90.0
-    # A client must take each 256 KiB block of an answer within this.
+    # An answer must be sent completely within this (a slow reader is cut off).
     write_timeout: float = 30.0
     # Scrapes (and guest lists) within this age share one render; 0: one render per
     # request, still one at a time.

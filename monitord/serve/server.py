@@ -10,8 +10,9 @@ What an adversarial client meets:
 - a deadline for the whole request head (TLS handshake included), not per read;
 - at most `max_connections_per_client` connections per address (more are
   closed at once), and at most `max_connections` in all: then the connection
-  that has waited longest for a request head makes room once it has waited
-  DISPLACE_AFTER, and new connections wait in the listen backlog until one does;
+  that has waited longest for its request head makes room (after 0.25 s with
+  part of a head, 1 s with none), and new connections wait in the listen
+  backlog until one does;
 - scrapes share renders: one render at a time per kind of answer, reused while
   younger than `cache_max_age`, kept in memory maps that go back to the system
   when the last client has its copy;
@@ -23,38 +24,44 @@ HTTP/1.1 keep-alive and `Accept-Encoding: gzip`, as Prometheus scrapes.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import email.utils
-import hashlib
-import hmac
+import functools
 import html
 import ipaddress
-import itertools
 import logging
-import mmap
-import os
 import re
 import socket
 import ssl
 import threading
 import time
-import zlib
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from monitord.config import BasicAuthUser, HttpConfig
+from monitord.config import HttpConfig
 from monitord.errors import ConfigError, RuntimeFailure
 from monitord.logsetup import RateLimitedLogger
 from monitord.serve import exporter
+from monitord.serve.access import BasicAuth, FailedLogins, tls_context
+from monitord.serve.answers import Body, RenderCache, collect, document_parts, gzipped
+from monitord.serve.wire import (
+    MAX_HEAD,
+    MAX_REQUEST_LINE,
+    REASONS,
+    Answer,
+    BadRequest,
+    Request,
+    error_answer,
+    head_end,
+    parse_head,
+)
 from monitord.state.table import GuestTable
-from monitord.textout import JSON_ERRORS, json_bytes
+from monitord.textout import json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -64,37 +71,18 @@ UUID_RE: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
 GUEST_PREFIX: Final = "/api/v1/guests/"
-MAX_REQUEST_LINE: Final = 8 * 1024
-MAX_HEAD: Final = 64 * 1024
-MAX_HEADERS: Final = 100
 READ_SIZE: Final = 16 * 1024
-# An answer goes out in blocks of this size; a client must take each within write_timeout.
+# An answer goes out in blocks of this size (a transport buffers at most one).
 SEND_BLOCK: Final = 256 * 1024
-# Bodies at least this large live in their own memory map (returned to the system when
-# freed, whatever glibc's malloc thresholds have become); smaller ones are plain bytes.
-MAP_AT_LEAST: Final = 256 * 1024
-# At max_connections, a connection waiting this long for a request head makes room: long
-# enough for a client to send its request (or finish a TLS handshake) across the world.
+# At max_connections, a connection that has sent part of a request head for this long makes
+# room (the slowloris signature); one that has sent nothing (new, or idle between requests)
+# after DISPLACE_SILENT_AFTER, which leaves a crowd of new clients the time to send theirs.
 DISPLACE_AFTER: Final = 0.25
+DISPLACE_SILENT_AFTER: Final = 1.0
 # Bodies smaller than this are never compressed.
 GZIP_AT_LEAST: Final = 512
-GZIP_LEVEL: Final = 1
 # bcrypt checks waiting at once, over all clients; beyond it: 429.
 MAX_PENDING_AUTH: Final = 16
-# Addresses remembered for failed logins (least recently failing forgotten first).
-MAX_AUTH_CLIENTS: Final = 4096
-TLS_VERSIONS: Final = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-CLIENT_AUTH: Final = {
-    "NoClientCert": ssl.CERT_NONE,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-REASONS: Final = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-    405: "Method Not Allowed", 414: "URI Too Long", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    503: "Service Unavailable", 505: "HTTP Version Not Supported",
-}  # fmt: skip
 PLAIN_ON_TLS: Final = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -144,397 +132,6 @@ def parse_listen(listen: str) -> tuple[socket.AddressFamily, str, int]:
     return family, str(addr[0]), port
 
 
-def tls_context(config: HttpConfig) -> ssl.SSLContext | None:
-    """Build the server's TLS context from the files named in config (read now).
-
-    A file that cannot be used is a ConfigError: exit 2 at start-up, and on
-    reload the running context stays.
-    """
-    cert, key = config.tls_cert, config.tls_key
-    if not cert and not key:
-        return None
-    if not cert or not key:
-        raise ConfigError("http: tls_cert and tls_key must be given together")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = TLS_VERSIONS[config.min_version]
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise ConfigError(
-            f"http: cannot load TLS certificate {cert} / key {key}: {reason}"
-        ) from None
-    ctx.verify_mode = CLIENT_AUTH[config.client_auth_type]
-    if config.client_ca_file:
-        try:
-            ctx.load_verify_locations(cafile=config.client_ca_file)
-        except (OSError, ssl.SSLError) as err:
-            reason = getattr(err, "strerror", None) or str(err)
-            raise ConfigError(
-                f"http: cannot load client_ca_file {config.client_ca_file}: {reason}"
-            ) from None
-    return ctx
-
-
-def _bcrypt_cost(hashed: bytes) -> int:
-    try:
-        return int(hashed.split(b"$")[2])
-    except (IndexError, ValueError):
-        return 10
-
-
-class BasicAuth:
-    """HTTP basic auth against bcrypt hashes (Prometheus exporter-toolkit's web.yml).
-
-    bcrypt is slow on purpose. A verified (user, password) pair is remembered by
-    a keyed SHA-256, so a scraper's repeated requests cost one HMAC each. Every
-    other attempt costs one bcrypt: an unknown user is checked against a dummy
-    hash of the users' highest cost, so the time taken does not tell whether
-    the user exists.
-    """
-
-    def __init__(self, users: tuple[BasicAuthUser, ...]) -> None:
-        import bcrypt  # only needed when basic auth is configured
-
-        self._bcrypt = bcrypt
-        self.users = {u.username: u.password_hash.encode() for u in users}
-        cost = max((_bcrypt_cost(h) for h in self.users.values()), default=10)
-        self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=cost))
-        self._key = os.urandom(32)
-        self._ok: set[bytes] = set()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def credentials(header: str | None) -> tuple[str, str] | None:
-        """(user, password) from an Authorization header, None if it has none."""
-        if not header or not header.startswith("Basic "):
-            return None
-        try:
-            user, sep, password = (
-                base64.b64decode(header[6:], validate=True).decode().partition(":")
-            )
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return (user, password) if sep else None
-
-    def _token(self, user: str, password: str) -> bytes:
-        return hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
-
-    def known_good(self, user: str, password: str) -> bool:
-        """True if this pair was verified before (no bcrypt needed)."""
-        token = self._token(user, password)
-        with self._lock:
-            return token in self._ok
-
-    def verify(self, user: str, password: str) -> bool:
-        """The slow check: one bcrypt, known user or not."""
-        hashed = self.users.get(user)
-        try:
-            ok = bool(self._bcrypt.checkpw(password.encode(), hashed or self._dummy))
-        except ValueError:
-            ok = False
-        ok = ok and hashed is not None
-        if ok:
-            with self._lock:
-                if len(self._ok) > 1024:
-                    self._ok.clear()
-                self._ok.add(self._token(user, password))
-        return ok
-
-    def check(self, header: str | None) -> bool:
-        """Whether the Authorization header names a user with the right password."""
-        creds = self.credentials(header)
-        if creds is None:
-            return False
-        return self.known_good(*creds) or self.verify(*creds)
-
-
-class FailedLogins:
-    """A token bucket of failed logins per client address: `burst`, refilled over `interval`.
-
-    A try takes a token before its bcrypt and gets it back when it succeeds, so
-    parallel guesses are bounded as well as sequential ones.
-    """
-
-    def __init__(self, burst: int, interval: float, clock: Callable[[], float]) -> None:
-        self.burst = burst
-        self.interval = interval
-        self.clock = clock
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
-
-    def _bucket(self, address: str) -> list[float]:
-        now = self.clock()
-        bucket = self._buckets.get(address)
-        if bucket is None:
-            if len(self._buckets) >= MAX_AUTH_CLIENTS:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[address] = [float(self.burst), now]
-        else:
-            rate = self.burst / self.interval
-            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * rate)
-            bucket[1] = now
-            self._buckets.move_to_end(address)
-        return bucket
-
-    def take(self, address: str) -> bool:
-        bucket = self._bucket(address)
-        if bucket[0] < 1.0:
-            return False
-        bucket[0] -= 1.0
-        return True
-
-    def give_back(self, address: str) -> None:
-        bucket = self._bucket(address)
-        bucket[0] = min(float(self.burst), bucket[0] + 1.0)
-
-    def retry_after(self, address: str) -> int:
-        bucket = self._bucket(address)
-        return max(1, int((1.0 - bucket[0]) * self.interval / self.burst + 0.999))
-
-
-# -- bodies --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """A rendered answer shared by every client that asks within `cache_max_age`."""
-
-    data: bytes | memoryview
-    content_type: str
-    made: float  # monotonic time the data was taken from the table
-    gzip: bool = False
-
-
-def _collect(parts: Iterable[bytes], size: int) -> bytes | memoryview:
-    """Join parts: small results as bytes, large ones in a memory map of their own.
-
-    A map is unmapped when its last reader lets go, so the memory of a large
-    answer goes back to the system at once, whatever malloc would have kept.
-    Parts are joined a few thousand at a time (in C), never into one big string.
-    """
-    if size < MAP_AT_LEAST:
-        return b"".join(parts)
-    area = mmap.mmap(-1, size)
-    pieces = iter(parts)
-    while block := b"".join(itertools.islice(pieces, 2048)):
-        area.write(block)
-    return memoryview(area)
-
-
-def gzipped(body: Body) -> Body:
-    """The gzip form of a body (level 1: a tenth of the size for a fraction of the time)."""
-    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    view = memoryview(body.data)
-    out = [packer.compress(view[i : i + (1 << 20)]) for i in range(0, len(view), 1 << 20)]
-    out.append(packer.flush())
-    return Body(_collect(out, sum(map(len, out))), body.content_type, body.made, gzip=True)
-
-
-def document_parts(doc: dict[str, Any]) -> list[bytes]:
-    """Encode a guest list document guest by guest: the same bytes as one `json_bytes`,
-    without a multi-MiB string for 10,000 guests."""
-    dumps = exporter_json.encode
-    parts: list[bytes] = []
-    sep = b"{"
-    for key, value in doc.items():
-        parts.append(sep + dumps(key).encode("utf-8", JSON_ERRORS) + b":")
-        sep = b","
-        if key == "guests" and isinstance(value, list):
-            parts.append(b"[")
-            parts.extend(
-                (b"," if i else b"") + dumps(item).encode("utf-8", JSON_ERRORS)
-                for i, item in enumerate(value)
-            )
-            parts.append(b"]")
-        else:
-            parts.append(dumps(value).encode("utf-8", JSON_ERRORS))
-    parts.append(b"}\n" if doc else b"{}\n")
-    return parts
-
-
-def _json_encoder() -> Any:
-    import json
-
-    return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-exporter_json: Final = _json_encoder()
-
-
-class RenderCache:
-    """Single flight and reuse of rendered answers, used from the event loop only.
-
-    `get(key, make)` returns the cached body when younger than `max_age`; else
-    the render in flight for that key, or a new one started in the render
-    thread. A cached body is dropped once too old even if nobody asks again,
-    so an idle daemon keeps no rendered text.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        executor: ThreadPoolExecutor,
-        max_age: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.loop = loop
-        self.executor = executor
-        self.max_age = max_age
-        self.clock = clock
-        self.renders: Counter[str] = Counter()  # renders started, by key kind (tests, bench)
-        self._bodies: dict[Any, Body] = {}
-        self._flights: dict[Any, asyncio.Future[Body]] = {}
-
-    async def get(self, key: Any, make: Callable[[], Body]) -> Body:
-        hit = self._bodies.get(key)
-        if hit is not None and self.clock() - hit.made < self.max_age:
-            return hit
-        flight = self._flights.get(key)
-        if flight is None:
-            self.renders["+".join(k for k in key if k in ("metrics", "guests", "gzip"))] += 1
-            flight = self.loop.run_in_executor(self.executor, make)
-            self._flights[key] = flight
-            flight.add_done_callback(lambda f: self._landed(key, f))
-        return await asyncio.shield(flight)
-
-    def _landed(self, key: Any, flight: asyncio.Future[Body]) -> None:
-        self._flights.pop(key, None)
-        if flight.cancelled() or flight.exception() is not None:
-            return
-        body = flight.result()
-        self._bodies[key] = body
-        delay = max(0.0, body.made + self.max_age - self.clock())
-        self.loop.call_later(delay, self._expire, key, body)
-
-    def _expire(self, key: Any, body: Body) -> None:
-        if self._bodies.get(key) is body:
-            del self._bodies[key]
-
-    def clear(self) -> None:
-        self._bodies.clear()
-
-
-# -- requests --------------------------------------------------------------------------------
-
-
-class BadRequest(Exception):
-    """The request cannot be answered normally: answer `status` and close."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    target: str
-    version: str
-    headers: dict[str, str]
-
-    @property
-    def path(self) -> str:
-        target = self.target
-        if target.startswith(("http://", "https://")):  # absolute form
-            rest = target.split("://", 1)[1]
-            target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
-        return target.split("?", 1)[0].split("#", 1)[0]
-
-    def tokens(self, name: str) -> set[str]:
-        return {t.strip().lower() for t in self.headers.get(name, "").split(",") if t.strip()}
-
-    @property
-    def keep_alive(self) -> bool:
-        connection = self.tokens("connection")
-        if self.version == "HTTP/1.0":
-            return "keep-alive" in connection
-        return "close" not in connection
-
-    @property
-    def has_body(self) -> bool:
-        length = self.headers.get("content-length", "0").strip()
-        return "transfer-encoding" in self.headers or length not in ("", "0")
-
-    @property
-    def accepts_gzip(self) -> bool:
-        for item in self.headers.get("accept-encoding", "").split(","):
-            name, _, params = item.partition(";")
-            if name.strip().lower() not in ("gzip", "*"):
-                continue
-            q = params.strip().lower()
-            if q.startswith("q="):
-                try:
-                    return float(q[2:]) > 0
-                except ValueError:
-                    return False
-            return True
-        return False
-
-
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-
-def head_end(buf: bytes | bytearray) -> int:
-    """The index just after the empty line ending a request head, -1 if not there yet.
-
-    Lines may end in CRLF or a bare LF (RFC 9112 lets servers accept both).
-    """
-    lf = buf.find(b"\n\n")
-    crlf = buf.find(b"\n\r\n")
-    ends = [i + 2 for i in (lf,) if i >= 0] + [i + 3 for i in (crlf,) if i >= 0]
-    return min(ends) if ends else -1
-
-
-def parse_head(head: bytes) -> Request:
-    """Parse a request head (request line and header fields); BadRequest if malformed."""
-    lines = head.split(b"\n")
-    while lines and lines[0].strip(b"\r") == b"":  # empty lines before the request line
-        lines.pop(0)
-    if not lines:
-        raise BadRequest(400, "empty request")
-    parts = lines[0].rstrip(b"\r").split(b" ")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = (p.decode("latin-1") for p in parts)
-    if not _TOKEN.match(parts[0]):
-        raise BadRequest(400, "malformed method")
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        if re.fullmatch(r"HTTP/\d+(\.\d+)?", version):
-            raise BadRequest(505, f"{version} is not supported; use HTTP/1.1")
-        raise BadRequest(400, "malformed request line")
-    headers: dict[str, str] = {}
-    fields = [line.rstrip(b"\r") for line in lines[1:]]
-    fields = [f for f in fields if f]
-    if len(fields) > MAX_HEADERS:
-        raise BadRequest(431, f"more than {MAX_HEADERS} header fields")
-    for line in fields:
-        if line[:1] in (b" ", b"\t"):
-            raise BadRequest(400, "folded header lines are not accepted")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise BadRequest(400, "malformed header field")
-        key = name.decode("latin-1").lower()
-        text = value.strip(b" \t").decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return Request(method, target, version, headers)
-
-
-@dataclass(slots=True)
-class Answer:
-    status: int
-    body: bytes | memoryview = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    gzip: bool = False
-    close: bool = False
-
-
-def error_answer(status: int, message: str, **headers: str) -> Answer:
-    body = json_bytes({"error": message, "status": status}) + b"\n"
-    return Answer(status, body, "application/json", dict(headers))
-
-
 # -- connections ----------------------------------------------------------------------------
 
 
@@ -545,7 +142,9 @@ class Connection:
     address: str
     since: float  # when it began waiting for its current request head
     waiting: bool = True  # waiting for a request head (idle or partial): may be displaced
+    partial: bool = False  # part of the awaited request head has arrived
     task: asyncio.Task[None] | None = None
+    transport: asyncio.WriteTransport | None = None
 
 
 class WebServer:
@@ -724,18 +323,27 @@ class WebServer:
             self._connections.add(conn)
             self._per_address[address] += 1
             conn.task = loop.create_task(self._connection(sock, conn))
+            # Cleaned up when the task ends, even if cancelled before it ever ran.
+            conn.task.add_done_callback(functools.partial(self._release, conn, sock))
 
     async def _room(self) -> None:
         """Wait until another connection may be accepted.
 
         At max_connections, the connection that has waited longest for a request
-        head (a slow or idle client) makes room once it has waited DISPLACE_AFTER;
-        while none has, new connections wait in the listen backlog.
+        head (a slow or idle client) makes room once it has waited DISPLACE_AFTER
+        (part of a head sent) or DISPLACE_SILENT_AFTER (nothing sent); while none
+        has, new connections wait in the listen backlog.
         """
         while len(self._connections) >= self.config.max_connections:
-            waiting = [c for c in self._connections if c.waiting]
-            oldest = min(waiting, key=lambda c: c.since) if waiting else None
-            if oldest is not None and self.clock() - oldest.since >= DISPLACE_AFTER:
+            now = self.clock()
+            ripe = [
+                c
+                for c in self._connections
+                if c.waiting
+                and now - c.since >= (DISPLACE_AFTER if c.partial else DISPLACE_SILENT_AFTER)
+            ]
+            oldest = min(ripe, key=lambda c: c.since) if ripe else None
+            if oldest is not None:
                 self.refused["displaced"] += 1
                 self._log.warning(
                     "http: max_connections (%d) reached: closed the connection from %s, "
@@ -769,7 +377,6 @@ class WebServer:
     # -- one connection ---------------------------------------------------------------
 
     async def _connection(self, sock: socket.socket, conn: Connection) -> None:
-        writer: asyncio.StreamWriter | None = None
         try:
             deadline = conn.since + self.config.header_timeout
             try:
@@ -780,6 +387,7 @@ class WebServer:
             if streams is None:
                 return
             reader, writer = streams
+            conn.transport = writer.transport
             await self._requests(reader, writer, conn)
             # A graceful close sends what is still buffered; abort() below would drop it.
             writer.close()
@@ -791,16 +399,19 @@ class WebServer:
             pass  # displaced by a newer connection, or the server stops
         except Exception:
             log.exception("http: error while serving %s", conn.address)
-        finally:
-            self._connections.discard(conn)
-            self._freed.set()
-            self._per_address[conn.address] -= 1
-            if self._per_address[conn.address] <= 0:
-                del self._per_address[conn.address]
-            if writer is not None:
-                writer.transport.abort()
-            else:
-                sock.close()
+
+    def _release(self, conn: Connection, sock: socket.socket, task: object = None) -> None:
+        """Forget an ended connection and close it (abort: nothing is left to send)."""
+        self._connections.discard(conn)
+        self._freed.set()
+        left = self._per_address[conn.address] - 1
+        if left > 0:
+            self._per_address[conn.address] = left
+        else:
+            del self._per_address[conn.address]
+        if conn.transport is not None:
+            conn.transport.abort()
+        sock.close()
 
     def _loop_time(self, deadline: float) -> float:
         """A deadline on self.clock as the event loop's time."""
@@ -865,7 +476,7 @@ class WebServer:
         buffer = bytearray()
         first = True
         while True:
-            conn.waiting = True
+            conn.waiting, conn.partial = True, bool(buffer)
             if not first:
                 # Idle between requests: wait up to idle_timeout for the next one to begin.
                 if not buffer:
@@ -921,6 +532,7 @@ class WebServer:
                         raise BadRequest(414, "request line too long")
                     if len(buffer) > MAX_HEAD:
                         raise BadRequest(431, "request head too large")
+                    conn.partial = bool(buffer)
                     data = await reader.read(READ_SIZE)
                     if not data:
                         return None
@@ -962,13 +574,13 @@ class WebServer:
         body = answer.body if request is None or request.method != "HEAD" else b""
         if len(body) <= 64 * 1024:  # one write, one segment for small answers
             header, body = header + body, b""
-        writer.write(header)
-        timeout = self.config.write_timeout
-        for start in range(0, len(body), SEND_BLOCK):
-            writer.write(body[start : start + SEND_BLOCK])
-            async with asyncio.timeout(timeout):
+        # The whole answer within write_timeout (Go's WriteTimeout): a client reading slowly
+        # holds a connection and a body for that long at most.
+        async with asyncio.timeout(self.config.write_timeout):
+            writer.write(header)
+            for start in range(0, len(body), SEND_BLOCK):
+                writer.write(body[start : start + SEND_BLOCK])
                 await writer.drain()
-        async with asyncio.timeout(timeout):
             await writer.drain()
 
     async def _answer(self, request: Request, conn: Connection) -> Answer:
@@ -1050,7 +662,7 @@ class WebServer:
     def _render_metrics(self, accept: str | None) -> Body:
         made = self.clock()
         parts, content_type = exporter.render_parts(self.registry, accept)
-        return Body(_collect(parts, sum(map(len, parts))), content_type, made)
+        return Body(collect(parts, sum(map(len, parts))), content_type, made)
 
     async def _guests(self, request: Request) -> Answer:
         assert self.cache is not None
@@ -1061,7 +673,7 @@ class WebServer:
     def _render_guests(self) -> Body:
         made = self.clock()
         parts = document_parts(self.table.document())
-        return Body(_collect(parts, sum(map(len, parts))), "application/json", made)
+        return Body(collect(parts, sum(map(len, parts))), "application/json", made)
 
     async def _maybe_gzip(self, request: Request, key: tuple[str, ...], body: Body) -> Answer:
         headers = {"Vary": "Accept-Encoding"}

@@ -22,8 +22,8 @@ from monitord.audit.encoding import encode_nv
 from monitord.audit.parser import parse_line
 from monitord.audit.record import AuditRecord
 from monitord.config import StateConfig
+from monitord.serve.answers import document_parts
 from monitord.serve.exporter import make_registry, render
-from monitord.serve.server import document_parts
 from monitord.state.table import GuestTable
 from monitord.telemetry import Telemetry
 from monitord.textout import json_bytes

@@ -17,8 +17,9 @@ import pytest
 
 from monitord.config import HttpConfig, StateConfig
 from monitord.errors import RuntimeFailure
+from monitord.serve.answers import document_parts
 from monitord.serve.exporter import make_registry
-from monitord.serve.server import WebServer, document_parts, parse_listen
+from monitord.serve.server import WebServer, parse_listen
 from monitord.state.table import GuestTable
 from monitord.telemetry import Telemetry
 from monitord.textout import json_bytes

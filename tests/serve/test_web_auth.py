@@ -14,7 +14,8 @@ import bcrypt
 import pytest
 
 from monitord.config import BasicAuthUser
-from monitord.serve.server import FailedLogins, WebServer
+from monitord.serve.access import FailedLogins
+from monitord.serve.server import WebServer
 from tests.serve.test_web import get, make_server
 
 # Cost 10 as `htpasswd -nBC 10` makes: ~50-100 ms a check, large against the noise.
