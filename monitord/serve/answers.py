@@ -7,6 +7,7 @@ client has its copy, so the memory of a scrape storm goes back to the system.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import json
 import mmap
@@ -25,6 +26,28 @@ from monitord.textout import JSON_ERRORS
 MAP_AT_LEAST: Final = 256 * 1024
 GZIP_LEVEL: Final = 1
 _JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
+    return trim
+
+
+_MALLOC_TRIM: Final = _malloc_trim()
+
+
+def trim_malloc() -> None:
+    """Return the memory glibc's malloc holds free to the system (a no-op elsewhere).
+
+    Renders and sends run in threads whose malloc arenas keep freed memory; once a
+    load is over, this gives it back instead of keeping the peak for good.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +130,7 @@ class RenderCache:
         self.renders: Counter[str] = Counter()  # renders started, by key kind (tests, bench)
         self._bodies: dict[Any, Body] = {}
         self._flights: dict[Any, asyncio.Future[Body]] = {}
+        self._trim_due = False
 
     async def get(self, key: Any, make: Callable[[], Body]) -> Body:
         hit = self._bodies.get(key)
@@ -132,6 +156,16 @@ class RenderCache:
     def _expire(self, key: Any, body: Body) -> None:
         if self._bodies.get(key) is body:
             del self._bodies[key]
+        if not self._bodies and not self._flights and not self._trim_due:
+            # Idle again: a moment later (the last clients have their copies), hand the
+            # memory freed by the renders and the sends back to the system.
+            self._trim_due = True
+            self.loop.call_later(self.max_age + 1.0, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_due = False
+        if not self._bodies and not self._flights:
+            self.loop.run_in_executor(self.executor, trim_malloc)
 
     def clear(self) -> None:
         self._bodies.clear()

@@ -73,7 +73,15 @@ UUID_RE: Final = re.compile(
 GUEST_PREFIX: Final = "/api/v1/guests/"
 READ_SIZE: Final = 16 * 1024
 # An answer goes out in blocks of this size (a transport buffers at most one).
-SEND_BLOCK: Final = 256 * 1024
+SEND_BLOCK: Final = 1024 * 1024
+# Answers above ONE_WRITE are sent by at most SENDERS connections at a time: every send is a
+# system call after which the loop's thread must win the GIL back from the ingestion
+# thread, so the loop's work per turn, and /healthz's wait, stay bounded under a storm.
+# A client that takes a block longer than SLOW_DRAIN gives up its place (a slow reader
+# costs few system calls, and must not hold the others back).
+ONE_WRITE: Final = 64 * 1024
+SENDERS: Final = 4
+SLOW_DRAIN: Final = 0.5
 # At max_connections, a connection that has sent part of a request head for this long makes
 # room (the slowloris signature); one that has sent nothing (new, or idle between requests)
 # after DISPLACE_SILENT_AFTER, which leaves a crowd of new clients the time to send theirs.
@@ -179,7 +187,9 @@ class WebServer:
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
         self._stopping: asyncio.Event | None = None
-        self._freed = asyncio.Event()  # a connection ended (made on the loop's thread in _run)
+        # Made again on the loop's thread in _run: a connection ended; large answers sending.
+        self._freed = asyncio.Event()
+        self._senders = asyncio.Semaphore(SENDERS)
         self._log = RateLimitedLogger(log, burst=1, interval=60.0)
         self._date = (0, "")
 
@@ -235,6 +245,7 @@ class WebServer:
         asyncio.set_event_loop(loop)
         self._stopping = asyncio.Event()
         self._freed = asyncio.Event()
+        self._senders = asyncio.Semaphore(SENDERS)
         ready.set()
         try:
             loop.run_until_complete(self._serve())
@@ -572,18 +583,45 @@ class WebServer:
             head.append("Connection: keep-alive")
         header = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         body = answer.body if request is None or request.method != "HEAD" else b""
-        if len(body) <= 64 * 1024:  # one write, one segment for small answers
+        if len(body) <= ONE_WRITE:  # one write, one segment for small answers
             header, body = header + body, b""
         # The whole answer within write_timeout (Go's WriteTimeout): a client reading slowly
         # holds a connection and a body for that long at most.
         async with asyncio.timeout(self.config.write_timeout):
             writer.write(header)
-            for start in range(0, len(body), SEND_BLOCK):
-                writer.write(body[start : start + SEND_BLOCK])
-                await writer.drain()
+            if body:
+                await self._send_body(writer, body)
             await writer.drain()
 
+    async def _send_body(self, writer: asyncio.StreamWriter, body: bytes | memoryview) -> None:
+        senders = self._senders
+        await senders.acquire()
+        holding = True
+        try:
+            for start in range(0, len(body), SEND_BLOCK):
+                writer.write(body[start : start + SEND_BLOCK])
+                if holding:
+                    try:
+                        async with asyncio.timeout(SLOW_DRAIN):
+                            await writer.drain()
+                        continue
+                    except TimeoutError:
+                        senders.release()
+                        holding = False
+                await writer.drain()
+        finally:
+            if holding:
+                senders.release()
+
     async def _answer(self, request: Request, conn: Connection) -> Answer:
+        try:
+            return await self._route(request, conn)
+        except Exception:  # a bug: say so in the log (with its traceback) and to the client
+            if self._log.limiter.admit(("answer failed",))[0]:
+                log.exception("http: answering %s %s failed", request.method, request.path[:200])
+            return error_answer(500, "internal error; see monitord's log")
+
+    async def _route(self, request: Request, conn: Connection) -> Answer:
         if request.method not in ("GET", "HEAD"):
             answer = error_answer(405, f"method {request.method} not allowed", Allow="GET, HEAD")
             answer.close = request.has_body

@@ -524,3 +524,63 @@ def test_hostile_names_over_http(server: WebServer) -> None:
     assert status == 200 and "\\xff\\xfe" in names
     status, _, body = get(server, f"/api/v1/guests/{UUID2}")
     assert status == 200 and json.loads(body.decode("utf-8"))["name"] == "\\xff\\xfe"
+
+
+def test_a_failing_render_is_a_500_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A collector that raises gives a JSON 500 (traceback in the log, once), not a dropped
+    connection, and other paths keep answering."""
+    from prometheus_client.registry import Collector
+
+    class Broken(Collector):
+        def describe(self) -> list[Any]:
+            return []  # registering must not call collect()
+
+        def collect(self) -> Iterator[Any]:
+            raise RuntimeError("broken collector")
+
+    web, _ = make_server()
+    web.registry.register(Broken())
+    web.registry.base.register(Broken())  # type: ignore[attr-defined]
+    web.start()
+    try:
+        for _ in range(3):
+            status, _, body = get(web, "/metrics")
+            assert status == 500 and json.loads(body)["status"] == 500
+        assert get(web, "/healthz")[0] == 200
+        tracebacks = [r for r in caplog.records if r.exc_info and "broken" in str(r.exc_info[1])]
+        assert len(tracebacks) == 1
+    finally:
+        web.stop()
+
+
+def test_slow_readers_do_not_hold_back_large_answers() -> None:
+    """Clients that ask for /metrics and never read it give up their place among the few
+    connections sending large answers at a time: another client still gets /metrics at
+    once, not after write_timeout."""
+    from monitord.serve import server as server_module
+
+    web, table = make_server(write_timeout=20.0, max_connections_per_client=64)
+    log = Log(t=1_800_000_000.0)
+    for i in range(6000):
+        feed(table, log.start(uuid=f"00000000-0000-4000-8000-{i:012d}", vm=f"guest-{i}"))
+    web.start()
+    stuck = []
+    try:
+        size = len(get(web, "/metrics")[2])
+        assert size > 4 * server_module.SEND_BLOCK
+        for _ in range(server_module.SENDERS + 2):
+            s = socket.create_connection(web.address, timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+            stuck.append(s)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _, body = get(web, "/metrics")
+        assert status == 200 and len(body) > 4 * server_module.SEND_BLOCK
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        for s in stuck:
+            s.close()
+        web.stop()
