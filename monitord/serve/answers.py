@@ -12,6 +12,7 @@ import itertools
 import json
 import mmap
 import time
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -25,6 +26,8 @@ from monitord.textout import JSON_ERRORS
 # freed, whatever glibc's malloc thresholds have become); smaller ones are plain bytes.
 MAP_AT_LEAST: Final = 256 * 1024
 GZIP_LEVEL: Final = 1
+# Renders of one kind alive at once (being sent to slow clients); see RenderCache.
+MAX_GENERATIONS: Final = 3
 _JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -50,7 +53,7 @@ def trim_malloc() -> None:
         _MALLOC_TRIM(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Body:
     """A rendered answer shared by every client that asks within `cache_max_age`."""
 
@@ -114,6 +117,11 @@ class RenderCache:
     the render in flight for that key, or a new one started in the render
     thread. A cached body is dropped once too old even if nobody asks again,
     so an idle daemon keeps no rendered text.
+
+    Slow clients keep older renders alive while they are sent. At most
+    MAX_GENERATIONS of one kind live at once: beyond that, a request gets the
+    newest of them even if older than `max_age`, so memory stays bounded
+    (MAX_GENERATIONS bodies per kind) however slowly clients read.
     """
 
     def __init__(
@@ -130,6 +138,8 @@ class RenderCache:
         self.renders: Counter[str] = Counter()  # renders started, by key kind (tests, bench)
         self._bodies: dict[Any, Body] = {}
         self._flights: dict[Any, asyncio.Future[Body]] = {}
+        self._alive: dict[Any, weakref.WeakSet[Body]] = {}  # bodies still held, by key
+        self.stale_served = 0
         self._trim_due = False
 
     async def get(self, key: Any, make: Callable[[], Body]) -> Body:
@@ -137,6 +147,10 @@ class RenderCache:
         if hit is not None and self.clock() - hit.made < self.max_age:
             return hit
         flight = self._flights.get(key)
+        alive = self._alive.get(key)
+        if flight is None and alive is not None and len(alive) >= MAX_GENERATIONS:
+            self.stale_served += 1
+            return max(alive, key=lambda b: b.made)
         if flight is None:
             self.renders["+".join(k for k in key if k in ("metrics", "guests", "gzip"))] += 1
             flight = self.loop.run_in_executor(self.executor, make)
@@ -150,11 +164,14 @@ class RenderCache:
             return
         body = flight.result()
         self._bodies[key] = body
+        self._alive.setdefault(key, weakref.WeakSet()).add(body)
         delay = max(0.0, body.made + self.max_age - self.clock())
-        self.loop.call_later(delay, self._expire, key, body)
+        # The timer holds the key and time, not the body: it must not keep the body alive.
+        self.loop.call_later(delay, self._expire, key, body.made)
 
-    def _expire(self, key: Any, body: Body) -> None:
-        if self._bodies.get(key) is body:
+    def _expire(self, key: Any, made: float) -> None:
+        cached = self._bodies.get(key)
+        if cached is not None and cached.made == made:
             del self._bodies[key]
         if not self._bodies and not self._flights and not self._trim_due:
             # Idle again: a moment later (the last clients have their copies), hand the

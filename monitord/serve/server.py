@@ -718,5 +718,5 @@ class WebServer:
         if request.accepts_gzip and len(body.data) >= GZIP_AT_LEAST:
             assert self.cache is not None
             packed = await self.cache.get((*key, "gzip"), lambda: gzipped(body))
-            return Answer(200, packed.data, body.content_type, headers, gzip=True)
-        return Answer(200, body.data, body.content_type, headers)
+            return Answer(200, packed.data, body.content_type, headers, gzip=True, source=packed)
+        return Answer(200, body.data, body.content_type, headers, source=body)

@@ -130,6 +130,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     gzip: bool = False
     close: bool = False
+    source: object = None  # what `body` belongs to, kept alive until it is sent
 
 
 def error_answer(status: int, message: str, **headers: str) -> Answer:

@@ -584,3 +584,40 @@ def test_slow_readers_do_not_hold_back_large_answers() -> None:
         for s in stuck:
             s.close()
         web.stop()
+
+
+def test_renders_alive_at_once_are_bounded() -> None:
+    """While slow clients still hold three renders of a kind, a request gets the newest of
+    them instead of a fourth (memory bounded however slowly clients read); once they are
+    let go, renders are fresh again."""
+    import asyncio
+    import gc
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from monitord.serve.answers import MAX_GENERATIONS, Body, RenderCache
+
+    loop = asyncio.new_event_loop()
+    now = [0.0]
+    made: list[Body] = []
+
+    def make() -> Body:
+        made.append(Body(b"x" * 10, "text/plain", now[0]))
+        return made[-1]
+
+    with Pool(1) as pool:
+        cache = RenderCache(loop, pool, max_age=1.0, clock=lambda: now[0])
+        held = []
+        for i in range(MAX_GENERATIONS + 2):
+            now[0] = 2.0 * i
+            held.append(loop.run_until_complete(cache.get(("metrics",), make)))
+        assert len(made) == MAX_GENERATIONS and cache.stale_served == 2
+        assert held[-1] is held[-2] is made[-1]
+        held.clear()
+        made_before = len(made)
+        del made[:]
+        loop.run_until_complete(asyncio.sleep(0.01))  # the loop lets go of finished futures
+        gc.collect()
+        now[0] = 100.0
+        loop.run_until_complete(cache.get(("metrics",), make))
+        assert len(made) == 1 and made_before == MAX_GENERATIONS
+    loop.close()
