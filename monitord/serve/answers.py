@@ -79,13 +79,19 @@ def collect(parts: Iterable[bytes], size: int) -> bytes | memoryview:
     return memoryview(area)
 
 
-def gzipped(body: Body) -> Body:
-    """The gzip form of a body (level 1: a tenth of the size for a fraction of the time)."""
+def make_body(parts: Iterable[bytes], content_type: str, made: float, packed: bool) -> Body:
+    """The body of an answer from its parts, gzip-compressed if `packed` (level 1: a tenth
+    of the size for a fraction of the time; the plain text is never joined then)."""
+    if not packed:
+        parts = list(parts)
+        return Body(collect(parts, sum(map(len, parts))), content_type, made)
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    view = memoryview(body.data)
-    out = [packer.compress(view[i : i + (1 << 20)]) for i in range(0, len(view), 1 << 20)]
+    pieces = iter(parts)
+    out = []
+    while block := b"".join(itertools.islice(pieces, 2048)):
+        out.append(packer.compress(block))
     out.append(packer.flush())
-    return Body(collect(out, sum(map(len, out))), body.content_type, body.made, gzip=True)
+    return Body(collect(out, sum(map(len, out))), content_type, made, gzip=True)
 
 
 def document_parts(doc: dict[str, Any]) -> list[bytes]:

@@ -48,7 +48,7 @@ from monitord.errors import ConfigError, RuntimeFailure
 from monitord.logsetup import RateLimitedLogger
 from monitord.serve import exporter
 from monitord.serve.access import BasicAuth, FailedLogins, tls_context
-from monitord.serve.answers import Body, RenderCache, collect, document_parts, gzipped
+from monitord.serve.answers import Body, RenderCache, document_parts, make_body
 from monitord.serve.wire import (
     MAX_HEAD,
     MAX_REQUEST_LINE,
@@ -87,8 +87,6 @@ SLOW_DRAIN: Final = 0.5
 # after DISPLACE_SILENT_AFTER, which leaves a crowd of new clients the time to send theirs.
 DISPLACE_AFTER: Final = 0.25
 DISPLACE_SILENT_AFTER: Final = 1.0
-# Bodies smaller than this are never compressed.
-GZIP_AT_LEAST: Final = 512
 # bcrypt checks waiting at once, over all clients; beyond it: 429.
 MAX_PENDING_AUTH: Final = 16
 PLAIN_ON_TLS: Final = (
@@ -638,8 +636,9 @@ class WebServer:
             uuid = path[len(GUEST_PREFIX) :]
             if not UUID_RE.match(uuid):
                 return error_answer(400, f"not a UUID: {uuid[:64]!r}")
-            loop = asyncio.get_running_loop()
-            doc = await loop.run_in_executor(self._render, self._guest_document, uuid)
+            # Cheap (one guest, the table's lock for a moment): answered here, never queued
+            # behind a render.
+            doc = self._guest_document(uuid)
             if doc is None:
                 return error_answer(404, f"no guest with UUID {uuid} is tracked")
             return Answer(200, doc + b"\n")
@@ -693,30 +692,30 @@ class WebServer:
         assert self.cache is not None
         accept = request.headers.get("accept")
         _, content_type = choose_encoder(accept or "")
-        key = ("metrics", content_type)
-        body = await self.cache.get(key, lambda: self._render_metrics(accept))
-        return await self._maybe_gzip(request, key, body)
+        packed = request.accepts_gzip
+        key = ("metrics", content_type, "gzip" if packed else "identity")
 
-    def _render_metrics(self, accept: str | None) -> Body:
-        made = self.clock()
-        parts, content_type = exporter.render_parts(self.registry, accept)
-        return Body(collect(parts, sum(map(len, parts))), content_type, made)
+        def render() -> Body:
+            made = self.clock()
+            parts, kind = exporter.render_parts(self.registry, accept)
+            return make_body(parts, kind, made, packed)
+
+        return self._answer_with(await self.cache.get(key, render))
 
     async def _guests(self, request: Request) -> Answer:
         assert self.cache is not None
-        key = ("guests",)
-        body = await self.cache.get(key, self._render_guests)
-        return await self._maybe_gzip(request, key, body)
+        packed = request.accepts_gzip
+        key = ("guests", "gzip" if packed else "identity")
 
-    def _render_guests(self) -> Body:
-        made = self.clock()
-        parts = document_parts(self.table.document())
-        return Body(collect(parts, sum(map(len, parts))), "application/json", made)
+        def render() -> Body:
+            made = self.clock()
+            return make_body(
+                document_parts(self.table.document()), "application/json", made, packed
+            )
 
-    async def _maybe_gzip(self, request: Request, key: tuple[str, ...], body: Body) -> Answer:
+        return self._answer_with(await self.cache.get(key, render))
+
+    @staticmethod
+    def _answer_with(body: Body) -> Answer:
         headers = {"Vary": "Accept-Encoding"}
-        if request.accepts_gzip and len(body.data) >= GZIP_AT_LEAST:
-            assert self.cache is not None
-            packed = await self.cache.get((*key, "gzip"), lambda: gzipped(body))
-            return Answer(200, packed.data, body.content_type, headers, gzip=True, source=packed)
-        return Answer(200, body.data, body.content_type, headers, source=body)
+        return Answer(200, body.data, body.content_type, headers, gzip=body.gzip, source=body)
