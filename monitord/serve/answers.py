@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import itertools
 import json
 import mmap
@@ -43,17 +44,21 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM: Final = _malloc_trim()
 
 
-def trim_malloc() -> None:
-    """Return the memory glibc's malloc holds free to the system (a no-op elsewhere).
+def release_memory() -> None:
+    """Once a load is over, give its memory back to the system.
 
-    Renders and sends run in threads whose malloc arenas keep freed memory; once a
-    load is over, this gives it back instead of keeping the peak for good.
+    A connection that failed mid-answer can leave a reference cycle (its exception's
+    traceback, the frame holding the body) that only the cyclic collector frees, and
+    an idle daemon allocates too little to trigger a full collection: so collect now.
+    Then glibc's malloc returns what its arenas hold free (a no-op elsewhere): the
+    render and loop threads' arenas would otherwise keep the peak for good.
     """
+    gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True, eq=False)  # hashed by identity
 class Body:
     """A rendered answer shared by every client that asks within `cache_max_age`."""
 
@@ -76,7 +81,7 @@ def collect(parts: Iterable[bytes], size: int) -> bytes | memoryview:
     pieces = iter(parts)
     while block := b"".join(itertools.islice(pieces, 2048)):
         area.write(block)
-    return memoryview(area)
+    return memoryview(area).toreadonly()
 
 
 def make_body(parts: Iterable[bytes], content_type: str, made: float, packed: bool) -> Body:
@@ -188,7 +193,7 @@ class RenderCache:
     def _trim(self) -> None:
         self._trim_due = False
         if not self._bodies and not self._flights:
-            self.loop.run_in_executor(self.executor, trim_malloc)
+            self.loop.run_in_executor(self.executor, release_memory)
 
     def clear(self) -> None:
         self._bodies.clear()

@@ -72,8 +72,10 @@ UUID_RE: Final = re.compile(
 )
 GUEST_PREFIX: Final = "/api/v1/guests/"
 READ_SIZE: Final = 16 * 1024
-# An answer goes out in blocks of this size (a transport buffers at most one).
+# An answer goes out in blocks of this size (a transport buffers at most one): large while
+# the connection is one of the SENDERS, small once it has proved a slow reader.
 SEND_BLOCK: Final = 1024 * 1024
+SLOW_BLOCK: Final = 64 * 1024
 # Answers above ONE_WRITE are sent by at most SENDERS connections at a time: every send is a
 # system call after which the loop's thread must win the GIL back from the ingestion
 # thread, so the loop's work per turn, and /healthz's wait, stay bounded under a storm.
@@ -596,8 +598,11 @@ class WebServer:
         await senders.acquire()
         holding = True
         try:
-            for start in range(0, len(body), SEND_BLOCK):
-                writer.write(body[start : start + SEND_BLOCK])
+            start = 0
+            while start < len(body):
+                block = SEND_BLOCK if holding else SLOW_BLOCK
+                writer.write(body[start : start + block])
+                start += block
                 if holding:
                     try:
                         async with asyncio.timeout(SLOW_DRAIN):

@@ -594,14 +594,14 @@ def test_renders_alive_at_once_are_bounded() -> None:
     import gc
     from concurrent.futures import ThreadPoolExecutor as Pool
 
-    from monitord.serve.answers import MAX_GENERATIONS, Body, RenderCache
+    from monitord.serve.answers import MAP_AT_LEAST, MAX_GENERATIONS, Body, RenderCache, collect
 
     loop = asyncio.new_event_loop()
     now = [0.0]
     made: list[Body] = []
 
-    def make() -> Body:
-        made.append(Body(b"x" * 10, "text/plain", now[0]))
+    def make() -> Body:  # large enough to live in a memory map, as real renders do
+        made.append(Body(collect([b"x" * MAP_AT_LEAST], MAP_AT_LEAST), "text/plain", now[0]))
         return made[-1]
 
     with Pool(1) as pool:
@@ -620,4 +620,7 @@ def test_renders_alive_at_once_are_bounded() -> None:
         now[0] = 100.0
         loop.run_until_complete(cache.get(("metrics",), make))
         assert len(made) == 1 and made_before == MAX_GENERATIONS
+        assert isinstance(made[0].data, memoryview)
+        loop.run_until_complete(asyncio.sleep(1.1))  # its expiry timer (real time) fires
+        assert not cache._bodies
     loop.close()
