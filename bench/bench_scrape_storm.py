@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> Iterator[str]:
             size = len(conn.getresponse().read())
             conn.close()
             load = os.getloadavg()[0]
-            yield "## Scrape storm (`bench/bench_scrape_storm.py`)"
+            yield "# Scrape storm (`bench/bench_scrape_storm.py`, issue 14)"
             yield ""
             yield (
                 f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "

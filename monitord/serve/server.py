@@ -292,7 +292,7 @@ class WebServer:
         self.failed_logins.interval = config.failed_auth_interval
         if self.cache is not None:
             self.cache.max_age = config.cache_max_age
-        log.info("http: TLS files and users reloaded")
+        log.info("http: settings reloaded, TLS files and users read again")
         return True
 
     # -- accepting ------------------------------------------------------------------
