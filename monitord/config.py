@@ -75,13 +75,39 @@ class ListenAddress(NamedTuple):
         return ":" in self.host
 
 
+# exporter-toolkit's names (Go's tls.ClientAuthType); the two that request a certificate
+# without verifying it authenticate nobody and are not offered.
+ClientAuthType = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+# TLS 1.0 and 1.1 are disabled by Debian's OpenSSL anyway.
+TlsVersion = Literal["TLS12", "TLS13"]
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9781"
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Client certificates (exporter-toolkit's tls_server_config), and the oldest TLS accepted.
+    client_auth_type: ClientAuthType = "NoClientCert"
+    client_ca_file: str | None = None
+    min_version: TlsVersion = "TLS12"
     basic_auth_users: tuple[BasicAuthUser, ...] = ()
+    # Failed logins per client address: a bucket of `failed_auth_burst`, refilled over
+    # `failed_auth_interval`; an empty bucket answers 429 without checking.
+    failed_auth_burst: int = 10
+    failed_auth_interval: float = 60.0
+    # Open connections at most, in all and per client address.
     max_connections: int = 64
+    max_connections_per_client: int = 16
+    # The whole request head (and TLS handshake) must arrive within this.
+    header_timeout: float = 10.0
+    # A kept-alive connection may wait this long for its next request.
+    idle_timeout: float = 90.0
+    # An answer must be sent completely within this (a slow reader is cut off).
+    write_timeout: float = 30.0
+    # Scrapes (and guest lists) within this age share one render; 0: one render per
+    # request, still one at a time.
+    cache_max_age: float = 1.0
 
     @property
     def address(self) -> ListenAddress:
@@ -338,9 +364,27 @@ _FROM_STRING: dict[type, str] = {AlertmanagerConfig: "url"}
 # Smallest accepted value of numeric fields (default: ints >= 1, durations > 0).
 _MINIMUM: dict[tuple[type, str], float] = {
     (StateConfig, "max_events"): 0,
+    (HttpConfig, "cache_max_age"): 0,
     (AlertsConfig, "drain_timeout"): 0,
     (LoggingConfig, "rate_limit_burst"): 0,
 }
+
+
+def _tls_checks(http: HttpConfig) -> Iterator[tuple[str, str]]:
+    """The client-certificate settings of exporter-toolkit, checked as it checks them."""
+    defaults = HttpConfig()
+    if http.tls_cert is None:
+        for key in ("client_ca_file", "client_auth_type", "min_version"):
+            if getattr(http, key) != getattr(defaults, key):
+                yield key, "needs TLS (tls_cert and tls_key)"
+    if http.client_auth_type != "NoClientCert" and http.client_ca_file is None:
+        yield "client_auth_type", "needs client_ca_file (the CA that signs client certificates)"
+    if http.client_ca_file is not None and http.client_auth_type == "NoClientCert":
+        yield (
+            "client_ca_file",
+            'set client_auth_type too (e.g. "RequireAndVerifyClientCert"): '
+            "a CA without a policy checks nothing",
+        )
 
 
 def _cross_checks(obj: object) -> Iterator[tuple[str, str]]:
@@ -348,6 +392,8 @@ def _cross_checks(obj: object) -> Iterator[tuple[str, str]]:
     if isinstance(obj, HttpConfig) and (obj.tls_cert is None) != (obj.tls_key is None):
         key = "tls_cert" if obj.tls_key is None else "tls_key"  # the one that is set
         yield key, "tls_cert and tls_key must be set together"
+    if isinstance(obj, HttpConfig):
+        yield from _tls_checks(obj)
     if isinstance(obj, AlertsConfig) and obj.retry_max < obj.retry_initial:
         yield "retry_max", "must be at least retry_initial"
     if isinstance(obj, HttpTargetConfig):

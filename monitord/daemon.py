@@ -37,7 +37,7 @@ from monitord.serve.server import WebServer
 from monitord.sources.audisp import AudispSource
 from monitord.sources.base import Health, Source
 from monitord.sources.counters import SourceCounters
-from monitord.sources.file import FileSource
+from monitord.sources.file import FileSource, check_log_path
 from monitord.state import liveness
 from monitord.state.checkpoint import BackgroundSave, CheckpointStore
 from monitord.state.table import GuestTable
@@ -232,18 +232,25 @@ class Daemon:
         return True, "ok"
 
     def _install_signals(self) -> None:
-        def on_stop(signum: int, frame: FrameType | None) -> None:
-            self.flags.stop = True
-
         def on_reload(signum: int, frame: FrameType | None) -> None:
             self.flags.reload = True
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
+        # Until the loop runs, SIGTERM and SIGINT keep their default action: they end the
+        # process even inside a blocked open() (a FIFO, a hung NFS mount), where a handler
+        # that sets a flag would only run once the call returns. Nothing needs saving yet.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, on_reload)
         # A handler (doing nothing) makes a finished checkpoint child wake the loop to be reaped.
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _install_stop_signals(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.flags.stop = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -271,6 +278,8 @@ class Daemon:
             config.http.listen,
             config.state.dir,
         )
+        if threading.current_thread() is threading.main_thread():
+            self._install_stop_signals()  # from here on, a stop saves state first
         self.notifier.ready()
         try:
             self._loop()
@@ -428,8 +437,8 @@ class Daemon:
             self.source_counters.kind = new.source.kind
             self.source = self._make_source(new)
             self.source.open(position)
-        if new.http != old.http:
-            log.warning("http settings change on restart only (a reload keeps the listener)")
+        if self.web is not None:
+            self.web.reload(new.http)  # TLS files and users re-read; listen on restart only
         log.info("configuration reloaded")
         self.notifier.ready()
 
@@ -454,7 +463,11 @@ class Daemon:
 
 def main(args: argparse.Namespace) -> int:
     """`monitord run`."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # see Daemon._install_signals
     config = load_run_config(args)
+    if config.source.kind == "file":
+        check_log_path(config.source.path)  # a FIFO, a symlink, ...: exit 2, not a hang
     setup_logging(config.logging, plugin=config.source.kind == "audisp")
     state_dir = Path(config.state.dir)
     try:

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the guest table of a running daemon")
     status.add_argument("--url", default="http://127.0.0.1:9781", help="the daemon's listener")
     status.add_argument("--json", action="store_true", help="print the /api/v1/guests document")
+    status.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) to verify https")
+    status.add_argument("--cert", metavar="FILE", help="client certificate (PEM)")
+    status.add_argument("--key", metavar="FILE", help="client certificate's key (PEM)")
+    status.add_argument("--user", metavar="NAME", help="basic auth user")
+    status.add_argument("--password-file", metavar="FILE", help="basic auth password")
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", metavar="FILE")

@@ -14,6 +14,7 @@ from monitord.commands.inputs import open_all, read_chunks
 from monitord.config import StateConfig
 from monitord.pipeline import Pipeline
 from monitord.state.table import GuestTable
+from monitord.textout import printable_doc
 
 
 def replay(inputs: list[tuple[str, BinaryIO]], table: GuestTable) -> ParseStats:
@@ -48,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
     # The document has no `events`: keeping none saves their memory.
     table = GuestTable(StateConfig(max_events=0))
     stats = replay(inputs, table)
-    doc = table.document()
+    # Names with bytes that are not UTF-8 are shown escaped (monitord/textout.py).
+    doc = printable_doc(table.document())
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")

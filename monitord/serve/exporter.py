@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from monitord.state.guest import DEVICE_LISTS, METRIC_FIELDS, STATES, Guest, GuestKey
 from monitord.state.table import GuestTable, Snapshot
+from monitord.textout import printable
 
 __all__ = ["GUEST_FAMILIES", "MonitordRegistry", "StageMetrics", "make_registry", "render"]
 
@@ -33,7 +34,9 @@ _Samples = list[tuple[str, float]]
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    """A label value as the exposition writes it: UTF-8-safe (bytes that are not UTF-8 as
+    `\\xHH`, see monitord/textout.py), then backslash, newline and quote escaped."""
+    return printable(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _state_samples(g: Guest) -> _Samples:
@@ -136,7 +139,7 @@ class GuestSeries:
                 for g, prefix in pairs
                 for extra, value in samples(g)
             ]
-            parts.append("".join(lines).encode("utf-8", "surrogateescape"))
+            parts.append("".join(lines).encode())  # _escape made every value UTF-8
         return parts
 
 
@@ -169,12 +172,17 @@ def table_families(snap: Snapshot) -> Iterator[Metric]:
     )  # fmt: skip
     for name, help_text, label_names, values in counters:
         family = CounterMetricFamily(name, help_text, labels=label_names)
-        for key, n in sorted(values.items()):
-            family.add_metric(list(key), n)
+        # Printable values may coincide (a byte, and `\xHH` spelt out): one series, counts added.
+        shown: dict[tuple[str, ...], int] = {}
+        for key, n in values.items():
+            label_values = tuple(map(printable, key))
+            shown[label_values] = shown.get(label_values, 0) + n
+        for label_values, n in sorted(shown.items()):
+            family.add_metric(list(label_values), n)
         yield family
     counts: dict[tuple[str, str], int] = {}
     for g in snap.guests:
-        k = (g.virt or "", g.state)
+        k = (printable(g.virt or ""), g.state)
         counts[k] = counts.get(k, 0) + 1
     domains = GaugeMetricFamily(
         "libvirt_audit_domains",

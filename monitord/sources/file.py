@@ -28,6 +28,7 @@ from inotify_simple import flags as iflags
 from monitord.audit.parser import ErrorHandler, StreamParser
 from monitord.audit.record import AuditRecord
 from monitord.config import SourceConfig
+from monitord.errors import ConfigError
 from monitord.sources.base import Health, Position
 from monitord.sources.counters import SourceCounters
 
@@ -47,6 +48,50 @@ _DIR_EVENTS: Final = (
     | iflags.ATTRIB
     | iflags.CLOSE_WRITE
 )
+
+
+_KINDS: Final = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def unusable(path: Path) -> str | None:
+    """Why path cannot be followed as an audit log, or None (a regular file, or none yet).
+
+    Only regular files are read: a FIFO would block the open and has no position to
+    resume from. A symbolic link is refused, not followed: auditd rotates by renaming
+    in the log's own directory, which is the link's target directory, not the one
+    monitord watches; and a root daemon should not read wherever a link points.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # missing (waited for) or unreadable (reported when opened)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.path.realpath(path)
+        except OSError:
+            target = "its target"
+        return (
+            f"{path} is a symbolic link; monitord follows only regular files (auditd "
+            f"rotates in the log's own directory): set source.path to {target}"
+        )
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+    hint = "; auditd's plugin pipe is read with source kind audisp" if "FIFO" in kind else ""
+    return f"{path} is {kind}, not a regular file{hint}"
+
+
+def check_log_path(path: str) -> None:
+    """Refuse at start-up an audit log path that exists but cannot be followed (exit 2)."""
+    reason = unusable(Path(path))
+    if reason is not None:
+        raise ConfigError(f"source.path: {reason}")
 
 
 def fingerprint(fd: int, length: int) -> str:
@@ -289,8 +334,13 @@ class FileSource:
     def _open_path(
         self, path: Path, at_end: bool, offset: int = 0, identity: tuple[int, int] | None = None
     ) -> bool:
+        reason = unusable(path)
+        if reason is not None:
+            self._set_problem(reason)
+            return False
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO swapped in after the check must not hang the open.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             self._set_problem(f"{path}: does not exist yet; waiting for it to be created")
             return False
@@ -302,7 +352,7 @@ class FileSource:
             )
             return False
         except OSError as err:
-            self._set_problem(f"{path}: cannot open: {err.strerror}")
+            self._set_problem(unusable(path) or f"{path}: cannot open: {err.strerror}")
             return False
         st = os.fstat(fd)
         if identity is not None and (st.st_dev, st.st_ino) != identity:
@@ -310,7 +360,7 @@ class FileSource:
             return False
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            self._set_problem(f"{path}: not a regular file")
+            self._set_problem(f"{path} is not a regular file")
             return False
         self._close_file()
         start = st.st_size if at_end else offset

@@ -112,7 +112,9 @@ class CheckpointStore:
         body["version"] = FORMAT_VERSION
         body["saved_at"] = saved_at
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            log.warning("state directory %s was missing (deleted?); created it again", self.dir)
         tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -14,11 +14,12 @@ from monitord.commands import guesttable
 from monitord.commands.cli import main
 from monitord.commands.inputs import open_all
 from monitord.commands.replay import replay
-from monitord.config import HttpConfig, StateConfig
+from monitord.config import BasicAuthUser, HttpConfig, StateConfig
 from monitord.serve.exporter import make_registry
 from monitord.serve.server import WebServer
 from monitord.state.table import GuestTable
 from tests.conftest import DATA, SAMPLES
+from tests.serve.tlsfiles import TlsFiles, make_tls_files
 
 GOLDEN = DATA / "state"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -224,3 +225,95 @@ def test_table_shows_host_column_for_several_hosts() -> None:
     text = guesttable.render([one, two])
     assert text.splitlines()[0].split()[:3] == ["NAME", "HOST", "STATE"]
     assert "hv2" in text
+
+
+def secured_server(table: GuestTable, tls: TlsFiles, password: str) -> WebServer:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    web = WebServer(
+        HttpConfig(
+            listen="127.0.0.1:0", tls_cert=str(tls.server_cert), tls_key=str(tls.server_key),
+            client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(tls.ca),
+            basic_auth_users=(BasicAuthUser("ops", hashed),),
+        ),
+        make_registry(table, "t"), table, lambda: (True, ""),
+    )  # fmt: skip
+    web.start()
+    return web
+
+
+def test_status_against_a_secured_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --ca-file, --cert/--key, --user and --password-file, status reads a daemon that
+    wants TLS, a client certificate and basic auth; each missing piece is a one-line error
+    that says which flag to give."""
+    tls = make_tls_files(tmp_path / "tls")
+    (tmp_path / "password").write_text("hunter2\n")
+    table = replayed()
+    web = secured_server(table, tls, "hunter2")
+    full = ["status", "--url", web.url, "--ca-file", str(tls.ca), "--cert", str(tls.client_cert),
+            "--key", str(tls.client_key), "--user", "ops",
+            "--password-file", str(tmp_path / "password")]  # fmt: skip
+    try:
+        code, out, _ = run_cli(capsys, *full)
+        assert code == 0 and out == guesttable.render(table.document()["guests"])
+        code, out, err = run_cli(capsys, "status", "--url", web.url)
+        assert code == 1 and out == "" and "--ca-file" in err and err.count("\n") == 1
+        code, _, err = run_cli(capsys, *full[:5])  # no client certificate
+        assert code == 1 and "--cert" in err and err.count("\n") == 1
+        code, _, err = run_cli(capsys, *full[:9])  # no basic auth
+        assert code == 1 and "HTTP 401" in err and "--password-file" in err
+        (tmp_path / "wrong").write_text("nope\n")
+        code, _, err = run_cli(capsys, *full[:-1], str(tmp_path / "wrong"))
+        assert code == 1 and "HTTP 401" in err
+    finally:
+        web.stop()
+
+
+def test_status_flag_errors_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Flags that cannot work together, or files that cannot be read, are user errors:
+    exit 2 with one line, before any connection."""
+    url = ["status", "--url", "https://127.0.0.1:1"]
+    cases = [
+        (["--key", "k.pem"], "--key needs --cert"),
+        (["--user", "ops"], "--user and --password-file go together"),
+        (["--user", "ops", "--password-file", str(tmp_path / "none")], "cannot read"),
+        (["--ca-file", str(tmp_path / "none")], "cannot use --ca-file"),
+        (["--cert", str(tmp_path / "none")], "cannot use --cert"),
+    ]
+    for flags, message in cases:
+        code, out, err = run_cli(capsys, *url, *flags)
+        assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
+
+
+def test_status_and_replay_show_hostile_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A guest named by bytes that are not UTF-8 (vm=FFFE) is shown as \\xff\\xfe by replay
+    and status, in the table and in --json (valid UTF-8, no \\udcff escapes)."""
+    line = (
+        "type=VIRT_CONTROL msg=audit(1700000000.000:1): pid=1 uid=0 auid=4294967295 "
+        "ses=4294967295 msg='virt=kvm op=start reason=booted vm=FFFE "
+        'uuid=00000000-0000-0000-0000-000000000001 vm-pid=1 exe="/usr/sbin/libvirtd" '
+        "hostname=? addr=? terminal=? res=success'\n"
+    )
+    log = tmp_path / "audit.log"
+    log.write_text(line)
+    code, out, _ = run_cli(capsys, "replay", "--json", str(log))
+    assert code == 0 and json.loads(out)["guests"][0]["name"] == "\\xff\\xfe"
+    assert "\\udcff" not in out
+    code, out, _ = run_cli(capsys, "replay", str(log))
+    assert code == 0 and out.startswith("NAME") and "\\xff\\xfe" in out
+    out.encode("utf-8")
+    table = GuestTable(StateConfig())
+    replay(open_all([str(log)]), table)
+    web = served(table)
+    try:
+        code, out, _ = run_cli(capsys, "status", "--json", "--url", web.url)
+        assert code == 0 and json.loads(out)["guests"][0]["name"] == "\\xff\\xfe"
+        code, out, _ = run_cli(capsys, "status", "--url", web.url)
+        assert code == 0 and "\\xff\\xfe" in out
+    finally:
+        web.stop()

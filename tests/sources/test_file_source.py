@@ -13,7 +13,8 @@ import pytest
 
 from monitord.audit.record import AuditRecord
 from monitord.config import SourceConfig
-from monitord.sources.file import FileSource
+from monitord.errors import ConfigError
+from monitord.sources.file import FileSource, check_log_path
 from tests.conftest import ROOT, need_root, need_tool
 
 UUID = "c857b1ce-7157-4be5-ae36-29cf22a62ec8"
@@ -309,3 +310,68 @@ def test_unreadable_file_names_the_fix(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "permission denied" in out.stdout
     assert "CAP_DAC_READ_SEARCH" in out.stdout and "log_group" in out.stdout
+
+
+def open_in_thread(src: FileSource) -> None:
+    """src.open(None), failing the test if it does not return within 5 s (a blocked open)."""
+    import threading
+
+    opener = threading.Thread(target=src.open, args=(None,), daemon=True)
+    opener.start()
+    opener.join(timeout=5)
+    assert not opener.is_alive(), "FileSource.open() blocked"
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO as the audit log (nobody writing it) is not opened: open() returns at once and
+    health says why, naming the audisp source (it blocked in open() before)."""
+    fifo = tmp_path / "audit.log"
+    os.mkfifo(fifo)
+    src, _ = make_source(fifo)
+    try:
+        open_in_thread(src)
+        health = src.health()
+        assert not health.ok and "FIFO" in health.reason and "audisp" in health.reason
+        assert src.poll(0.1) == []
+    finally:
+        src.close()
+    with pytest.raises(ConfigError, match=r"source.path: .*FIFO \(named pipe\), not a regular"):
+        check_log_path(str(fifo))
+
+
+def test_symlinked_log_is_refused_with_its_target(tmp_path: Path) -> None:
+    """A symbolic link as the audit log is refused (not followed), the message names the
+    real file to configure instead; a symlinked directory above it is fine."""
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = real_dir / "audit.log"
+    real.write_bytes(line(1))
+    link = tmp_path / "audit.log"
+    link.symlink_to(real)
+    src, _ = make_source(link)
+    try:
+        open_in_thread(src)
+        health = src.health()
+        assert not health.ok and "symbolic link" in health.reason and str(real) in health.reason
+    finally:
+        src.close()
+    with pytest.raises(ConfigError, match="set source.path to " + str(real)):
+        check_log_path(str(link))
+    (tmp_path / "logdir").symlink_to(real_dir, target_is_directory=True)
+    check_log_path(str(tmp_path / "logdir" / "audit.log"))
+    src, _ = make_source(tmp_path / "logdir" / "audit.log", start="beginning")
+    try:
+        src.open(None)
+        assert serials(collect(src, 1)) == [1]
+    finally:
+        src.close()
+
+
+def test_other_file_kinds_are_named(tmp_path: Path) -> None:
+    """A directory or a device as the audit log is refused with what it is; a missing file
+    is not an error (it is waited for)."""
+    with pytest.raises(ConfigError, match="is a directory, not a regular file"):
+        check_log_path(str(tmp_path))
+    with pytest.raises(ConfigError, match="is a character device"):
+        check_log_path("/dev/null")
+    check_log_path(str(tmp_path / "later.log"))
