@@ -30,7 +30,8 @@ def test_audisp_overload_with_a_small_queue(tmp_path: Path) -> None:
     """Counts add up exactly and no guest is a phantom after an overload of a 200-record
     queue."""
     config = tmp_path / "monitord.toml"
-    config.write_text('[source]\nkind = "audisp"\nqueue_size = 200\n')
+    # Started as root like auditd starts it; stays root (no monitord user on a test machine).
+    config.write_text('[source]\nkind = "audisp"\nqueue_size = 200\n[plugin]\nuser = "root"\n')
     config.chmod(0o600)
     daemon = MonitordProcess(tmp_path / "state", ["--config", str(config)], stdin=subprocess.PIPE)
     with daemon:

@@ -293,7 +293,8 @@ def test_full_server_makes_room_from_the_longest_waiting() -> None:
 
 
 def test_address_in_use_and_invalid_addresses() -> None:
-    """A taken port or a malformed address is a RuntimeFailure with a clear message."""
+    """A taken port is a RuntimeFailure with a clear message; a malformed address never gets
+    that far (the config refuses it, exit 2)."""
     web, _ = make_server()
     web.start()
     try:
@@ -304,9 +305,8 @@ def test_address_in_use_and_invalid_addresses() -> None:
     finally:
         web.stop()
     for bad in ("nonsense", "127.0.0.1:99999", "::1:80", "[zz]:80", "127.0.0.1:"):
-        web, _ = make_server(listen=bad)
-        with pytest.raises(RuntimeFailure, match="cannot listen on"):
-            web.start()
+        with pytest.raises(ValueError):
+            parse_listen(bad)
     assert bind_address(parse_listen(":9781"))[1:] == ("0.0.0.0", 9781)
     assert bind_address(parse_listen("[::1]:9781")) == (socket.AF_INET6, "::1", 9781)
     assert bind_address(parse_listen("localhost:80"))[1:] in (("127.0.0.1", 80), ("::1", 80))
@@ -543,7 +543,7 @@ def test_a_failing_render_is_a_500_and_the_server_goes_on(
 
     web, _ = make_server()
     web.registry.register(Broken())
-    web.registry.base.register(Broken())  # type: ignore[attr-defined]
+    web.registry.register(Broken())
     web.start()
     try:
         for _ in range(3):
