@@ -141,6 +141,9 @@ class CheckpointStore:
             log.error("cannot set aside checkpoint %s: %s", self.path, err.strerror)
 
 
+CHILD_NICE: Final = 10
+
+
 class BackgroundSave:
     """At most one checkpoint written by a forked child; the parent reaps it without blocking.
 
@@ -162,6 +165,9 @@ class BackgroundSave:
         if pid == 0:  # pragma: no cover - runs in the child, checked through its result
             code = 1
             try:
+                # Serialising 10,000 guests takes seconds of CPU: yield it to the ingestion
+                # thread this snapshot must not slow down (2 cores, a busy collector).
+                os.nice(CHILD_NICE)
                 in_child()
                 self.store.save(build())
                 code = 0
