@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
 
 FieldValue = str | None
+
+# `res=` as `AuditRecord.result` reads it; any other value is kept as written.
+RESULTS: Final[Mapping[str, str]] = {
+    "success": "success",
+    "1": "success",
+    "failed": "failed",
+    "0": "failed",
+}
+# The `monitord parse` document (docs/INTERFACE.md): these attributes of the record, in this
+# order. `virt`, `vm`, `uuid`, `op`, `reason`, `resrc` and `exe` are properties that read the
+# inner field of their name. The C leaf gets this tuple too and writes the same document.
+DOCUMENT_KEYS: Final = (
+    "type", "type_id", "time", "serial", "node", "virt", "vm", "uuid", "result", "op", "reason",
+    "resrc", "pid", "uid", "auid", "ses", "subj", "exe", "fields", "enrichment",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,40 +89,18 @@ class AuditRecord:
     def result(self) -> str | None:
         """`success` or `failed` (audit also writes `res=1`/`res=0` in old records)."""
         res = self.fields.get("res")
-        if res in ("success", "1"):
-            return "success"
-        if res in ("failed", "0"):
-            return "failed"
-        return res
+        return RESULTS.get(res, res) if res is not None else None
 
     @property
     def succeeded(self) -> bool:
         return self.result == "success"
 
     def to_json(self) -> dict[str, Any]:
-        """Return the `monitord parse` document of the record (CONTRACT.md)."""
-        return {
-            "type": self.type,
-            "type_id": self.type_id,
-            "time": self.time,
-            "serial": self.serial,
-            "node": self.node,
-            "virt": self.virt,
-            "vm": self.vm,
-            "uuid": self.uuid,
-            "result": self.result,
-            "op": self.op,
-            "reason": self.reason,
-            "resrc": self.resrc,
-            "pid": self.pid,
-            "uid": self.uid,
-            "auid": self.auid,
-            "ses": self.ses,
-            "subj": self.subj,
-            "exe": self.exe,
-            "fields": dict(self.fields),
-            "enrichment": dict(self.enrichment),
-        }
+        """Return the `monitord parse` document of the record (docs/INTERFACE.md)."""
+        doc = {key: getattr(self, key) for key in DOCUMENT_KEYS}
+        doc["fields"] = dict(self.fields)
+        doc["enrichment"] = dict(self.enrichment)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> AuditRecord:
