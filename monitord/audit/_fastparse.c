@@ -84,8 +84,8 @@ typedef struct {
 static PyObject *given = NULL; /* the dict setup() got */
 static Names raw_keys, encoded_keys, encoded_prefixes, encoded_path_resrc, libvirt_keys,
     outer_ints, needles, types, results, document;
-static Name path_key, resrc_key, uuid_key, uuid_shape, outer_text, unknown_prefix, result_key;
-static char uuid_digit[256];
+static Name path_key, resrc_key, uuid_key, uuid_shape, uuid_digits, outer_text, unknown_prefix,
+    result_key;
 static long virt_first, virt_last, max_serial_digits, max_stamp_length;
 
 /* the document's sources: what a key of record.DOCUMENT_KEYS is made of */
@@ -166,64 +166,55 @@ static int is(const Name *nm, const char *s, Py_ssize_t n) {
     return nm->n == n && memcmp(nm->s, s, (size_t)n) == 0;
 }
 
-static PyObject *table(PyObject *tables, const char *key) {
-    PyObject *o = PyDict_GetItemString(tables, key); /* borrowed */
-    if (o == NULL)
-        PyErr_Format(PyExc_KeyError, "_fastparse.setup: no table %s", key);
-    return o;
-}
-
 static long number(PyObject *tables, const char *key, Py_ssize_t index) {
-    PyObject *o = table(tables, key);
-    if (o != NULL && index >= 0)
-        o = PySequence_GetItem(o, index); /* new reference */
-    else
-        Py_XINCREF(o);
+    PyObject *o = PyDict_GetItemString(tables, key); /* borrowed */
+    o = o == NULL ? NULL : index >= 0 ? PySequence_GetItem(o, index) : Py_NewRef(o);
     long v = o == NULL ? -1 : PyLong_AsLong(o);
     Py_XDECREF(o);
+    if (v == -1 && !PyErr_Occurred())
+        PyErr_Format(PyExc_KeyError, "_fastparse.setup: no number %s", key);
     return v;
 }
+
+/* parser.TABLES' entries: lists of names, single names */
+static const struct {
+    const char *key;
+    Names *names;
+    Name *one;
+} SPEC[] = {
+    {"raw_keys", &raw_keys, NULL},         {"encoded_keys", &encoded_keys, NULL},
+    {"encoded_prefixes", &encoded_prefixes, NULL},
+    {"encoded_path_resrc", &encoded_path_resrc, NULL},
+    {"libvirt_keys", &libvirt_keys, NULL}, {"outer_ints", &outer_ints, NULL},
+    {"needles", &needles, NULL},           {"types", &types, NULL},
+    {"results", &results, NULL},           {"document", &document, NULL},
+    {"path_key", NULL, &path_key},         {"resrc_key", NULL, &resrc_key},
+    {"uuid_key", NULL, &uuid_key},         {"uuid_shape", NULL, &uuid_shape},
+    {"uuid_digits", NULL, &uuid_digits},   {"outer_text", NULL, &outer_text},
+    {"unknown_prefix", NULL, &unknown_prefix}, {"result_key", NULL, &result_key},
+};
 
 static PyObject *setup(PyObject *self, PyObject *tables) {
     (void)self;
     if (!PyDict_Check(tables))
         return PyErr_Format(PyExc_TypeError, "_fastparse.setup: tables must be a dict");
-    Names *lists[] = {&raw_keys, &encoded_keys, &encoded_prefixes, &encoded_path_resrc,
-                      &libvirt_keys, &outer_ints, &needles, &types, &results, &document};
-    const char *list_keys[] = {"raw_keys", "encoded_keys", "encoded_prefixes",
-                               "encoded_path_resrc", "libvirt_keys", "outer_ints", "needles",
-                               "types", "results", "document"};
-    Name *one[] = {&path_key, &resrc_key, &uuid_key, &uuid_shape, &outer_text, &unknown_prefix,
-                   &result_key};
-    const char *one_keys[] = {"path_key", "resrc_key", "uuid_key", "uuid_shape", "outer_text",
-                              "unknown_prefix", "result_key"};
-    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
-        free_names(lists[i]);
-    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
-        PyMem_Free(one[i]->s);
-        Py_CLEAR(one[i]->obj);
-        one[i]->s = NULL;
+    Py_CLEAR(given); /* until every table is read, region() and tail() refuse to run */
+    for (size_t i = 0; i < sizeof SPEC / sizeof *SPEC; i++) {
+        if (SPEC[i].names != NULL) {
+            free_names(SPEC[i].names);
+        } else {
+            PyMem_Free(SPEC[i].one->s);
+            Py_CLEAR(SPEC[i].one->obj);
+            SPEC[i].one->s = NULL;
+        }
     }
-    Py_CLEAR(given); /* until every table is read: region() and tail() refuse to run */
-    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
-        PyObject *o = table(tables, list_keys[i]);
-        if (o == NULL || names_of(o, lists[i]) < 0)
+    for (size_t i = 0; i < sizeof SPEC / sizeof *SPEC; i++) {
+        PyObject *o = PyDict_GetItemString(tables, SPEC[i].key); /* borrowed */
+        if (o == NULL)
+            return PyErr_Format(PyExc_KeyError, "_fastparse.setup: no table %s", SPEC[i].key);
+        if ((SPEC[i].names ? names_of(o, SPEC[i].names) : name_of(o, SPEC[i].one)) < 0)
             return NULL;
     }
-    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
-        PyObject *o = table(tables, one_keys[i]);
-        if (o == NULL || name_of(o, one[i]) < 0)
-            return NULL;
-    }
-    PyObject *digits = table(tables, "uuid_digits");
-    Name d = {0};
-    if (digits == NULL || name_of(digits, &d) < 0)
-        return NULL;
-    memset(uuid_digit, 0, sizeof uuid_digit);
-    for (Py_ssize_t i = 0; i < d.n; i++)
-        uuid_digit[(unsigned char)d.s[i]] = 1;
-    PyMem_Free(d.s);
-    Py_DECREF(d.obj);
     virt_first = number(tables, "virt_range", 0);
     virt_last = number(tables, "virt_range", 1);
     max_serial_digits = number(tables, "max_serial_digits", -1);
@@ -485,7 +476,7 @@ static int read_tail(const char *s, Py_ssize_t n, Line *L) {
         return PYTHON; /* bad_uuid */
     for (i = 0; i < uuid->len; i++) {
         char c = value(L, uuid)[i], want = uuid_shape.s[i];
-        if (want == 'x' ? !uuid_digit[(unsigned char)c] : c != want)
+        if (want == 'x' ? memchr(uuid_digits.s, c, (size_t)uuid_digits.n) == NULL : c != want)
             return PYTHON;
     }
     /* outer: the first of each key among the tokens between `): ` and msg=' */
@@ -593,6 +584,7 @@ static int read_line(const char *s, Py_ssize_t n, Line *L) {
     if (L->type_id < virt_first || L->type_id > virt_last)
         return NOT_VIRT;
     /* STAMP:SERIAL: digits with at most one '.', then digits */
+    char stamp[72];
     Py_ssize_t st = mark + 11, colon = find_byte(s, st, close, ':');
     if (colon < 0 || colon - st > max_stamp_length || colon + 1 == close)
         return PYTHON;
@@ -604,9 +596,9 @@ static int read_line(const char *s, Py_ssize_t n, Line *L) {
     if (dots > 1 || stamp_digits == 0 || dots + stamp_digits != colon - st)
         return PYTHON;
     if (s[colon + 1] < '0' || s[colon + 1] > '9' ||
-        int_of(s + colon + 1, close - colon - 1, &L->serial) != 1)
+        int_of(s + colon + 1, close - colon - 1, &L->serial) != 1 ||
+        snprintf(stamp, sizeof stamp, "%lld", L->serial) > max_serial_digits)
         return PYTHON; /* bad_timestamp, or a serial for Python's ints */
-    char stamp[72];
     memcpy(stamp, s + st, (size_t)(colon - st));
     stamp[colon - st] = '\0';
     L->time = PyOS_string_to_double(stamp, NULL, NULL);

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from monitord.audit.parser import Region
+from monitord.audit.parser import Region, Tail
 
 def setup(tables: Mapping[str, object], /) -> None:
     """Take parser.TABLES: every name the leaf matches (types, key rules, document keys...)."""
@@ -15,18 +15,5 @@ def region(
 ) -> Region:
     """The candidate lines of buf[start:end] (whole lines), as parser.Region describes."""
 
-def tail(
-    tail: bytes, /
-) -> (
-    tuple[
-        int | None,
-        int | None,
-        int | None,
-        int | None,
-        str | None,
-        dict[str, str | None],
-        dict[str, str],
-    ]
-    | None
-):
+def tail(tail: bytes, /) -> Tail | None:
     """parser.parse_tail of a tail's bytes, or None: the Python path reads it."""

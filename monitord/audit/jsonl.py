@@ -1,11 +1,12 @@
 """Audit lines -> their `monitord parse` JSON lines: `json.dumps(record.to_json())`, fast.
 
-The document is `AuditRecord.to_json()` (its keys: record.DOCUMENT_KEYS). Only its head
-(type, type_id, time, serial, node: what the header gives) differs from line to line;
-the rest depends on the line's tail alone, so it is serialised once per distinct tail
-and kept. With the C leaf, `json_reader` lets it write whole runs of JSON lines from the
-same DOCUMENT_KEYS; the lines it leaves (unusual ones) take this module's path, and tests
-hold both to `json.dumps(record.to_json())` byte for byte.
+The document is `AuditRecord.to_json()` (its keys: record.DOCUMENT_KEYS). Of a line, only
+the time and serial of its stamp change the document from line to line: everything else
+follows from the rest of the line. So the document is serialised once per distinct rest
+of line, with the time and serial left as `%r`/`%d`; every repeat of that rest costs a
+dict lookup and a `%`. With the C leaf, `json_reader` lets it write whole runs of JSON
+lines from the same DOCUMENT_KEYS; the lines it leaves (unusual ones) take this path, and
+tests hold both to `json.dumps(record.to_json())` byte for byte.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ from monitord.audit.parser import (
     _BoundedCache,
     region_reader,
     split_header,
+    stamp_of,
 )
+from monitord.audit.record import AuditRecord
 
 # The compact, ASCII form `monitord parse` prints.
-dumps: Final[Callable[[object], str]] = json.JSONEncoder(separators=(",", ":")).encode
-# The document's head, filled in per line: json's forms of a str (%s, from dumps), an int
-# (%d), a float (%r is repr, which json uses) and None (%s of b"null").
-_HEAD: Final = b'{"type":%s,"type_id":%d,"time":%r,"serial":%d,"node":%s,'
+dumps: Final[Callable[[object], str]] = json.JSONEncoder(
+    separators=(",", ":"), check_circular=False
+).encode
+# The document's head: what the header gives, in DOCUMENT_KEYS' order. The type and node
+# are filled in once per line shape; time (%r is repr, as json writes floats) and serial
+# (%d) per line.
+_HEAD: Final = b'{"type":%s,"type_id":%d,"time":%%r,"serial":%%d,"node":%s,'
 HEAD_KEYS: Final = ("type", "type_id", "time", "serial", "node")
 
 
@@ -38,31 +44,48 @@ class JsonLines:
 
     def __init__(self, records: RecordLines) -> None:
         self._records = records
-        self._tails: _BoundedCache[bytes, bytes] = _BoundedCache()
-        self._names: _BoundedCache[str | None, bytes] = _BoundedCache(1024)
+        # (line before ` msg=audit(`, line from its `)`) -> the line's JSON as a %-template
+        self._lines: _BoundedCache[tuple[bytes, bytes], bytes] = _BoundedCache(1 << 13)
+        self._rests: _BoundedCache[bytes, bytes] = _BoundedCache(1 << 13)  # tail -> its JSON
 
     def line(self, line: bytes) -> bytes | Ignored:
-        head = split_header(line)
+        mark = line.find(b" msg=audit(")
+        close = line.find(b")", mark)
+        # The key keeps both parts apart: joined, a `)` could move from one to the other.
+        key = (line[:mark], line[close:])
+        template = self._lines.get(key)
+        if template is not None:
+            stamp = stamp_of(line[mark + 11 : close])
+            if stamp is not None:
+                return template % stamp
+        head = split_header(line)  # raises ParseError as parse_line does
         if type(head) is Ignored:
             return head
-        return self.head(*head)  # type: ignore[misc]
+        made = self._template(*head)  # type: ignore[misc]
+        if type(made) is Ignored:
+            return made
+        self._lines.put(key, made)  # type: ignore[arg-type]
+        return made % head[2:4]  # type: ignore[index,operator]
 
     def head(
         self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
     ) -> bytes | Ignored:
-        rest = self._tails.get(tail)
+        template = self._template(tname, type_id, time, serial, node, tail)
+        return template if type(template) is Ignored else template % (time, serial)  # type: ignore[operator]
+
+    def _template(
+        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
+    ) -> bytes | Ignored:
+        rest = self._rests.get(tail)
         if rest is None:
             record = self._records.head(tname, type_id, time, serial, node, tail)
             if type(record) is Ignored:
                 return record
-            doc = record.to_json()  # type: ignore[union-attr]
+            doc = AuditRecord.to_json(record)  # type: ignore[arg-type]
             for key in HEAD_KEYS:
                 del doc[key]
-            rest = self._tails.put(tail, dumps(doc)[1:].encode() + b"\n")
-        names = self._names
-        jtype = names.get(tname) or names.put(tname, dumps(tname).encode())
-        jnode = names.get(node) or names.put(node, dumps(node).encode())
-        return _HEAD % (jtype, type_id, time, serial, jnode) + rest
+            rest = self._rests.put(tail, dumps(doc)[1:].encode().replace(b"%", b"%%") + b"\n")
+        return _HEAD % (dumps(tname).encode(), type_id, dumps(node).encode()) + rest
 
 
 def json_reader(fast: ModuleType | None = ACCELERATOR_MODULE) -> Reader[bytes]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
-from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args, overload
 
 from monitord.audit.encoding import decode_hex
 from monitord.audit.record import DOCUMENT_KEYS, RESULTS, AuditRecord, make_record, to_int
@@ -38,17 +38,10 @@ ParseErrorReason = Literal[
     "unbalanced_quote",
     "bad_uuid",
 ]
-PARSE_ERROR_REASONS: Final[tuple[ParseErrorReason, ...]] = (
-    "line_too_long",
-    "bad_header",
-    "bad_timestamp",
-    "no_message",
-    "unbalanced_quote",
-    "bad_uuid",
-)
+PARSE_ERROR_REASONS: Final[tuple[ParseErrorReason, ...]] = get_args(ParseErrorReason)
 
 IgnoredReason = Literal["not_virt", "not_libvirt"]
-IGNORED_REASONS: Final[tuple[IgnoredReason, ...]] = ("not_virt", "not_libvirt")
+IGNORED_REASONS: Final[tuple[IgnoredReason, ...]] = get_args(IgnoredReason)
 
 DEFAULT_MAX_LINE_LENGTH: Final = 64 * 1024
 
@@ -90,7 +83,7 @@ _RESRC_KEY: Final = "resrc"
 _ENCODED_PATH_RESRC: Final = frozenset({"net", "cgroup"})
 # A record is libvirt's when it has these inner fields (dockerd's VIRT_CONTROL has neither).
 _UUID_KEY: Final = "uuid"
-_LIBVIRT_KEYS: Final = ("virt", _UUID_KEY)
+_LIBVIRT_KEYS: Final = frozenset({"virt", _UUID_KEY})
 # The outer fields a record keeps: these as ints, then the SELinux context as text.
 _OUTER_INTS: Final = ("pid", "uid", "auid", "ses")
 _OUTER_TEXT: Final = "subj"
@@ -198,14 +191,16 @@ def _simple_token(token: str) -> tuple[str, str | None] | None:
 def parse_fields(inner: str) -> dict[str, str | None]:
     """Split and decode the inner `msg='...'` text into ordered fields; first duplicate wins."""
     # The common case: every token a self-contained `key=value`; map/dict run the loop in C.
-    tokens = inner.split(" ")
+    tokens = split = inner.split(" ")
+    if "" in tokens:  # runs of spaces: skipped, as the slow path does
+        tokens = [token for token in tokens if token]
     pairs = list(map(_TOKENS.get, tokens))
     if not all(pairs):  # a pair is a non-empty tuple: only a cache miss is falsy
         for i, pair in enumerate(pairs):
             if pair is None:
                 pair = _simple_token(tokens[i])
                 if pair is None:
-                    return _parse_fields_slow(tokens)
+                    return _parse_fields_slow(split)
                 pairs[i] = pair
     fields = dict(pairs)  # type: ignore[arg-type]  # every pair is filled in by now
     if len(fields) != len(pairs):  # a duplicate key: the first occurrence wins
@@ -318,7 +313,7 @@ def parse_tail(tail: str) -> Tail | Ignored:
     if end < start + 5:
         raise ParseError("unbalanced_quote", tail[start : start + 120])
     fields = parse_fields(tail[start + 5 : end])
-    if not all(key in fields for key in _LIBVIRT_KEYS):
+    if not fields.keys() >= _LIBVIRT_KEYS:
         return NOT_LIBVIRT
     uuid = fields[_UUID_KEY]
     if uuid is None or not _uuid_pattern(UUID_SHAPE, UUID_DIGITS).match(uuid):
@@ -453,16 +448,24 @@ def split_header(line: bytes) -> Head | Ignored:
         kind = _TYPES.put(raw_type, _type_of(_text(raw_type)))
     if kind is _NOT_A_VIRT_TYPE:
         return NOT_VIRT
-    stamp, colon, serial = line[mark + 11 : close].partition(b":")
-    if not (
+    stamp = stamp_of(line[mark + 11 : close])
+    if stamp is None:
+        raise ParseError("bad_timestamp", _text(line[mark + 11 : close][:120]))
+    return (kind[0], kind[1], stamp[0], stamp[1], node, line[close:])
+
+
+def stamp_of(text: bytes) -> tuple[float, int] | None:
+    """`TIME:SERIAL` of `msg=audit(TIME:SERIAL)` as (time, serial); None when malformed."""
+    stamp, colon, serial = text.partition(b":")
+    if (
         colon
         and serial.isdigit()  # bytes: ASCII digits only
         and stamp.replace(b".", b"", 1).isdigit()
         and len(stamp) <= _MAX_STAMP_LENGTH
         and len(serial.lstrip(b"0")) <= _MAX_SERIAL_DIGITS
     ):
-        raise ParseError("bad_timestamp", _text(line[mark + 11 : close][:120]))
-    return (kind[0], kind[1], float(stamp), int(serial), node, line[close:])
+        return (float(stamp), int(serial))
+    return None
 
 
 def parse_line(line: bytes | str) -> AuditRecord | Ignored:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
@@ -24,6 +26,11 @@ DOCUMENT_KEYS: Final = (
     "type", "type_id", "time", "serial", "node", "virt", "vm", "uuid", "result", "op", "reason",
     "resrc", "pid", "uid", "auid", "ses", "subj", "exe", "fields", "enrichment",
 )  # fmt: skip
+
+
+@cache
+def _attributes(names: tuple[str, ...]) -> Callable[[object], tuple[Any, ...]]:
+    return attrgetter(*names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +104,7 @@ class AuditRecord:
 
     def to_json(self) -> dict[str, Any]:
         """Return the `monitord parse` document of the record (docs/INTERFACE.md)."""
-        doc = {key: getattr(self, key) for key in DOCUMENT_KEYS}
+        doc = dict(zip(DOCUMENT_KEYS, _attributes(DOCUMENT_KEYS)(self), strict=True))
         doc["fields"] = dict(self.fields)
         doc["enrichment"] = dict(self.enrichment)
         return doc
