@@ -532,11 +532,10 @@ static int read_tail(const char *s, Py_ssize_t n, Line *L) {
     return DONE;
 }
 
-/* parser.split_header, then read_tail: DONE, NOT_VIRT, NOT_LIBVIRT, PYTHON or -1 */
+/* parser.split_header of a line without its \r\n, then read_tail: DONE, NOT_VIRT,
+ * NOT_LIBVIRT, PYTHON or -1 */
 static int read_line(const char *s, Py_ssize_t n, Line *L) {
     Py_ssize_t pos = 0, i;
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
-        n--;
     L->node = NULL;
     if (n >= 5 && !memcmp(s, "node=", 5)) {
         pos = find_byte(s, 0, n, ' ') + 1;
@@ -733,13 +732,11 @@ static PyObject *text(const char *s, Py_ssize_t n) {
     return PyUnicode_DecodeUTF8(s, n, "surrogateescape");
 }
 
-/* (start, stop, type name, type number, time, serial, node, tail bytes): parser.Head */
-static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t stop, Line *L) {
+/* (start, stop, type name, type number, time, serial, node, tail bytes): parser.Head of
+ * the line buf[start:end] (stop: where the span ends, its \r included) */
+static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t stop, Line *L) {
     PyObject *name = L->type != NULL ? Py_NewRef(L->type->obj) : text(L->tname, L->tlen);
     PyObject *node = L->node != NULL ? text(L->node, L->node_len) : Py_NewRef(Py_None);
-    Py_ssize_t end = stop; /* the tail without the line's \r\n */
-    while (end > start + L->tail && (s[end - 1] == '\n' || s[end - 1] == '\r'))
-        end--;
     PyObject *head = name == NULL || node == NULL
                          ? NULL
                          : Py_BuildValue("(nnOldLOy#)", start, stop, name, L->type_id, L->time,
@@ -962,12 +959,15 @@ static PyObject *region(PyObject *self, PyObject *args) {
             continue;
         nspans++;
         L->arena.len = 0;
-        int rc = le - ls > max_len ? PYTHON : read_line(buf + ls, le - ls, L);
+        Py_ssize_t end = le; /* the line without \r */
+        while (end > ls && buf[end - 1] == '\r')
+            end--;
+        int rc = le - ls > max_len ? PYTHON : read_line(buf + ls, end - ls, L);
         if (rc == DONE && json) {
             nrec++;
             rc = put_document(&run, L);
         } else if (rc == DONE) {
-            rc = append(items, head_of(buf, ls, le, L));
+            rc = append(items, head_of(buf, ls, end, le, L));
         } else if (rc == PYTHON) {
             rc = flush(items, &run) < 0 ? -1 : append(items, Py_BuildValue("(nn)", ls, le));
         } else if (rc >= 0) {

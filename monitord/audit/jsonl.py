@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import cache
 from types import ModuleType
 from typing import Final
 
+from monitord.audit import record
 from monitord.audit.parser import (
     ACCELERATOR_MODULE,
+    TAIL_PARTS,
     Ignored,
     Reader,
     RecordLines,
+    Tail,
     _BoundedCache,
     region_reader,
     split_header,
     stamp_of,
 )
-from monitord.audit.record import AuditRecord
+from monitord.audit.record import result_of
 
 # The compact, ASCII form `monitord parse` prints.
 dumps: Final[Callable[[object], str]] = json.JSONEncoder(
@@ -37,6 +41,24 @@ dumps: Final[Callable[[object], str]] = json.JSONEncoder(
 # (%d) per line.
 _HEAD: Final = b'{"type":%s,"type_id":%d,"time":%%r,"serial":%%d,"node":%s,'
 HEAD_KEYS: Final = ("type", "type_id", "time", "serial", "node")
+_RESULT: Final = -1
+_FIELD: Final = -2
+
+
+@cache
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
+    """Each document key after the head: its JSON prefix and where its value is: a part of
+    the line's parser.Tail, the record's result, or else the inner field of that name (as
+    AuditRecord's properties `virt`, `vm`... read them)."""
+    return tuple(
+        (
+            dumps(key) + ":",
+            TAIL_PARTS.index(key) if key in TAIL_PARTS else _RESULT if key == "result" else _FIELD,
+            key,
+        )
+        for key in keys
+        if key not in HEAD_KEYS
+    )
 
 
 class JsonLines:
@@ -47,6 +69,7 @@ class JsonLines:
         # (line before ` msg=audit(`, line from its `)`) -> the line's JSON as a %-template
         self._lines: _BoundedCache[tuple[bytes, bytes], bytes] = _BoundedCache(1 << 13)
         self._rests: _BoundedCache[bytes, bytes] = _BoundedCache(1 << 13)  # tail -> its JSON
+        self._json: _BoundedCache[object, str] = _BoundedCache()  # str, int or None -> JSON
 
     def line(self, line: bytes) -> bytes | Ignored:
         mark = line.find(b" msg=audit(")
@@ -70,22 +93,50 @@ class JsonLines:
     def head(
         self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
     ) -> bytes | Ignored:
-        template = self._template(tname, type_id, time, serial, node, tail)
-        return template if type(template) is Ignored else template % (time, serial)  # type: ignore[operator]
+        made = self._template(tname, type_id, time, serial, node, tail)
+        return made if type(made) is Ignored else made % (time, serial)  # type: ignore[operator]
 
     def _template(
         self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
     ) -> bytes | Ignored:
         rest = self._rests.get(tail)
         if rest is None:
-            record = self._records.head(tname, type_id, time, serial, node, tail)
-            if type(record) is Ignored:
-                return record
-            doc = AuditRecord.to_json(record)  # type: ignore[arg-type]
-            for key in HEAD_KEYS:
-                del doc[key]
-            rest = self._rests.put(tail, dumps(doc)[1:].encode().replace(b"%", b"%%") + b"\n")
-        return _HEAD % (dumps(tname).encode(), type_id, dumps(node).encode()) + rest
+            decoded = self._records.decoded(tail)  # raises ParseError
+            if type(decoded) is Ignored:
+                return decoded
+            rest = self._rests.put(tail, self._rest(decoded))  # type: ignore[arg-type]
+        get, scalar = self._json.get, self._scalar
+        jtype, jnode = get(tname) or scalar(tname), get(node) or scalar(node)
+        # The head is a %-template too: a % of the node's (or type's) is doubled.
+        jtype, jnode = jtype.replace("%", "%%"), jnode.replace("%", "%%")
+        head = _HEAD % (jtype.encode(), type_id, jnode.encode())
+        return head + rest
+
+    def _rest(self, decoded: Tail) -> bytes:
+        """The document after its head for a decoded tail, %-escaped, with `}` and newline."""
+        fields = decoded[TAIL_PARTS.index("fields")]
+        get, scalar = self._json.get, self._scalar  # a hit costs no call: the values recur
+        parts = []
+        for prefix, where, key in _layout(record.DOCUMENT_KEYS):
+            value = (
+                decoded[where]
+                if where >= 0
+                else result_of(fields)  # type: ignore[arg-type]
+                if where == _RESULT
+                else fields.get(key)  # type: ignore[union-attr]
+            )
+            if type(value) is dict:
+                pairs = [
+                    (get(k) or scalar(k)) + ":" + (get(v) or scalar(v)) for k, v in value.items()
+                ]
+                parts.append(prefix + "{" + ",".join(pairs) + "}")
+            else:
+                parts.append(prefix + (get(value) or scalar(value)))
+        return (",".join(parts) + "}\n").encode().replace(b"%", b"%%")
+
+    def _scalar(self, value: object) -> str:
+        """json.dumps of a str, an int or None, kept (the same values recur)."""
+        return self._json.put(value, dumps(value))
 
 
 def json_reader(fast: ModuleType | None = ACCELERATOR_MODULE) -> Reader[bytes]:

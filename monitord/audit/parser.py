@@ -27,7 +27,14 @@ from types import ModuleType
 from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args, overload
 
 from monitord.audit.encoding import decode_hex
-from monitord.audit.record import DOCUMENT_KEYS, RESULTS, AuditRecord, make_record, to_int
+from monitord.audit.record import (
+    DOCUMENT_KEYS,
+    RESULT_KEY,
+    RESULTS,
+    AuditRecord,
+    make_record,
+    to_int,
+)
 from monitord.audit.types import VIRT_FIRST, VIRT_LAST, VIRT_NUMBERS, type_name
 
 ParseErrorReason = Literal[
@@ -121,7 +128,7 @@ TABLES: Final[dict[str, object]] = {
     "max_serial_digits": _MAX_SERIAL_DIGITS,
     "max_stamp_length": _MAX_STAMP_LENGTH,
     "results": RESULTS,
-    "result_key": "res",
+    "result_key": RESULT_KEY,
     "document": DOCUMENT_KEYS,
 }
 
@@ -256,6 +263,7 @@ def _parse_fields_slow(tokens: list[str]) -> dict[str, str | None]:
 # ---- the tail: `): outer msg='inner'` and the enrichment after 0x1D --------------------------
 
 # (pid, uid, auid, ses, subj, fields, enrichment); the cached dicts are copied per record.
+TAIL_PARTS: Final = (*_OUTER_INTS, _OUTER_TEXT, "fields", "enrichment")
 Tail = tuple[
     int | None,
     int | None,
@@ -352,9 +360,7 @@ class RecordLines:
         self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
     ) -> AuditRecord | Ignored:
         """The record of a line whose header split_header read; raises ParseError."""
-        decoded = self._tails.get(tail)
-        if decoded is None:
-            decoded = self._tails.put(tail, self.decode_tail(tail))
+        decoded = self._tails.get(tail) or self.decoded(tail)
         if type(decoded) is Ignored:
             return decoded
         pid, uid, auid, ses, subj, fields, enrichment = decoded  # type: ignore[misc]
@@ -373,13 +379,16 @@ class RecordLines:
             enrichment.copy(),
         )
 
-    def decode_tail(self, tail: bytes) -> Tail | Ignored:
-        """parse_tail of a tail's bytes, by the C leaf when it reads the tail."""
-        if self._fast_tail is not None:
-            decoded = self._fast_tail(tail)
-            if decoded is not None:
-                return decoded
-        return parse_tail(tail.decode("utf-8", "surrogateescape"))
+    def decoded(self, tail: bytes) -> Tail | Ignored:
+        """parse_tail of a tail's bytes (by the C leaf when it reads the tail), cached."""
+        decoded = self._tails.get(tail)
+        if decoded is None:
+            if self._fast_tail is not None:
+                decoded = self._fast_tail(tail)
+            if decoded is None:
+                decoded = parse_tail(tail.decode("utf-8", "surrogateescape"))
+            self._tails.put(tail, decoded)
+        return decoded
 
 
 # ---- the header: `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL)` ------------------------
@@ -720,52 +729,48 @@ class StreamParser(Generic[_T]):
         """The outcomes of the candidate lines among the whole lines of buf[start:end]."""
         stats = self.stats
         reader = self.reader
-        items: list[object]
+        items: list[Any]
         if reader.region is not None:
             nlines, candidates, records, not_virt, not_libvirt, items = reader.region(
                 buf, start, end, self.max_line_length
             )
         else:
             # buf[end:] holds no newline. Counting by deletion runs at memchr speed;
-            # bytes.count(b"\n") is several times slower.
-            rest = buf[start:] if start else buf
-            nlines = len(rest) - len(rest.replace(b"\n", b""))
-            items = candidate_spans(buf, end, start)  # type: ignore[assignment]
+            # bytes.count(b"\n") is several times slower (it is used on the short head).
+            nlines = len(buf) - len(buf.replace(b"\n", b"")) - buf.count(b"\n", 0, start)
+            items = candidate_spans(buf, end, start)
             candidates = len(items)
             records = not_virt = not_libvirt = 0
         stats.lines += nlines
-        stats.ignored["not_virt"] += nlines - candidates + not_virt
+        ignored = stats.ignored
+        ignored["not_virt"] += nlines - candidates + not_virt
         if not_libvirt:
-            stats.ignored["not_libvirt"] += not_libvirt
-        out: list[_T] = []
+            ignored["not_libvirt"] += not_libvirt
+        out: list[Any] = []
+        runs = 0
+        line, head, max_len = reader.line, reader.head, self.max_line_length
         for item in items:
-            if type(item) is bytes:  # a run of outputs the C leaf made
-                out.append(item)  # type: ignore[arg-type]
+            if type(item) is bytes:  # a run of outputs the C leaf made (records counted)
+                out.append(item)
+                runs += 1
                 continue
-            outcome = self._item(buf, item)  # type: ignore[arg-type]
-            if outcome is not None:
-                records += 1
-                out.append(outcome)
-        stats.records += records
-        return out
-
-    def _item(self, buf: bytes | bytearray, item: tuple[Any, ...]) -> _T | None:
-        """One candidate line's outcome, or None (ignored or malformed, and counted as such)."""
-        start, stop = item[0], item[1]
-        try:
-            if len(item) == 2:
-                if stop - start > self.max_line_length:
-                    raise ParseError("line_too_long", f"{stop - start} bytes")
-                outcome = self.reader.line(bytes(buf[start:stop]))
+            first, stop = item[0], item[1]
+            try:
+                if len(item) > 2:  # a line the C leaf read
+                    outcome = head(*item[2:])
+                elif stop - first <= max_len:
+                    outcome = line(bytes(buf[first:stop]))
+                else:
+                    raise ParseError("line_too_long", f"{stop - first} bytes")
+            except ParseError as err:
+                self._error(err, bytes(buf[first:stop]))
+                continue
+            if type(outcome) is Ignored:
+                ignored[outcome.reason] += 1
             else:
-                outcome = self.reader.head(*item[2:])
-        except ParseError as err:
-            self._error(err, bytes(buf[start:stop]))
-            return None
-        if type(outcome) is Ignored:
-            self.stats.ignored[outcome.reason] += 1
-            return None
-        return outcome  # type: ignore[return-value]
+                out.append(outcome)
+        stats.records += records + len(out) - runs
+        return out
 
     def _error(self, err: ParseError, line: bytes) -> None:
         self.stats.errors[err.reason] += 1

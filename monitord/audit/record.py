@@ -13,6 +13,7 @@ from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
 FieldValue = str | None
 
 # `res=` as `AuditRecord.result` reads it; any other value is kept as written.
+RESULT_KEY: Final = "res"
 RESULTS: Final[Mapping[str, str]] = {
     "success": "success",
     "1": "success",
@@ -26,6 +27,12 @@ DOCUMENT_KEYS: Final = (
     "type", "type_id", "time", "serial", "node", "virt", "vm", "uuid", "result", "op", "reason",
     "resrc", "pid", "uid", "auid", "ses", "subj", "exe", "fields", "enrichment",
 )  # fmt: skip
+
+
+def result_of(fields: Mapping[str, FieldValue]) -> str | None:
+    """The `result` of a record with these inner fields (RESULTS; other values as written)."""
+    res = fields.get(RESULT_KEY)
+    return RESULTS.get(res, res) if res is not None else None
 
 
 @cache
@@ -95,8 +102,7 @@ class AuditRecord:
     @property
     def result(self) -> str | None:
         """`success` or `failed` (audit also writes `res=1`/`res=0` in old records)."""
-        res = self.fields.get("res")
-        return RESULTS.get(res, res) if res is not None else None
+        return result_of(self.fields)
 
     @property
     def succeeded(self) -> bool:

@@ -260,6 +260,7 @@ EDGE = [
     f"virt=kvm op=start vm=0A0D09085C22 uuid={U} device=7F1F00 res=success",
     f"virt=kvm op=start vm=EDA080 uuid={U} disk=C3 chardev=E282AC res=success",
     f'virt=kvm op=start vm="a\\\\b" uuid={U} maj=88 new-vcpu=10 pid-ns=ABCD res=success',
+    f'virt=kvm op=start vm="50%" uuid={U} exe=%s%d%r res=%success',
     # uuids: canonical (either case), and not
     f"virt=kvm op=start vm=a uuid={U.upper()} res=success",
     f'virt=kvm op=start vm=a uuid="{U}" res=success',
@@ -287,6 +288,7 @@ HEADERS = [
     "node=host-1 type=VIRT_MACHINE_ID msg=audit(5.:1): ",
     'node=a"b\\c type=UNKNOWN[2501] msg=audit(.5:1): ',
     "node= type=UNKNOWN[02510] msg=audit(1:1): ",
+    "node=a%sb%d%% type=VIRT_CONTROL msg=audit(1:1): ",
     "type=UNKNOWN[2600] msg=audit(1:1): ",
     "type=UNKNOWN[25] msg=audit(1:1): ",
     "type=UNKNOWN[25x] msg=audit(1:1): ",
@@ -531,7 +533,8 @@ def test_daemon_same_with_and_without_the_leaf(tmp_path: Path) -> None:
         args = ["--source", "file", "--audit-log", str(log), "--start", "beginning"]
         env = {"MONITORD_PURE_PYTHON": pure}
         with MonitordProcess(tmp_path / f"state{pure}", args, env=env) as daemon:
-            wait_until(lambda d=daemon: d.metric("monitord_bytes_read_total") == len(data))
+            read_all = lambda d=daemon: d.metric("monitord_bytes_read_total") == len(data)  # noqa: E731
+            wait_until(read_all, timeout=120)
             guests = daemon.guests()
             metrics = {k: v for k, v in daemon.metrics().items() if not k.startswith(VARYING)}
         del guests["generated_at"]
