@@ -1,50 +1,19 @@
-"""Optional C accelerator of the parser and of `monitord replay` (monitord/audit/_fastparse.c)."""
+"""The parser's optional C leaf (monitord/audit/_fastparse.c): pure functions over bytes."""
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
-from monitord.audit.parser import Ignored
-from monitord.audit.record import AuditRecord
+from monitord.audit.parser import Region, Tail
 
-def setup(
-    not_virt: Ignored,
-    not_libvirt: Ignored,
-    make_record: Callable[..., AuditRecord] | None = None,
-    /,
-) -> None:
-    """Register the ignored-line markers (NOT_VIRT, NOT_LIBVIRT) and the record factory."""
+def setup(tables: Mapping[str, object], /) -> None:
+    """Take parser.TABLES: every name the leaf matches (types, key rules, document keys...)."""
 
-def line_json(line: bytes, /) -> bytes | Ignored | None:
-    """One candidate line -> its JSON line (with newline), a marker, or None: use Python."""
+def tables() -> Mapping[str, object] | None:
+    """The tables setup() was given (None before it ran)."""
 
-def region_json(
-    buf: bytes | bytearray, end: int, max_line_length: int, start: int = 0, /
-) -> tuple[int, int, int, int, int, list[bytes | tuple[int, int]]]:
-    """Scan buf[:end] as StreamParser does; convert its candidate lines (see parser.py)."""
+def region(
+    buf: bytes | bytearray, start: int, end: int, max_line_length: int, json: bool, /
+) -> Region:
+    """The candidate lines of buf[start:end] (whole lines), as parser.Region describes."""
 
-def region_records(
-    buf: bytes | bytearray, end: int, max_line_length: int, start: int = 0, /
-) -> tuple[int, int, int, int, int, list[AuditRecord | tuple[int, int]]]:
-    """region_json with records (built by make_record) instead of JSON lines."""
-
-def region_lines(
-    buf: bytes | bytearray, end: int, max_line_length: int, start: int = 0, /
-) -> tuple[int, int, int, int, int, list[bytes | tuple[int, int]]]:
-    """region_json with runs of the candidate lines themselves (newline-terminated)."""
-
-def region_apply(
-    buf: bytes | bytearray,
-    start: int,
-    end: int,
-    max_line_length: int,
-    context: tuple[object, ...],
-    /,
-) -> tuple[int, int, int, int, int, int, float | None]:
-    """Apply the candidate lines of buf[start:end] to GuestTable.fast_context()'s table.
-
-    Returns (candidates, records, not_virt, not_libvirt, stop, stop_end, latest): it stops
-    before the first line the Python path must read (buf[stop:stop_end]; -1 when none);
-    latest is the newest record time applied (None: none).
-    """
-
-def count_lines(buf: bytes | bytearray, start: int, end: int, /) -> int:
-    """The number of newline bytes in buf[start:end]."""
+def tail(tail: bytes, /) -> Tail | None:
+    """parser.parse_tail of a tail's bytes, or None: the Python path reads it."""

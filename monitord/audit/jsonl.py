@@ -1,152 +1,145 @@
-"""`AuditRecord` -> one JSON line (`monitord parse`), fast on libvirt's repetitive records.
+"""Audit lines -> their `monitord parse` JSON lines: `json.dumps(record.to_json())`, fast.
 
-The document equals `json.dumps(record.to_json())`. Most of it (the inner
-fields, the daemon's pid/uid/subj, the enrichment) repeats from record to
-record, so its serialised pieces are cached; only time and serial are new
-each time.
-
-`json_line_converter` goes from a candidate line straight to its JSON line. When
-the optional C extension `monitord.audit._fastparse` is built (and
-MONITORD_PURE_PYTHON is not set), it converts the common libvirt lines itself and
-hands every other line to the Python path, which stays the reference.
+The document is `AuditRecord.to_json()` (its keys: record.DOCUMENT_KEYS). Of a line, only
+the time and serial of its stamp change the document from line to line: everything else
+follows from the rest of the line. So the document is serialised once per distinct rest
+of line, with the time and serial left as `%r`/`%d`; every repeat of that rest costs a
+dict lookup and a `%`. With the C leaf, `json_reader` lets it write whole runs of JSON
+lines from the same DOCUMENT_KEYS; the lines it leaves (unusual ones) take this path, and
+tests hold both to `json.dumps(record.to_json())` byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
-from typing import Any, Final
+from typing import Final
 
+from monitord.audit import record
 from monitord.audit.parser import (
     ACCELERATOR_MODULE,
+    TAIL_PARTS,
     Ignored,
-    RegionConverter,
-    parse_line,
+    Reader,
+    RecordLines,
+    Tail,
+    _BoundedCache,
+    region_reader,
+    split_header,
+    stamp_of,
 )
-from monitord.audit.record import AuditRecord
+from monitord.audit.record import result_of
 
-LineToJson = Callable[[bytes], bytes | Ignored]
-
-
-_FAST: Final = ACCELERATOR_MODULE
-# Which path `monitord parse` takes: "c" (the extension, Python for unusual lines) or "python".
-ACCELERATOR: Final = "c" if _FAST is not None else "python"
-
-
-@dataclass(frozen=True, slots=True)
-class JsonConverter:
-    """Candidate lines -> JSON lines: `line` for one line, `region` (C) for whole buffers.
-
-    Give both to `StreamParser.feed_as(chunk, c.line, c.region)`.
-    """
-
-    line: LineToJson
-    region: RegionConverter[bytes] | None = None
+# The compact, ASCII form `monitord parse` prints.
+dumps: Final[Callable[[object], str]] = json.JSONEncoder(
+    separators=(",", ":"), check_circular=False
+).encode
+# The document's head: what the header gives, in DOCUMENT_KEYS' order. The type and node
+# are filled in once per line shape; time (%r is repr, as json writes floats) and serial
+# (%d) per line.
+_HEAD: Final = b'{"type":%s,"type_id":%d,"time":%%r,"serial":%%d,"node":%s,'
+HEAD_KEYS: Final = ("type", "type_id", "time", "serial", "node")
+_RESULT: Final = -1
+_FIELD: Final = -2
 
 
-_CACHE_LIMIT: Final = 4096
-_HEAD_KEYS: Final = ("virt", "vm", "uuid", "result", "op", "reason", "resrc")
-
-
-class RecordEncoder:
-    """Serialise records to compact JSON with bounded caches of the repeated pieces."""
-
-    def __init__(self, ensure_ascii: bool = True) -> None:
-        self._dumps: Callable[[Any], str] = json.JSONEncoder(
-            ensure_ascii=ensure_ascii, separators=(",", ":")
-        ).encode
-        self._fields: dict[tuple[tuple[str, str | None], ...], tuple[str, str]] = {}
-        self._outer: dict[
-            tuple[int | None, int | None, int | None, int | None, str | None], str
-        ] = {}
-        self._small: dict[object, str] = {}
-
-    def _small_json(self, value: object) -> str:
-        """JSON of a type name, node or enrichment (few distinct values)."""
-        key = tuple(value.items()) if isinstance(value, dict) else value
-        text = self._small.get(key)
-        if text is None:
-            if len(self._small) >= _CACHE_LIMIT:
-                self._small.clear()
-            text = self._small[key] = self._dumps(value)
-        return text
-
-    def encode(self, record: AuditRecord) -> str:
-        """Return the record's `to_json()` document as one compact JSON line (no newline)."""
-        dumps = self._dumps
-        fields = record.fields
-        fkey = tuple(fields.items())
-        pieces = self._fields.get(fkey)
-        if pieces is None:
-            # The pieces of `to_json()` without building the whole document.
-            get = fields.get
-            head = dumps(
-                {
-                    "virt": get("virt"),
-                    "vm": get("vm"),
-                    "uuid": get("uuid"),
-                    "result": record.result,
-                    "op": get("op"),
-                    "reason": get("reason"),
-                    "resrc": get("resrc"),
-                }
-            )
-            tail = dumps({"exe": get("exe"), "fields": dict(fields)})
-            if len(self._fields) >= _CACHE_LIMIT:
-                self._fields.clear()
-            pieces = self._fields[fkey] = (head[1:-1], tail[1:-1])
-        okey = (record.pid, record.uid, record.auid, record.ses, record.subj)
-        outer = self._outer.get(okey)
-        if outer is None:
-            doc = {"pid": okey[0], "uid": okey[1], "auid": okey[2], "ses": okey[3], "subj": okey[4]}
-            if len(self._outer) >= _CACHE_LIMIT:
-                self._outer.clear()
-            outer = self._outer[okey] = dumps(doc)[1:-1]
-        enrichment = record.enrichment
-        enr = self._small_json(dict(enrichment)) if enrichment else "{}"
-        return (
-            f'{{"type":{self._small_json(record.type)},"type_id":{record.type_id:d},'
-            f'"time":{float(record.time)!r},"serial":{record.serial:d},'
-            f'"node":{self._small_json(record.node)},{pieces[0]},{outer},{pieces[1]},'
-            f'"enrichment":{enr}}}'
+@cache
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
+    """Each document key after the head: its JSON prefix and where its value is: a part of
+    the line's parser.Tail, the record's result, or else the inner field of that name (as
+    AuditRecord's properties `virt`, `vm`... read them)."""
+    return tuple(
+        (
+            dumps(key) + ":",
+            TAIL_PARTS.index(key) if key in TAIL_PARTS else _RESULT if key == "result" else _FIELD,
+            key,
         )
+        for key in keys
+        if key not in HEAD_KEYS
+    )
 
 
-def python_line_converter() -> LineToJson:
-    """The reference path: parse_line, then RecordEncoder (one JSON line with its newline)."""
-    encode = RecordEncoder().encode
+class JsonLines:
+    """Candidate lines -> JSON lines (bytes, newline included), `Ignored`, or ParseError."""
 
-    def convert(line: bytes) -> bytes | Ignored:
-        outcome = parse_line(line)
-        if isinstance(outcome, Ignored):
-            return outcome
-        return (encode(outcome) + "\n").encode()
+    def __init__(self, records: RecordLines) -> None:
+        self._records = records
+        # (line before ` msg=audit(`, line from its `)`) -> the line's JSON as a %-template
+        self._lines: _BoundedCache[tuple[bytes, bytes], bytes] = _BoundedCache(1 << 13)
+        self._rests: _BoundedCache[bytes, bytes] = _BoundedCache(1 << 13)  # tail -> its JSON
+        self._json: _BoundedCache[object, str] = _BoundedCache()  # str, int or None -> JSON
 
-    return convert
+    def line(self, line: bytes) -> bytes | Ignored:
+        mark = line.find(b" msg=audit(")
+        close = line.find(b")", mark)
+        # The key keeps both parts apart: joined, a `)` could move from one to the other.
+        key = (line[:mark], line[close:])
+        template = self._lines.get(key)
+        if template is not None:
+            stamp = stamp_of(line[mark + 11 : close])
+            if stamp is not None:
+                return template % stamp
+        head = split_header(line)  # raises ParseError as parse_line does
+        if type(head) is Ignored:
+            return head
+        made = self._template(*head)  # type: ignore[misc]
+        if type(made) is Ignored:
+            return made
+        self._lines.put(key, made)  # type: ignore[arg-type]
+        return made % head[2:4]  # type: ignore[index,operator]
+
+    def head(
+        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
+    ) -> bytes | Ignored:
+        made = self._template(tname, type_id, time, serial, node, tail)
+        return made if type(made) is Ignored else made % (time, serial)  # type: ignore[operator]
+
+    def _template(
+        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
+    ) -> bytes | Ignored:
+        rest = self._rests.get(tail)
+        if rest is None:
+            decoded = self._records.decoded(tail)  # raises ParseError
+            if type(decoded) is Ignored:
+                return decoded
+            rest = self._rests.put(tail, self._rest(decoded))  # type: ignore[arg-type]
+        get, scalar = self._json.get, self._scalar
+        jtype, jnode = get(tname) or scalar(tname), get(node) or scalar(node)
+        # The head is a %-template too: a % of the node's (or type's) is doubled.
+        jtype, jnode = jtype.replace("%", "%%"), jnode.replace("%", "%%")
+        head = _HEAD % (jtype.encode(), type_id, jnode.encode())
+        return head + rest
+
+    def _rest(self, decoded: Tail) -> bytes:
+        """The document after its head for a decoded tail, %-escaped, with `}` and newline."""
+        fields = decoded[TAIL_PARTS.index("fields")]
+        get, scalar = self._json.get, self._scalar  # a hit costs no call: the values recur
+        parts = []
+        for prefix, where, key in _layout(record.DOCUMENT_KEYS):
+            value = (
+                decoded[where]
+                if where >= 0
+                else result_of(fields)  # type: ignore[arg-type]
+                if where == _RESULT
+                else fields.get(key)  # type: ignore[union-attr]
+            )
+            if type(value) is dict:
+                pairs = [
+                    (get(k) or scalar(k)) + ":" + (get(v) or scalar(v)) for k, v in value.items()
+                ]
+                parts.append(prefix + "{" + ",".join(pairs) + "}")
+            else:
+                parts.append(prefix + (get(value) or scalar(value)))
+        return (",".join(parts) + "}\n").encode().replace(b"%", b"%%")
+
+    def _scalar(self, value: object) -> str:
+        """json.dumps of a str, an int or None, kept (the same values recur)."""
+        return self._json.put(value, dumps(value))
 
 
-def json_converter(accelerated: bool = True) -> JsonConverter:
-    """Candidate lines -> their JSON lines (bytes, newline included), Ignored or ParseError.
-
-    Uses the C extension when it is available and `accelerated`: it converts whole
-    regions and leaves the lines it does not handle (and every malformed line) to the
-    Python path, so the output is the same either way.
-    """
-    return converter_with(_FAST if accelerated else None)
-
-
-def converter_with(fast: ModuleType | None) -> JsonConverter:
-    """`json_converter` over a given accelerator module (None: pure Python)."""
-    slow = python_line_converter()
-    if fast is None:
-        return JsonConverter(slow)
-    line_json = fast.line_json
-
-    def convert(line: bytes) -> bytes | Ignored:
-        out: bytes | Ignored | None = line_json(line)
-        return out if out is not None else slow(line)
-
-    region: RegionConverter[bytes] = fast.region_json
-    return JsonConverter(convert, region)
+def json_reader(fast: ModuleType | None = ACCELERATOR_MODULE) -> Reader[bytes]:
+    """Candidate lines -> JSON lines, through `fast` (the C leaf; None: pure Python)."""
+    lines = JsonLines(RecordLines(fast))
+    return Reader(lines.line, lines.head, region_reader(fast, json=True))

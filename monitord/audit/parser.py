@@ -3,7 +3,16 @@
 Every line ends as a record, an ignored line (counted by reason) or a
 `ParseError` with a reason from `PARSE_ERROR_REASONS`. Most lines of a real
 audit log are not VIRT records, so `StreamParser` finds candidate lines in
-whole chunks of bytes and decodes only those.
+whole chunks of bytes and reads only those.
+
+A line is read in two steps: its header (`[node=NAME ]type=TYPE msg=audit(TIME:SERIAL)`)
+and its tail (everything after the stamp). libvirt repeats its tails verbatim (the same
+daemon, guest and device in record after record), so decoded tails are cached by their
+bytes and most records cost a header split and a dict lookup.
+
+The optional C leaf (`monitord.audit._fastparse`, see `_load_accelerator`) does the same
+two steps for whole regions of a chunk; it gets every table below at set-up, and hands
+every line it does not read in full back to this module, which stays the reference.
 """
 
 from __future__ import annotations
@@ -13,11 +22,19 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from types import ModuleType
-from typing import Final, Generic, Literal, TypeVar, cast
+from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args, overload
 
 from monitord.audit.encoding import decode_hex
-from monitord.audit.record import AuditRecord, make_record, to_int
+from monitord.audit.record import (
+    DOCUMENT_KEYS,
+    RESULT_KEY,
+    RESULTS,
+    AuditRecord,
+    make_record,
+    to_int,
+)
 from monitord.audit.types import VIRT_FIRST, VIRT_LAST, VIRT_NUMBERS, type_name
 
 ParseErrorReason = Literal[
@@ -26,17 +43,12 @@ ParseErrorReason = Literal[
     "bad_timestamp",
     "no_message",
     "unbalanced_quote",
+    "bad_uuid",
 ]
-PARSE_ERROR_REASONS: Final[tuple[ParseErrorReason, ...]] = (
-    "line_too_long",
-    "bad_header",
-    "bad_timestamp",
-    "no_message",
-    "unbalanced_quote",
-)
+PARSE_ERROR_REASONS: Final[tuple[ParseErrorReason, ...]] = get_args(ParseErrorReason)
 
 IgnoredReason = Literal["not_virt", "not_libvirt"]
-IGNORED_REASONS: Final[tuple[IgnoredReason, ...]] = ("not_virt", "not_libvirt")
+IGNORED_REASONS: Final[tuple[IgnoredReason, ...]] = get_args(IgnoredReason)
 
 DEFAULT_MAX_LINE_LENGTH: Final = 64 * 1024
 
@@ -60,10 +72,9 @@ class Ignored:
 NOT_VIRT: Final = Ignored("not_virt")
 NOT_LIBVIRT: Final = Ignored("not_libvirt")
 
-# `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL): `
-_UNKNOWN: Final = re.compile(r"UNKNOWN\[(\d+)\]\Z", re.ASCII)
+# ---- the tables (the C leaf gets each of them at set-up: TABLES) ---------------------------
 
-# Fields libvirt never encodes (FORMATS.md section 2): hex-looking values stay as they are.
+# Fields libvirt never encodes (docs/FORMATS.md): hex-looking values stay as they are.
 _RAW_KEYS: Final = frozenset(
     "virt op reason resrc uuid vm-pid init-pid pid-ns old-mem new-mem old-vcpu new-vcpu "
     "old-iothread new-iothread net rdev bus class category maj acl size vm-ctx img-ctx "
@@ -71,12 +82,78 @@ _RAW_KEYS: Final = frozenset(
 )
 # Fields libvirt writes through virAuditEncode (and `exe`, which libaudit encodes).
 _ENCODED_KEYS: Final = frozenset({"vm", "device", "disk", "chardev", "cgroup", "exe"})
+# Other keys with these prefixes are libvirt's device changes (old-disk=, new-rng=...): encoded.
+_ENCODED_PREFIXES: Final = ("old-", "new-")
 # `path` is encoded for `net reason=open` and `cgroup class=path`, raw elsewhere.
+_PATH_KEY: Final = "path"
+_RESRC_KEY: Final = "resrc"
 _ENCODED_PATH_RESRC: Final = frozenset({"net", "cgroup"})
+# A record is libvirt's when it has these inner fields (dockerd's VIRT_CONTROL has neither).
+_UUID_KEY: Final = "uuid"
+_LIBVIRT_KEYS: Final = frozenset({"virt", _UUID_KEY})
+# The outer fields a record keeps: these as ints, then the SELinux context as text.
+_OUTER_INTS: Final = ("pid", "uid", "auid", "ses")
+_OUTER_TEXT: Final = "subj"
+# A canonical UUID (RFC 4122 text form): `x` stands for a hex digit of either case, as the
+# RFC reads input. libvirt writes lowercase; an uppercase one is kept as written.
+UUID_SHAPE: Final = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+UUID_DIGITS: Final = "0123456789abcdefABCDEF"
+# auditd names the types it has no name for UNKNOWN[N].
+_UNKNOWN_PREFIX: Final = "UNKNOWN["
+_UNKNOWN: Final = re.compile(re.escape(_UNKNOWN_PREFIX) + r"(\d+)\]\Z", re.ASCII)
+# A line is a candidate when its header starts with one of these (the VIRT range, 25xx).
+_NEEDLES: Final = (b"type=VIRT_", b"type=" + _UNKNOWN_PREFIX.encode() + b"25")
+# auditd writes serials as unsigned longs: more digits than 2**64 has is not a serial.
+_MAX_SERIAL_DIGITS: Final = 20
+# 20 digits of seconds reach past year 10^12; longer stamps would overflow to inf.
+_MAX_STAMP_LENGTH: Final = 32
 
-_TOKEN_CACHE_LIMIT: Final = 1 << 14
+TABLES: Final[dict[str, object]] = {
+    "raw_keys": _RAW_KEYS,
+    "encoded_keys": _ENCODED_KEYS,
+    "encoded_prefixes": _ENCODED_PREFIXES,
+    "path_key": _PATH_KEY,
+    "resrc_key": _RESRC_KEY,
+    "encoded_path_resrc": _ENCODED_PATH_RESRC,
+    "libvirt_keys": _LIBVIRT_KEYS,
+    "uuid_key": _UUID_KEY,
+    "uuid_shape": UUID_SHAPE,
+    "uuid_digits": UUID_DIGITS,
+    "outer_ints": _OUTER_INTS,
+    "outer_text": _OUTER_TEXT,
+    "types": VIRT_NUMBERS,
+    "virt_range": (VIRT_FIRST, VIRT_LAST),
+    "unknown_prefix": _UNKNOWN_PREFIX,
+    "needles": _NEEDLES,
+    "max_serial_digits": _MAX_SERIAL_DIGITS,
+    "max_stamp_length": _MAX_STAMP_LENGTH,
+    "results": RESULTS,
+    "result_key": RESULT_KEY,
+    "document": DOCUMENT_KEYS,
+}
+
+_CACHE_LIMIT: Final = 1 << 14
 _V = TypeVar("_V")
 _T = TypeVar("_T")
+
+
+class _BoundedCache(dict[_V, _T], Generic[_V, _T]):
+    """A dict that forgets everything when full: repeats are common, memory stays bounded."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int = _CACHE_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: _V, value: _T) -> _T:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
+
+
+# ---- inner fields ----------------------------------------------------------------------------
 
 
 def _is_encoded(key: str) -> bool:
@@ -84,7 +161,7 @@ def _is_encoded(key: str) -> bool:
         return True
     if key in _RAW_KEYS:
         return False
-    return key.startswith(("old-", "new-"))
+    return key.startswith(_ENCODED_PREFIXES)
 
 
 def decode_value(key: str, value: str, encoded: bool | None = None) -> str | None:
@@ -101,55 +178,8 @@ def decode_value(key: str, value: str, encoded: bool | None = None) -> str | Non
     return value
 
 
-class _TokenCache:
-    """Decoded `key=value` tokens: libvirt repeats most of them (virt, exe, uuid, res...)."""
-
-    __slots__ = ("_map",)
-
-    def __init__(self) -> None:
-        self._map: dict[str, tuple[str, str | None]] = {}
-
-    def decode(self, token: str) -> tuple[str, str | None] | None:
-        hit = self._map.get(token)
-        if hit is not None:
-            return hit
-        key, sep, value = token.partition("=")
-        if not sep or not key:
-            return None
-        pair = (key, decode_value(key, value))
-        if len(self._map) >= _TOKEN_CACHE_LIMIT:
-            self._map.clear()
-        self._map[token] = pair
-        return pair
-
-
-_CACHE = _TokenCache()
-
-
-def parse_fields(inner: str) -> dict[str, str | None]:
-    """Split and decode the inner `msg='...'` text into ordered fields; first duplicate wins."""
-    # The common case: every token a self-contained `key=value` whose decoding does not
-    # depend on its neighbours, so it can be cached by its text; map/dict run the loop in C.
-    tokens = inner.split(" ")
-    pairs = list(map(_SIMPLE_TOKENS.get, tokens))
-    if not all(pairs):  # a pair is a non-empty tuple: only a cache miss is falsy
-        for i, pair in enumerate(pairs):
-            if pair is None:
-                pair = _simple_token(tokens[i])
-                if pair is None:
-                    return _parse_fields_slow(inner)
-                pairs[i] = pair
-    complete = cast(list[tuple[str, str | None]], pairs)
-    fields = dict(complete)
-    if len(fields) != len(complete):  # a duplicate key: the first occurrence wins
-        fields = {}
-        for key, value in complete:
-            if key not in fields:
-                fields[key] = value
-    return fields
-
-
-_SIMPLE_TOKENS: dict[str, tuple[str, str | None]] = {}
+# Tokens that mean the same wherever they stand, decoded: libvirt repeats most of them.
+_TOKENS: Final[_BoundedCache[str, tuple[str, str | None]]] = _BoundedCache()
 
 
 def _simple_token(token: str) -> tuple[str, str | None] | None:
@@ -160,19 +190,37 @@ def _simple_token(token: str) -> tuple[str, str | None] | None:
     if value.startswith('"'):
         if len(value) < 2 or not value.endswith('"'):
             return None  # a quoted value with spaces
-    elif key == "path" and value != "?":
+    elif key == _PATH_KEY and value != "?":
         return None  # hex or raw depends on `resrc`
-    pair = (key, decode_value(key, value))
-    if len(_SIMPLE_TOKENS) >= _TOKEN_CACHE_LIMIT:
-        _SIMPLE_TOKENS.clear()
-    _SIMPLE_TOKENS[token] = pair
-    return pair
+    return _TOKENS.put(token, (key, decode_value(key, value)))
 
 
-def _parse_fields_slow(inner: str) -> dict[str, str | None]:
+def parse_fields(inner: str) -> dict[str, str | None]:
+    """Split and decode the inner `msg='...'` text into ordered fields; first duplicate wins."""
+    # The common case: every token a self-contained `key=value`; map/dict run the loop in C.
+    tokens = split = inner.split(" ")
+    if "" in tokens:  # runs of spaces: skipped, as the slow path does
+        tokens = [token for token in tokens if token]
+    pairs = list(map(_TOKENS.get, tokens))
+    if not all(pairs):  # a pair is a non-empty tuple: only a cache miss is falsy
+        for i, pair in enumerate(pairs):
+            if pair is None:
+                pair = _simple_token(tokens[i])
+                if pair is None:
+                    return _parse_fields_slow(split)
+                pairs[i] = pair
+    fields = dict(pairs)  # type: ignore[arg-type]  # every pair is filled in by now
+    if len(fields) != len(pairs):  # a duplicate key: the first occurrence wins
+        fields = {}
+        for key, value in pairs:  # type: ignore[misc]
+            if key not in fields:
+                fields[key] = value
+    return fields
+
+
+def _parse_fields_slow(tokens: list[str]) -> dict[str, str | None]:
     """Tokenise odd inner text: raw values with spaces, unbalanced quotes, runs of spaces."""
     fields: dict[str, str | None] = {}
-    tokens = inner.split(" ")
     n = len(tokens)
     i = 0
     last_key: str | None = None
@@ -192,96 +240,31 @@ def _parse_fields_slow(inner: str) -> dict[str, str | None]:
             continue
         if value.startswith('"') and (len(value) < 2 or not value.endswith('"')):
             # A quoted value with spaces (other writers than libvirt): join to the closing quote.
-            parts = [token]
+            parts = [value]
             while i < n and not tokens[i].endswith('"'):
                 parts.append(tokens[i])
                 i += 1
             if i < n:
                 parts.append(tokens[i])
                 i += 1
-            token = " ".join(parts)
-            value = token.partition("=")[2]
+            value = " ".join(parts)
         if key in fields:
             last_key = None
             continue
-        if key == "path":
-            decoded = decode_value(key, value, encoded=resrc in _ENCODED_PATH_RESRC)
-            fields[key] = decoded
-        else:
-            pair = _CACHE.decode(token)
-            decoded = pair[1] if pair is not None else value
-            fields[key] = decoded
-            if key == "resrc":
-                resrc = decoded
+        encoded = resrc in _ENCODED_PATH_RESRC if key == _PATH_KEY else None
+        fields[key] = decoded = decode_value(key, value, encoded)
+        if key == _RESRC_KEY:
+            resrc = decoded
         # Only raw values may be continued by a following bare token.
         last_key = key if not value.startswith('"') else None
     return fields
 
 
-def _parse_enrichment(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for token in text.split():
-        key, sep, value = token.partition("=")
-        if sep and key and key not in out:
-            out[key] = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-    return out
+# ---- the tail: `): outer msg='inner'` and the enrichment after 0x1D --------------------------
 
-
-def _parse_outer(text: str) -> _Outer:
-    outer: dict[str, str] = {}
-    for token in text.split():
-        key, sep, value = token.partition("=")
-        if sep and key not in outer:
-            outer[key] = value
-    subj = outer.get("subj")
-    return (
-        to_int(outer.get("pid")),
-        to_int(outer.get("uid")),
-        to_int(outer.get("auid")),
-        to_int(outer.get("ses")),
-        None if subj in (None, "?") else subj,
-    )
-
-
-_KNOWN_IDS: Final = frozenset(VIRT_NUMBERS.values())
-
-
-def _type_of(name: str) -> tuple[str, int] | None:
-    """Return the (name, number) a record type has, None outside the VIRT range."""
-    num = VIRT_NUMBERS.get(name)
-    if num is None:
-        m = _UNKNOWN.match(name)
-        if m is None:
-            return None
-        num = int(m.group(1))
-    if not VIRT_FIRST <= num <= VIRT_LAST:
-        return None
-    return (type_name(num) if num in _KNOWN_IDS else name, num)
-
-
-class _BoundedCache(dict[str, _V], Generic[_V]):
-    """A dict that forgets everything when full: repeats are common, memory stays bounded."""
-
-    __slots__ = ("limit",)
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: str, value: _V) -> _V:
-        if len(self) >= self.limit:
-            self.clear()
-        self[key] = value
-        return value
-
-
-# libvirt repeats itself: the daemon's pid/uid/subj prefix, the enrichment, and most inner
-# messages (every device of a guest at each start) recur verbatim. Everything after the
-# `audit(TIME:SERIAL)` stamp is cached as one decoded tail, so most records cost one
-# dict lookup; the outer and enrichment caches serve the tails seen for the first time.
-_Outer = tuple[int | None, int | None, int | None, int | None, str | None]
-# (pid, uid, auid, ses, subj, fields, enrichment): the cached dicts are copied per record.
-_Tail = tuple[
+# (pid, uid, auid, ses, subj, fields, enrichment); the cached dicts are copied per record.
+TAIL_PARTS: Final = (*_OUTER_INTS, _OUTER_TEXT, "fields", "enrichment")
+Tail = tuple[
     int | None,
     int | None,
     int | None,
@@ -290,26 +273,44 @@ _Tail = tuple[
     dict[str, str | None],
     dict[str, str],
 ]
-_NOT_A_VIRT_TYPE: Final = ("", -1)
-_TYPES: Final[_BoundedCache[tuple[str, int]]] = _BoundedCache(256)
-_OUTERS: Final[_BoundedCache[_Outer]] = _BoundedCache(1024)
-_TAILS: Final[_BoundedCache[_Tail | Ignored]] = _BoundedCache(8192)
-_ENRICHMENTS: Final[_BoundedCache[dict[str, str]]] = _BoundedCache(256)
-_VIRT_HINTS: Final = ("type=VIRT_", "type=UNKNOWN[25")
+_Outer = tuple[int | None, int | None, int | None, int | None, str | None]
+_OUTERS: Final[_BoundedCache[str, _Outer]] = _BoundedCache(1024)
+_ENRICHMENTS: Final[_BoundedCache[str, dict[str, str]]] = _BoundedCache(256)
 
 
-def _bad_header(text: str) -> Ignored:
-    """A line whose header cannot be read: an error if it names a VIRT type, else not ours."""
-    pos = text.find(" ") + 1 if text.startswith("node=") else 0
-    if text.startswith(_VIRT_HINTS, pos):
-        raise ParseError("bad_header", text[:120])
-    return NOT_VIRT
+def _unquoted(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
 
 
-def _parse_tail(tail: str) -> _Tail | Ignored:
+def _parse_outer(text: str) -> _Outer:
+    outer: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key not in outer:
+            outer[key] = value
+    subj = outer.get(_OUTER_TEXT)
+    pid, uid, auid, ses = (to_int(outer.get(key)) for key in _OUTER_INTS)
+    return (pid, uid, auid, ses, None if subj in (None, "?") else subj)
+
+
+def _parse_enrichment(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key and key not in out:
+            out[key] = _unquoted(value)
+    return out
+
+
+@cache
+def _uuid_pattern(shape: str, digits: str) -> re.Pattern[str]:
+    return re.compile("".join(f"[{digits}]" if c == "x" else re.escape(c) for c in shape) + r"\Z")
+
+
+def parse_tail(tail: str) -> Tail | Ignored:
     """Decode what follows the stamp (`): outer msg='inner'` and the enrichment).
 
-    Depends on nothing before it, so the result is cached by the tail's text.
+    Depends on nothing before it, so the result can be cached by the tail's text.
     """
     gs = tail.find("\x1d")
     limit = gs if gs >= 0 else len(tail)
@@ -320,8 +321,11 @@ def _parse_tail(tail: str) -> _Tail | Ignored:
     if end < start + 5:
         raise ParseError("unbalanced_quote", tail[start : start + 120])
     fields = parse_fields(tail[start + 5 : end])
-    if "virt" not in fields or "uuid" not in fields:
+    if not fields.keys() >= _LIBVIRT_KEYS:
         return NOT_LIBVIRT
+    uuid = fields[_UUID_KEY]
+    if uuid is None or not _uuid_pattern(UUID_SHAPE, UUID_DIGITS).match(uuid):
+        raise ParseError("bad_uuid", (uuid or "?")[:120])
     outer_text = tail[2:start]
     outer = _OUTERS.get(outer_text)
     if outer is None:
@@ -329,90 +333,162 @@ def _parse_tail(tail: str) -> _Tail | Ignored:
     enrichment: dict[str, str] = {}
     if gs >= 0:
         enr_text = tail[gs + 1 :]
-        cached = _ENRICHMENTS.get(enr_text)
-        if cached is None:
-            cached = _ENRICHMENTS.put(enr_text, _parse_enrichment(enr_text))
-        enrichment = cached
+        enrichment = _ENRICHMENTS.get(enr_text) or _ENRICHMENTS.put(
+            enr_text, _parse_enrichment(enr_text)
+        )
     return (*outer, fields, enrichment)
+
+
+class RecordLines:
+    """Candidate lines -> AuditRecords: headers split here, tails decoded by `fast` (the C
+    leaf; None: Python) and cached by their bytes."""
+
+    def __init__(self, fast: ModuleType | None) -> None:
+        self._fast_tail: Callable[[bytes], Tail | None] | None = (
+            fast.tail if fast is not None else None
+        )
+        self._tails: _BoundedCache[bytes, Tail | Ignored] = _BoundedCache(1 << 13)
+
+    def line(self, line: bytes) -> AuditRecord | Ignored:
+        """One line's record or Ignored; raises ParseError."""
+        head = split_header(line)
+        if type(head) is Ignored:
+            return head
+        return self.head(*head)  # type: ignore[misc]
+
+    def head(
+        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
+    ) -> AuditRecord | Ignored:
+        """The record of a line whose header split_header read; raises ParseError."""
+        decoded = self._tails.get(tail) or self.decoded(tail)
+        if type(decoded) is Ignored:
+            return decoded
+        pid, uid, auid, ses, subj, fields, enrichment = decoded  # type: ignore[misc]
+        return make_record(
+            tname,
+            type_id,
+            time,
+            serial,
+            node,
+            pid,
+            uid,
+            auid,
+            ses,
+            subj,
+            fields.copy(),  # each record owns its dicts: the cached ones are never handed out
+            enrichment.copy(),
+        )
+
+    def decoded(self, tail: bytes) -> Tail | Ignored:
+        """parse_tail of a tail's bytes (by the C leaf when it reads the tail), cached."""
+        decoded = self._tails.get(tail)
+        if decoded is None:
+            if self._fast_tail is not None:
+                decoded = self._fast_tail(tail)
+            if decoded is None:
+                decoded = parse_tail(tail.decode("utf-8", "surrogateescape"))
+            self._tails.put(tail, decoded)
+        return decoded
+
+
+# ---- the header: `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL)` ------------------------
+
+# (type name, type number, time, serial, node, tail): a VIRT line's header, read.
+Head = tuple[str, int, float, int, str | None, bytes]
+
+_KNOWN_IDS: Final = frozenset(VIRT_NUMBERS.values())
+_NOT_A_VIRT_TYPE: Final = ("", -1)
+_TYPES: Final[_BoundedCache[bytes, tuple[str, int]]] = _BoundedCache(256)
+
+
+def _type_of(name: str) -> tuple[str, int]:
+    """The (name, number) a record type has; _NOT_A_VIRT_TYPE outside the VIRT range."""
+    num = VIRT_NUMBERS.get(name)
+    if num is None:
+        m = _UNKNOWN.match(name)
+        if m is None:
+            return _NOT_A_VIRT_TYPE
+        digits = m.group(1).lstrip("0")
+        if len(digits) > 6:  # far outside the range (and int() of 5,000 digits raises)
+            return _NOT_A_VIRT_TYPE
+        num = int(digits or "0")
+    if not VIRT_FIRST <= num <= VIRT_LAST:
+        return _NOT_A_VIRT_TYPE
+    return (type_name(num) if num in _KNOWN_IDS else name, num)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _bad_header(line: bytes) -> Ignored:
+    """A line whose header cannot be read: an error if it names a VIRT type, else not ours."""
+    pos = line.find(b" ") + 1 if line.startswith(b"node=") else 0
+    if line.startswith(_NEEDLES, pos):
+        raise ParseError("bad_header", _text(line[:120]))
+    return NOT_VIRT
+
+
+def split_header(line: bytes) -> Head | Ignored:
+    """Read a line's header: its Head, NOT_VIRT, or ParseError (bad_header, bad_timestamp)."""
+    if line.endswith((b"\n", b"\r")):
+        line = line.rstrip(b"\r\n")
+    # Split with bytes methods: a regex costs more than the rest of a cached record.
+    node: str | None = None
+    pos = 0
+    if line.startswith(b"node="):
+        pos = line.find(b" ") + 1
+        if pos <= 0 or b"\t" in line[5:pos]:
+            return _bad_header(line)
+        node = _text(line[5 : pos - 1])
+    if not line.startswith(b"type=", pos):
+        return _bad_header(line)
+    mark = line.find(b" msg=audit(", pos)
+    if mark < 0:
+        return _bad_header(line)
+    close = line.find(b")", mark)
+    if close < 0 or not line.startswith(b"):", close):
+        return _bad_header(line)
+    raw_type = line[pos + 5 : mark]
+    kind = _TYPES.get(raw_type)  # only well-formed names are cached
+    if kind is None:
+        if not raw_type or b" " in raw_type or b"\t" in raw_type:
+            return _bad_header(line)
+        kind = _TYPES.put(raw_type, _type_of(_text(raw_type)))
+    if kind is _NOT_A_VIRT_TYPE:
+        return NOT_VIRT
+    stamp = stamp_of(line[mark + 11 : close])
+    if stamp is None:
+        raise ParseError("bad_timestamp", _text(line[mark + 11 : close][:120]))
+    return (kind[0], kind[1], stamp[0], stamp[1], node, line[close:])
+
+
+def stamp_of(text: bytes) -> tuple[float, int] | None:
+    """`TIME:SERIAL` of `msg=audit(TIME:SERIAL)` as (time, serial); None when malformed."""
+    stamp, colon, serial = text.partition(b":")
+    if (
+        colon
+        and serial.isdigit()  # bytes: ASCII digits only
+        and stamp.replace(b".", b"", 1).isdigit()
+        and len(stamp) <= _MAX_STAMP_LENGTH
+        and len(serial.lstrip(b"0")) <= _MAX_SERIAL_DIGITS
+    ):
+        return (float(stamp), int(serial))
+    return None
 
 
 def parse_line(line: bytes | str) -> AuditRecord | Ignored:
     """Parse one audit.log line (or audisp plugin line) into a record.
 
     Returns `Ignored` for lines that are not VIRT records or not libvirt's,
-    raises `ParseError` for VIRT lines that cannot be read.
+    raises `ParseError` for VIRT lines that cannot be read. Text is read as its
+    UTF-8 bytes (surrogate escapes included: the journal source decodes that way).
     """
-    text = line if isinstance(line, str) else line.decode("utf-8", "surrogateescape")
-    if text.endswith(("\n", "\r")):
-        text = text.rstrip("\r\n")
-    # `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL): ` split with str methods: a regex
-    # costs more than the rest of a cached record.
-    node: str | None = None
-    pos = 0
-    if text.startswith("node="):
-        pos = text.find(" ") + 1
-        if pos <= 0:
-            return _bad_header(text)
-        node = text[5 : pos - 1]
-        if "\t" in node:
-            return _bad_header(text)
-    if not text.startswith("type=", pos):
-        return _bad_header(text)
-    mark = text.find(" msg=audit(", pos)
-    if mark < 0:
-        return _bad_header(text)
-    close = text.find(")", mark)
-    if close < 0 or not text.startswith("):", close):
-        return _bad_header(text)
-    tname = text[pos + 5 : mark]
-    kind = _TYPES.get(tname)  # only well-formed names are cached
-    if kind is None:
-        if not tname or _has_space(tname):
-            return _bad_header(text)
-        kind = _TYPES.put(tname, _type_of(tname) or _NOT_A_VIRT_TYPE)
-    if kind is _NOT_A_VIRT_TYPE:
-        return NOT_VIRT
-    stamp, colon, serial_text = text[mark + 11 : close].partition(":")
-    if not (
-        colon
-        and serial_text.isdigit()
-        and stamp.replace(".", "", 1).isdigit()
-        and stamp.isascii()
-        and serial_text.isascii()
-        # 20 digits of seconds reach past year 10^12; more would overflow to inf.
-        and len(stamp) <= 32
-    ):
-        raise ParseError("bad_timestamp", f"{stamp}:{serial_text}")
-    tail_text = text[close:]
-    tail = _TAILS.get(tail_text)
-    if tail is None:
-        tail = _TAILS.put(tail_text, _parse_tail(tail_text))
-    if isinstance(tail, Ignored):
-        return tail
-    pid, uid, auid, ses, subj, fields, enrichment = tail
-    return make_record(
-        kind[0],
-        kind[1],
-        float(stamp),
-        int(serial_text),
-        node,
-        pid,
-        uid,
-        auid,
-        ses,
-        subj,
-        fields.copy(),  # each record owns its dicts: the cached ones are never handed out
-        enrichment.copy(),
-    )
+    raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
+    return _RECORDS.line(raw)
 
 
-def _has_space(text: str) -> bool:
-    return " " in text or "\t" in text
-
-
-_NEEDLES: Final = (b"type=VIRT_", b"type=UNKNOWN[25")
-# Either needle and the rest of its line: one pass over the chunk finds both, in order.
-_CANDIDATE: Final = re.compile(rb"type=(?:VIRT_|UNKNOWN\[25)[^\n]*")
+# ---- candidate lines -----------------------------------------------------------------------
 
 
 def candidate_spans(
@@ -420,41 +496,41 @@ def candidate_spans(
 ) -> list[tuple[int, int]]:
     """Return (start, end) of every line in buf[start:end] whose header names a VIRT type.
 
-    buf[start:end] holds whole lines. The search runs over bytes (one regex pass whose
-    literal prefix is found at memchr speed), so the ~95% of lines that are not VIRT
-    records are never decoded.
+    buf[start:end] holds whole lines. A line counts when one of the needles is its
+    header, at its start or right after `node=NAME `, and does not occur earlier in it.
+    The needles are searched over bytes (at memchr-like speed), so the ~95% of lines
+    that are not VIRT records are never decoded.
     """
-    spans: list[tuple[int, int]] = []
     size = len(buf) if end is None else end
-    rfind = buf.rfind
-    append = spans.append
-    for m in _CANDIDATE.finditer(buf, start, size):
-        pos, line_end = m.span()
-        line_start = rfind(b"\n", 0, pos) + 1
-        # The needle must be the line's header: at its start or right after `node=NAME `.
-        if pos == line_start or (
-            buf.startswith(b"node=", line_start)
-            and (
-                buf.find(b" ", line_start, pos) == pos - 1
-                or _other_needle_heads(buf, pos, line_start, line_end)
-            )
-        ):
-            append((line_start, line_end))
+    spans = _needle_lines(buf, _NEEDLES[0], start, size)
+    more = _needle_lines(buf, _NEEDLES[1], start, size)
+    if more:
+        spans = sorted(spans + more)  # both needles found lines: in line order
     return spans
 
 
-def _other_needle_heads(buf: bytes, pos: int, line_start: int, line_end: int) -> bool:
-    """A needle inside the node name: the line still counts if the header is the other needle.
+def _needle_lines(
+    buf: bytes | bytearray, needle: bytes, start: int, size: int
+) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    find = buf.find
+    pos = find(needle, start, size)
+    while pos >= 0:
+        line_start = buf.rfind(b"\n", start, pos) + 1 or start
+        line_end = find(b"\n", pos, size)
+        if line_end < 0:
+            line_end = size
+        # The needle's first occurrence in its line (the search goes on after the line):
+        # the header when it stands first or right after the node name's space.
+        if pos == line_start or (
+            buf.startswith(b"node=", line_start) and find(b" ", line_start, pos) == pos - 1
+        ):
+            spans.append((line_start, line_end))
+        pos = find(needle, line_end, size)
+    return spans
 
-    Each needle is judged by its first occurrence in the line (the historic two-pass
-    search), so a header whose own needle also occurs in the node name does not count.
-    """
-    head = buf.find(b" ", line_start, line_end) + 1
-    if head <= pos:
-        return False  # the match lies after the header, which holds neither needle
-    first, second = _NEEDLES
-    other = second if buf.startswith(first, pos) else first
-    return buf.startswith(other, head) and buf.find(other, line_start, head) < 0
+
+# ---- streams -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -491,25 +567,74 @@ class ParseStats:
 
 
 ErrorHandler = Callable[[ParseError, bytes], None]
-# One candidate line -> what the caller wants of it (a record, its JSON line...), or
-# Ignored; raises ParseError for malformed lines, exactly as parse_line does.
-LineConverter = Callable[[bytes], _T | Ignored]
-# A whole region at once (the C accelerator): (buf, end, max_line_length, start) -> (lines,
-# candidate lines, records, not_virt, not_libvirt, items) for buf[start:end], where items are
-# converted runs of lines and (start, stop) spans of the lines left to the LineConverter, in
-# line order.
-RegionConverter = Callable[
-    [bytes | bytearray, int, int, int], tuple[int, int, int, int, int, list[_T | tuple[int, int]]]
-]
+# The C leaf's region(buf, start, end, max_line_length, json): (lines, candidate lines, records
+# in the runs, not_virt, not_libvirt, items). In line order, items are runs of JSON lines
+# (bytes), (start, stop) spans of the lines Python reads, and (start, stop, *Head) for the
+# lines whose header and tail C read (records only).
+Region = tuple[int, int, int, int, int, list[object]]
+RegionReader = Callable[[bytes | bytearray, int, int, int], Region]
 
 
-class StreamParser:
-    """Turn a byte stream into records: whole lines only, bounded memory.
+@dataclass(frozen=True, slots=True)
+class Reader(Generic[_T]):
+    """What StreamParser makes of the candidate lines.
+
+    `line` reads one line (an `_T`, an `Ignored`, or ParseError raised), `head` a line whose
+    Head the C leaf read; `region` (the C leaf, None for pure Python) reads whole regions.
+    """
+
+    line: Callable[[bytes], _T | Ignored]
+    head: Callable[[str, int, float, int, str | None, bytes], _T | Ignored]
+    region: RegionReader | None = None
+
+
+@cache
+def record_reader(fast: ModuleType | None) -> Reader[AuditRecord]:
+    """Candidate lines -> AuditRecords, through `fast` (the C leaf; None: pure Python)."""
+    lines = RecordLines(fast)
+    return Reader(lines.line, lines.head, region_reader(fast, json=False))
+
+
+def region_reader(fast: ModuleType | None, json: bool) -> RegionReader | None:
+    """The C leaf's region() for JSON lines or heads; None without the leaf."""
+    if fast is None:
+        return None
+    region_of = fast.region
+
+    def region(buf: bytes | bytearray, start: int, end: int, max_len: int) -> Region:
+        return region_of(buf, start, end, max_len, json)  # type: ignore[no-any-return]
+
+    return region
+
+
+class StreamParser(Generic[_T]):
+    """Turn a byte stream into records (or what `reader` makes of lines): whole lines only,
+    bounded memory.
 
     A partial last line is kept until its newline arrives; a line longer than
     `max_line_length` is counted as `line_too_long` and skipped without being
     buffered.
     """
+
+    @overload
+    def __init__(
+        self: StreamParser[AuditRecord],
+        stats: ParseStats | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        on_error: ErrorHandler | None = None,
+        *,
+        accelerated: bool = True,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        stats: ParseStats | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        on_error: ErrorHandler | None = None,
+        *,
+        reader: Reader[_T],
+    ) -> None: ...
 
     def __init__(
         self,
@@ -518,14 +643,12 @@ class StreamParser:
         on_error: ErrorHandler | None = None,
         *,
         accelerated: bool = True,
+        reader: Reader[Any] | None = None,
     ) -> None:
         self.stats = stats if stats is not None else ParseStats()
-        # The C accelerator (when built) reads the common lines; the rest take parse_line.
-        self._region: RegionConverter[AuditRecord] | None = (
-            ACCELERATOR_MODULE.region_records
-            if accelerated and ACCELERATOR_MODULE is not None
-            else None
-        )
+        if reader is None:
+            reader = record_reader(ACCELERATOR_MODULE if accelerated else None)
+        self.reader = cast(Reader[_T], reader)
         self.max_line_length = max_line_length
         self.on_error = on_error
         self._partial = b""
@@ -533,8 +656,8 @@ class StreamParser:
 
     @property
     def accelerated(self) -> bool:
-        """True when the C accelerator reads the common lines."""
-        return self._region is not None
+        """True when the C leaf reads the common lines."""
+        return self.reader.region is not None
 
     @property
     def pending(self) -> int:
@@ -561,70 +684,38 @@ class StreamParser:
         """The length of the partial line held, and whether an over-long line is being skipped."""
         return len(self._partial), self._discarding
 
-    def feed(self, chunk: bytes) -> list[AuditRecord]:
-        """Consume bytes; return the records of every line completed by them."""
-        return self.feed_as(chunk, parse_line, self._region)
-
-    def feed_as(
-        self,
-        chunk: bytes | bytearray,
-        convert: LineConverter[_T],
-        region: RegionConverter[_T] | None = None,
-    ) -> list[_T]:
-        """Like `feed`, with each candidate line turned into a `_T` by `convert`.
-
-        `convert` behaves as `parse_line` (an `Ignored`, or `ParseError` raised) for the
-        lines that are not records; `monitord parse` uses it to go straight to JSON.
-        With `region`, whole runs of lines are converted at once (items may then hold
-        several lines each) and `convert` gets only the lines `region` leaves to it.
-        """
-        framed = self._frame(chunk)
-        if framed is None:
-            return []
-        head, start, end = framed
-        if not head:
-            return self._parse_lines(chunk, start, end, convert, region)
-        # In line order: the held line first (its errors are reported first too).
-        out = self._parse_lines(head, 0, len(head), convert, region)
-        return out + self._parse_lines(chunk, start, end, convert, region)
-
-    def _frame(self, chunk: bytes | bytearray) -> tuple[bytes, int, int] | None:
-        """Take in a chunk as `feed` does, without joining it to the held line: returns
-        (head, start, end), where head is the held line now complete (b"" if none) and
-        chunk[start:end] the whole lines after it; None when no line ends in chunk."""
+    def feed(self, chunk: bytes | bytearray) -> list[_T]:
+        """Consume bytes; return the outcomes of every line completed by them."""
         stats = self.stats
         stats.bytes += len(chunk)
         start = 0
         if self._discarding:
             start = chunk.find(b"\n") + 1
             if start <= 0:
-                return None
+                return []
             self._discarding = False
             stats.lines += 1
         last_nl = chunk.rfind(b"\n", start)
         if last_nl < 0:
             self._hold(self._partial + chunk[start:])
-            return None
-        head = b""
+            return []
+        out: list[_T] = []
         if self._partial:
+            # The held line, now complete, first (its errors are reported first too); the
+            # chunk is not joined to it.
             nl = chunk.find(b"\n", start) + 1
             head, start = self._partial + chunk[start:nl], nl
+            out = self._parse_lines(head, 0, len(head))
         self._hold(bytes(chunk[last_nl + 1 :]))
-        return head, start, last_nl + 1
+        return out + self._parse_lines(chunk, start, last_nl + 1)
 
-    def finish(self) -> list[AuditRecord]:
+    def finish(self) -> list[_T]:
         """Treat a remaining partial line as complete (end of a finished input)."""
-        return self.finish_as(parse_line, self._region)
-
-    def finish_as(
-        self, convert: LineConverter[_T], region: RegionConverter[_T] | None = None
-    ) -> list[_T]:
-        """Like `finish`, with lines turned into `_T` by `convert` (see `feed_as`)."""
         rest, self._partial = self._partial, b""
         self._discarding = False
         if not rest:
             return []
-        return self._parse_lines(rest + b"\n", 0, len(rest) + 1, convert, region)
+        return self._parse_lines(rest + b"\n", 0, len(rest) + 1)
 
     def _hold(self, tail: bytes) -> None:
         if len(tail) > self.max_line_length:
@@ -634,85 +725,52 @@ class StreamParser:
         else:
             self._partial = tail
 
-    def _parse_lines(
-        self,
-        buf: bytes | bytearray,
-        start: int,
-        end: int,
-        convert: LineConverter[_T],
-        region_convert: RegionConverter[_T] | None = None,
-    ) -> list[_T]:
+    def _parse_lines(self, buf: bytes | bytearray, start: int, end: int) -> list[_T]:
         """The outcomes of the candidate lines among the whole lines of buf[start:end]."""
-        if region_convert is not None:
-            return self._parse_region(buf, start, end, convert, region_convert)
         stats = self.stats
-        # buf[end:] holds no newline, so it adds no line and no span. Counting by deletion
-        # runs at memchr speed; bytes.count(b"\n") is several times slower.
-        rest = buf[start:] if start else buf
-        nlines = len(rest) - len(rest.replace(b"\n", b""))
+        reader = self.reader
+        items: list[Any]
+        if reader.region is not None:
+            nlines, candidates, records, not_virt, not_libvirt, items = reader.region(
+                buf, start, end, self.max_line_length
+            )
+        else:
+            # buf[end:] holds no newline. Counting by deletion runs at memchr speed;
+            # bytes.count(b"\n") is several times slower (it is used on the short head).
+            nlines = len(buf) - len(buf.replace(b"\n", b"")) - buf.count(b"\n", 0, start)
+            items = candidate_spans(buf, end, start)
+            candidates = len(items)
+            records = not_virt = not_libvirt = 0
         stats.lines += nlines
-        spans = candidate_spans(buf, end, start)
-        stats.ignored["not_virt"] += nlines - len(spans)
-        records: list[_T] = []
-        for first, stop in spans:
-            outcome = self._span(buf, first, stop, convert)
-            if outcome is not None:
-                records.append(outcome)
-        stats.records += len(records)
-        return records
-
-    def _parse_region(
-        self,
-        buf: bytes | bytearray,
-        start: int,
-        end: int,
-        convert: LineConverter[_T],
-        region_convert: RegionConverter[_T],
-    ) -> list[_T]:
-        """`_parse_lines` with a RegionConverter: the same counts, errors and output."""
-        stats = self.stats
-        max_len = self.max_line_length
-        nlines, nspans, nrecords, not_virt, not_libvirt, items = region_convert(
-            buf, end, max_len, start
-        )
-        stats.lines += nlines
-        stats.ignored["not_virt"] += nlines - nspans + not_virt
+        ignored = stats.ignored
+        ignored["not_virt"] += nlines - candidates + not_virt
         if not_libvirt:
-            stats.ignored["not_libvirt"] += not_libvirt
-        out: list[_T] = []
+            ignored["not_libvirt"] += not_libvirt
+        out: list[Any] = []
+        runs = 0
+        line, head, max_len = reader.line, reader.head, self.max_line_length
         for item in items:
-            if type(item) is not tuple:
-                out.append(cast(_T, item))
+            if type(item) is bytes:  # a run of outputs the C leaf made (records counted)
+                out.append(item)
+                runs += 1
                 continue
-            outcome = self._span(buf, item[0], item[1], convert)
-            if outcome is not None:
-                nrecords += 1
+            first, stop = item[0], item[1]
+            try:
+                if len(item) > 2:  # a line the C leaf read
+                    outcome = head(*item[2:])
+                elif stop - first <= max_len:
+                    outcome = line(bytes(buf[first:stop]))
+                else:
+                    raise ParseError("line_too_long", f"{stop - first} bytes")
+            except ParseError as err:
+                self._error(err, bytes(buf[first:stop]))
+                continue
+            if type(outcome) is Ignored:
+                ignored[outcome.reason] += 1
+            else:
                 out.append(outcome)
-        stats.records += nrecords
+        stats.records += records + len(out) - runs
         return out
-
-    def _span(
-        self,
-        buf: bytes | bytearray | memoryview,
-        start: int,
-        stop: int,
-        convert: LineConverter[_T],
-    ) -> _T | None:
-        """One candidate line for the Python path: its outcome, or None (ignored or
-        malformed, and counted as such)."""
-        line = bytes(buf[start:stop])
-        if stop - start > self.max_line_length:
-            self._error(ParseError("line_too_long", f"{stop - start} bytes"), line)
-            return None
-        try:
-            outcome = convert(line)
-        except ParseError as err:
-            self._error(err, line)
-            return None
-        if isinstance(outcome, Ignored):
-            self.stats.ignored[outcome.reason] += 1
-            return None
-        return outcome
 
     def _error(self, err: ParseError, line: bytes) -> None:
         self.stats.errors[err.reason] += 1
@@ -721,27 +779,28 @@ class StreamParser:
 
 
 def _load_accelerator() -> ModuleType | None:
-    """The optional C extension, None when not built or MONITORD_PURE_PYTHON is set."""
+    """The optional C leaf, set up with TABLES; None when not built or MONITORD_PURE_PYTHON."""
     if os.environ.get("MONITORD_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
         from monitord.audit import _fastparse
     except ImportError:  # not built (no compiler at install time): the Python path
         return None
-    _fastparse.setup(NOT_VIRT, NOT_LIBVIRT, make_record)
+    _fastparse.setup(TABLES)
     return _fastparse
 
 
 ACCELERATOR_MODULE: Final = _load_accelerator()
-# Which path the parser takes: "c" (the extension, Python for unusual lines) or "python".
+_RECORDS: Final = RecordLines(ACCELERATOR_MODULE)
+# Which path the parser takes: "c" (the C leaf, Python for unusual lines) or "python".
 ACCELERATOR: Final = "c" if ACCELERATOR_MODULE is not None else "python"
 
 
 def iter_records(
-    chunks: Iterator[bytes] | list[bytes], parser: StreamParser | None = None
+    chunks: Iterator[bytes] | list[bytes], parser: StreamParser[AuditRecord] | None = None
 ) -> Iterator[AuditRecord]:
     """Parse a finished stream of chunks, the last line included even without newline."""
-    p = parser if parser is not None else StreamParser()
+    p: StreamParser[AuditRecord] = parser if parser is not None else StreamParser()
     for chunk in chunks:
         yield from p.feed(chunk)
     yield from p.finish()

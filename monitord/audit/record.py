@@ -4,9 +4,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from operator import attrgetter
+from typing import Any, Final
 
 FieldValue = str | None
+
+# `res=` as `AuditRecord.result` reads it; any other value is kept as written.
+RESULT_KEY: Final = "res"
+RESULTS: Final[Mapping[str, str]] = {
+    "success": "success",
+    "1": "success",
+    "failed": "failed",
+    "0": "failed",
+}
+# The `monitord parse` document (docs/INTERFACE.md): these attributes of the record, in this
+# order. `virt`, `vm`, `uuid`, `op`, `reason`, `resrc` and `exe` are properties that read the
+# inner field of their name. The C leaf gets this tuple too and writes the same document.
+DOCUMENT_KEYS: Final = (
+    "type", "type_id", "time", "serial", "node", "virt", "vm", "uuid", "result", "op", "reason",
+    "resrc", "pid", "uid", "auid", "ses", "subj", "exe", "fields", "enrichment",
+)  # fmt: skip
+
+
+def result_of(fields: Mapping[str, FieldValue]) -> str | None:
+    """The `result` of a record with these inner fields (RESULTS; other values as written)."""
+    res = fields.get(RESULT_KEY)
+    return RESULTS.get(res, res) if res is not None else None
+
+
+@cache
+def _attributes(names: tuple[str, ...]) -> Callable[[object], tuple[Any, ...]]:
+    return attrgetter(*names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,41 +100,18 @@ class AuditRecord:
     @property
     def result(self) -> str | None:
         """`success` or `failed` (audit also writes `res=1`/`res=0` in old records)."""
-        res = self.fields.get("res")
-        if res in ("success", "1"):
-            return "success"
-        if res in ("failed", "0"):
-            return "failed"
-        return res
+        return result_of(self.fields)
 
     @property
     def succeeded(self) -> bool:
         return self.result == "success"
 
     def to_json(self) -> dict[str, Any]:
-        """Return the `monitord parse` document of the record (CONTRACT.md)."""
-        return {
-            "type": self.type,
-            "type_id": self.type_id,
-            "time": self.time,
-            "serial": self.serial,
-            "node": self.node,
-            "virt": self.virt,
-            "vm": self.vm,
-            "uuid": self.uuid,
-            "result": self.result,
-            "op": self.op,
-            "reason": self.reason,
-            "resrc": self.resrc,
-            "pid": self.pid,
-            "uid": self.uid,
-            "auid": self.auid,
-            "ses": self.ses,
-            "subj": self.subj,
-            "exe": self.exe,
-            "fields": dict(self.fields),
-            "enrichment": dict(self.enrichment),
-        }
+        """Return the `monitord parse` document of the record (docs/INTERFACE.md)."""
+        doc = dict(zip(DOCUMENT_KEYS, _attributes(DOCUMENT_KEYS)(self), strict=True))
+        doc["fields"] = dict(self.fields)
+        doc["enrichment"] = dict(self.enrichment)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> AuditRecord:

@@ -10,9 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from monitord import __version__
-from monitord.audit.jsonl import json_converter
-from monitord.audit.parser import ACCELERATOR, ParseError, StreamParser
-from monitord.commands.inputs import open_all, read_chunks
 from monitord.errors import RuntimeFailure, UserError
 
 
@@ -38,14 +35,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class _Version(argparse.Action):
+    """--version with the parser's path (c or python), imported only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from monitord.audit.parser import ACCELERATOR
+
+        print(f"monitord {__version__} (parser: {ACCELERATOR})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="monitord",
         description="Follow libvirt's VIRT_* audit records; serve guest state, metrics and alerts.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"monitord {__version__} (parser: {ACCELERATOR})"
-    )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="the daemon")
@@ -78,59 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class ErrorReporter:
-    """Print malformed lines to stderr, at most `limit` of them, then only count."""
-
-    def __init__(self, limit: int = 20) -> None:
-        self.limit = limit
-        self.shown = 0
-        self.name = ""
-
-    def __call__(self, err: ParseError, line: bytes) -> None:
-        if self.shown < self.limit:
-            self.shown += 1
-            text = line[:160].decode("utf-8", "backslashreplace")
-            print(
-                f"monitord: {self.name}: malformed record ({err.reason}): {text}", file=sys.stderr
-            )
-
-
-def cmd_parse(args: argparse.Namespace) -> int:
-    inputs = open_all(args.files)
-    reporter = ErrorReporter()
-    out = sys.stdout
-    sink = out.buffer  # the JSON lines are ASCII bytes (ensure_ascii), written as such
-    # Straight from a candidate line to its JSON line: in C for the common libvirt
-    # shapes when the extension is built, else (and for unusual lines) in Python.
-    convert = json_converter()
-    stats = None
-    for name, stream in inputs:
-        reporter.name = name
-        parser = StreamParser(stats=stats, on_error=reporter)
-        stats = parser.stats
-        try:
-            for chunk in read_chunks(stream, name):
-                lines = parser.feed_as(chunk, convert.line, convert.region)
-                if lines:
-                    sink.write(b"".join(lines))
-            lines = parser.finish_as(convert.line, convert.region)
-            if lines:
-                sink.write(b"".join(lines))
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-    assert stats is not None
-    errors = sum(stats.errors.values())
-    if errors:
-        detail = ", ".join(f"{reason}={n}" for reason, n in sorted(stats.errors.items()))
-        print(f"monitord: {errors} malformed line(s) skipped ({detail})", file=sys.stderr)
-    out.flush()
-    return 0
-
-
 # Each command lives in the module of its stage; importing lazily keeps `parse` fast.
 COMMANDS: dict[str, str] = {
     "run": "monitord.daemon:main",
+    "parse": "monitord.commands.parse:main",
     "replay": "monitord.commands.replay:main",
     "status": "monitord.commands.status:main",
     "check-config": "monitord.config:check_config_main",
@@ -139,10 +98,7 @@ COMMANDS: dict[str, str] = {
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    command: str = args.command
-    if command == "parse":
-        return cmd_parse(args)
-    module_name, _, func_name = COMMANDS[command].partition(":")
+    module_name, _, func_name = COMMANDS[args.command].partition(":")
     handler: Callable[[argparse.Namespace], int] = getattr(
         importlib.import_module(module_name), func_name
     )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO, Final, cast
+from typing import BinaryIO, Final
 
 from monitord.errors import InputError
 
@@ -53,21 +52,3 @@ def read_chunks(stream: BinaryIO, name: str, size: int = READ_SIZE) -> Iterator[
         if not chunk:
             return
         yield chunk
-
-
-def refill_chunks(stream: BinaryIO, name: str, size: int = READ_SIZE) -> Iterator[bytearray]:
-    """`read_chunks` into one reused buffer: each chunk is only valid until the next.
-
-    No new memory per chunk (the allocator and the kernel's page clearing cost more than
-    the parse of a mostly non-libvirt chunk).
-    """
-    buf = bytearray(size)
-    reader = cast(io.BufferedIOBase, stream)  # what open(..., "rb") and stdin.buffer are
-    while True:
-        try:
-            n = reader.readinto(buf)
-        except OSError as err:
-            raise InputError(f"cannot read {name}: {err.strerror}") from None
-        if not n:
-            return
-        yield buf if n == size else buf[:n]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from monitord.audit.record import AuditRecord
+from monitord.audit.record import AuditRecord, result_of
 from monitord.audit.types import VIRT_CONTROL, VIRT_MACHINE_ID, VIRT_RESOURCE
 from monitord.config import StateConfig
 from monitord.state.effects import AmountChange, DeviceChange, Label, Lifecycle, effect
@@ -94,15 +94,6 @@ def _unpack(p: _Packed) -> AuditRecord:
         uid=head[4], auid=head[5], ses=head[6], subj=head[7],
         fields=dict(zip(head[8], p[3:], strict=True)), enrichment=dict(head[9]),
     )  # fmt: skip
-
-
-def record_result(res: str | None) -> str:
-    """`success` or `failed` from `res=` (old audit wrote 1/0); "" when absent."""
-    if res == "success" or res == "1":
-        return "success"
-    if res == "failed" or res == "0":
-        return "failed"
-    return ABSENT if res is None else res
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +178,7 @@ class GuestTable:
     def _apply(self, record: AuditRecord) -> None:
         fields = record.fields
         bound = self._bound
-        result = record_result(fields.get("res"))
+        result = result_of(fields) or ABSENT
         type_id = record.type_id
         virt = bound("virt", fields.get("virt"))
         key3 = (record.type, virt, result)

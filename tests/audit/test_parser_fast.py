@@ -48,8 +48,7 @@ def test_make_record_is_a_frozen_audit_record() -> None:
 
 
 def test_parse_cli_file_equals_stdin(tmp_path: Path) -> None:
-    """`monitord parse FILE` on a file large enough for two processes prints exactly what
-    the one-process path (stdin) prints."""
+    """`monitord parse FILE` prints exactly what `monitord parse < FILE` prints."""
     log = tmp_path / "mixed.log"
     with log.open("wb") as f:
         write_lines(f, mixed_log(seed=7, lines=240_000))

@@ -97,7 +97,8 @@ def test_pathological_lines() -> None:
         b"msg='" + b"x=" * 5_000_000 + b"'",
     ):
         total(head + tail)
-    record = parse_line(head + b"msg='virt=kvm vm=FFFE uuid=1 res=success'")
+    uuid = b"c857b1ce-7157-4be5-ae36-29cf22a62ec8"
+    record = parse_line(head + b"msg='virt=kvm vm=FFFE uuid=" + uuid + b" res=success'")
     assert isinstance(record, AuditRecord) and record.vm == "\udcff\udcfe"
     errors: list[str] = []
     parser = StreamParser(on_error=lambda e, _: errors.append(e.reason))

@@ -59,9 +59,9 @@ def test_malformed_lines_counted_on_stderr() -> None:
     result = monitord("parse", str(DATA / "traps.log"))
     assert result.returncode == 0
     err = result.stderr.decode()
-    assert "malformed line(s) skipped" in err and "bad_header=4" in err
+    assert "malformed line(s) skipped" in err and "bad_header=4" in err and "bad_uuid=2" in err
     assert "Traceback" not in err
-    assert len(docs(result.stdout)) == 8
+    assert len(docs(result.stdout)) == 6
 
 
 def test_unreadable_file_is_a_one_line_error(tmp_path: Path) -> None:
@@ -81,11 +81,12 @@ def test_unreadable_file_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_help_and_version() -> None:
-    """--help describes parse; --version prints the version."""
+    """--help describes parse; --version prints the version and the parser's path."""
     result = monitord("parse", "--help")
     assert result.returncode == 0 and b"FILE" in result.stdout
     result = monitord("--version")
     assert result.returncode == 0 and result.stdout.startswith(b"monitord ")
+    assert result.stdout.rstrip().endswith((b"(parser: c)", b"(parser: python)"))
 
 
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
