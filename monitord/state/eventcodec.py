@@ -1,0 +1,219 @@
+"""How one libvirt record is kept in the history: a shape, a subject and the values that vary.
+
+Most of a libvirt record repeats from one record to the next: its type, the
+field names in their order, `virt`, `op`, `reason`, `resrc`, `res`, `exe` and
+the auditing process's ids. Those make its *shape* (stored once, referenced by
+number). The guest's node, UUID and name make its *subject*. What is left per
+record is the time, the serial and a short JSON array: the pid, then the
+values of the varying fields (vm-pid, old/new devices, paths, contexts).
+Decoding gives back an `AuditRecord` equal to the one stored, fields in order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from monitord.audit.record import AuditRecord
+
+# Fields whose values come from a small set (kept in the shape, not in every row).
+CONST_FIELDS: Final = frozenset(
+    {"virt", "op", "reason", "resrc", "res", "exe", "hostname", "addr", "terminal",
+     "model", "class", "category", "acl", "bus", "maj"}
+)  # fmt: skip
+# Fields the subject holds.
+SUBJECT_FIELDS: Final = frozenset({"uuid", "vm"})
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_loads = json.JSONDecoder().decode
+
+# A field of a shape: (name, where, constant) with where 0 = vals, 1 = constant,
+# 2 = subject uuid, 3 = subject vm.
+_VAR, _CONST, _UUID, _VM = 0, 1, 2, 3
+
+
+def to_db(text: str | None) -> str | bytes | None:
+    """Text for a TEXT/ANY column: names that are not UTF-8 (surrogate escapes) as bytes."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def from_db(value: object) -> str | None:
+    """Inverse of to_db; anything else is a ValueError (a corrupt row)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    raise ValueError(f"expected text, got {type(value).__name__}")
+
+
+def time_to_db(t: float) -> float | int:
+    """Record time in milliseconds: an integer for the audit stamp's three decimals (6 bytes)."""
+    ms = round(t * 1000)
+    if ms / 1000 == t:
+        return ms
+    return t * 1000.0
+
+
+def time_from_db(tms: float | int) -> float:
+    return tms / 1000
+
+
+def result_code(fields: Any) -> int | None:
+    """1 for success, 0 for failed (the `events_failed` index), None for anything else."""
+    res = fields.get("res")
+    if res == "success" or res == "1":
+        return 1
+    if res == "failed" or res == "0":
+        return 0
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What records of one shape share; `fields` says where each field's value comes from."""
+
+    type: str
+    type_id: int
+    uid: int | None
+    auid: int | None
+    ses: int | None
+    subj: str | None
+    enrichment: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, int, str | None], ...]
+
+    def const(self, name: str) -> str | None:
+        """The constant value of a field (op, resrc, res, ...), None if absent or varying."""
+        for key, where, value in self.fields:
+            if key == name:
+                return value if where == _CONST else None
+        return None
+
+    @property
+    def result(self) -> str | None:
+        res = self.const("res")
+        if res in ("success", "1"):
+            return "success"
+        if res in ("failed", "0"):
+            return "failed"
+        return res
+
+    @classmethod
+    def from_doc(cls, doc: str) -> Shape:
+        """Parse a shapes.doc; ValueError if it is not one (a corrupt row)."""
+        try:
+            t, tid, uid, auid, ses, subj, enrich, spec = _loads(doc)
+            fields: list[tuple[str, int, str | None]] = []
+            for item in spec:
+                if isinstance(item, str):
+                    fields.append((item, _VAR, None))
+                elif len(item) == 2 and (item[1] is None or isinstance(item[1], str)):
+                    fields.append((str(item[0]), _CONST, item[1]))
+                elif len(item) == 1 and item[0] in SUBJECT_FIELDS:
+                    fields.append((item[0], _UUID if item[0] == "uuid" else _VM, None))
+                else:
+                    raise ValueError(f"bad field {item!r}")
+            shape = cls(
+                type=_text(t),
+                type_id=_int(tid),
+                uid=_opt_int(uid),
+                auid=_opt_int(auid),
+                ses=_opt_int(ses),
+                subj=None if subj is None else _text(subj),
+                enrichment=tuple((_text(k), _text(v)) for k, v in enrich),
+                fields=tuple(fields),
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"not a shape: {err}") from None
+        return shape
+
+
+def _text(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected text, got {type(v).__name__}")
+    return v
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _opt_int(v: object) -> int | None:
+    return None if v is None else _int(v)
+
+
+def encode(record: AuditRecord) -> tuple[str, str]:
+    """Return (shape doc, vals JSON) of a record."""
+    spec: list[Any] = []
+    vals: list[Any] = [record.pid]
+    for name, value in record.fields.items():
+        if name in SUBJECT_FIELDS:
+            spec.append([name])
+        elif name in CONST_FIELDS:
+            spec.append([name, value])
+        else:
+            spec.append(name)
+            vals.append(value)
+    enrichment = [[k, v] for k, v in record.enrichment.items()] if record.enrichment else []
+    doc = _dumps(
+        [record.type, record.type_id, record.uid, record.auid, record.ses, record.subj,
+         enrichment, spec]
+    )  # fmt: skip
+    return doc, _dumps(vals)
+
+
+def decode(
+    shape: Shape, node: str | None, uuid: str | None, vm: str | None, t: float, serial: int,
+    vals: str,
+) -> AuditRecord:  # fmt: skip
+    """Rebuild the record from its parts; ValueError if they do not fit together."""
+    try:
+        values = _loads(vals)
+    except ValueError as err:
+        raise ValueError(f"bad values: {err}") from None
+    if not isinstance(values, list) or not values:
+        raise ValueError("bad values: not a list")
+    pid = values[0]
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise ValueError("bad values: pid")
+    fields: dict[str, str | None] = {}
+    i = 1
+    for name, where, const in shape.fields:
+        if where == _VAR:
+            if i >= len(values):
+                raise ValueError("bad values: too few")
+            value = values[i]
+            i += 1
+            if value is not None and not isinstance(value, str):
+                raise ValueError("bad values: not text")
+            fields[name] = value
+        elif where == _CONST:
+            fields[name] = const
+        elif where == _UUID:
+            fields[name] = uuid
+        else:
+            fields[name] = vm
+    if i != len(values):
+        raise ValueError("bad values: too many")
+    return AuditRecord(
+        type=shape.type,
+        type_id=shape.type_id,
+        time=t,
+        serial=serial,
+        node=node,
+        pid=pid,
+        uid=shape.uid,
+        auid=shape.auid,
+        ses=shape.ses,
+        subj=shape.subj,
+        fields=fields,
+        enrichment=dict(shape.enrichment),
+    )
