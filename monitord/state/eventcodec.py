@@ -170,6 +170,53 @@ def encode(record: AuditRecord) -> tuple[str, str]:
     return doc, _dumps(vals)
 
 
+class Encoder:
+    """`encode` with its work remembered: records of one kind share their shape's JSON.
+
+    A record's shape is found from a key of plain tuples (cheap to build and hash);
+    only the values that vary are turned into JSON for each record.
+    """
+
+    __slots__ = ("_docs", "_plans")
+
+    def __init__(self) -> None:
+        # (type_id, field names) -> (indexes of constant values, indexes of varying values)
+        self._plans: dict[tuple[int, tuple[str, ...]], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._docs: dict[tuple[Any, ...], str] = {}
+
+    def __call__(self, record: AuditRecord) -> tuple[str, str]:
+        """Return (shape doc, vals JSON) of a record."""
+        fields = record.fields
+        names = tuple(fields)
+        values = tuple(fields.values())
+        plan_key = (record.type_id, names)
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            if len(self._plans) >= _ENCODER_LIMIT:
+                self._plans.clear()
+            const = tuple(i for i, n in enumerate(names) if n in CONST_FIELDS)
+            var = tuple(
+                i for i, n in enumerate(names) if n not in CONST_FIELDS and n not in SUBJECT_FIELDS
+            )
+            plan = self._plans[plan_key] = (const, var)
+        const_idx, var_idx = plan
+        enrichment = record.enrichment
+        key = (
+            record.type, record.uid, record.auid, record.ses, record.subj,
+            tuple(enrichment.items()) if enrichment else (), plan_key,
+            tuple([values[i] for i in const_idx]),
+        )  # fmt: skip
+        doc = self._docs.get(key)
+        if doc is None:
+            if len(self._docs) >= _ENCODER_LIMIT:
+                self._docs.clear()
+            doc = self._docs[key] = encode(record)[0]
+        return doc, _dumps([record.pid, *[values[i] for i in var_idx]])
+
+
+_ENCODER_LIMIT: Final = 4096
+
+
 def decode(
     shape: Shape, node: str | None, uuid: str | None, vm: str | None, t: float, serial: int,
     vals: str,

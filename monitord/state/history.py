@@ -454,6 +454,13 @@ class HistoryReader:
             )
         sql = "SELECT b FROM spans" + (" WHERE " + " AND ".join(span_where) if span_where else "")
         buckets = [b for (b,) in conn.execute(sql + " ORDER BY b", span_params)]
+        # Buckets still being filled have no spans row yet: always look into them.
+        top, lo, hi = conn.execute(
+            "SELECT (SELECT max(b) FROM spans), min(id), max(id) FROM events"
+        ).fetchone()
+        if hi is not None:
+            first_open = top + 1 if top is not None else lo >> BUCKET
+            buckets += range(max(first_open, buckets[-1] + 1 if buckets else 0), (hi >> BUCKET) + 1)
         if desc:
             buckets.reverse()
         out: list[Any] = []

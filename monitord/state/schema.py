@@ -2,9 +2,17 @@
 
 One database holds what the daemon must find again after a restart, committed
 together: the source position, the guests, the shared table and counter parts,
-the alert engine's state (the `state` table, one JSON value per name), and the
-history of libvirt records (`events`, with `subjects` and `shapes` holding
-what many records share).
+the alert engine's state (the `state` table, one JSON value per name, a rowid
+table so that all of it shares one or two pages), and the history of libvirt
+records (`events`, with `subjects` and `shapes` holding what many records
+share).
+
+Guests: a commit appends the guests it changed to `guest_log` (a deletion is a
+row without `vals`), so its cost follows the guests changed, not the pages
+they are scattered over in `guests`. Once the log holds as many rows as
+`guests`, one commit folds it into `guests` (the latest row of each guest wins)
+and empties it. A guest is the latest of its `guests` row and its log rows;
+`seq` orders guests by when they were last changed.
 
 Why the history is laid out this way:
 - `events.id` is the record's place in the log (assigned in commit order), the
@@ -18,8 +26,10 @@ Why the history is laid out this way:
   the newest bucket only, so a commit touching thousands of guests rewrites a
   few index pages, not one page per guest; a guest's events are found with
   one probe per bucket.
-- `spans` keeps the lowest and highest record time of each bucket: time
+- `spans` keeps the lowest and highest record time of each full bucket: time
   filters and pruning by age pick whole buckets from it, with no time index.
+  The bucket being filled has no row yet (it would be rewritten by every
+  commit): readers always look into it.
 """
 
 from __future__ import annotations
@@ -39,11 +49,15 @@ PAGE_SIZE: Final = 4096
 BUCKET_BITS: Final = 14
 
 TABLES: Final[dict[str, str]] = {
-    "state": "CREATE TABLE state(name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT, WITHOUT ROWID",
+    "state": "CREATE TABLE state(name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
     "keysets": "CREATE TABLE keysets(ks INTEGER PRIMARY KEY, keys TEXT NOT NULL UNIQUE) STRICT",
     "guests": (
         "CREATE TABLE guests(node ANY NOT NULL, uuid ANY NOT NULL, seq INTEGER NOT NULL,"
         " ks INTEGER NOT NULL, vals TEXT NOT NULL, PRIMARY KEY (node, uuid)) STRICT, WITHOUT ROWID"
+    ),
+    "guest_log": (
+        "CREATE TABLE guest_log(seq INTEGER PRIMARY KEY, node ANY NOT NULL, uuid ANY NOT NULL,"
+        " ks INTEGER, vals TEXT) STRICT"
     ),
     "subjects": "CREATE TABLE subjects(gid INTEGER PRIMARY KEY, node ANY, uuid ANY, vm ANY) STRICT",
     "shapes": "CREATE TABLE shapes(sid INTEGER PRIMARY KEY, doc TEXT NOT NULL UNIQUE) STRICT",
@@ -61,7 +75,7 @@ INDEXES: Final[dict[str, str]] = {
     "events_failed": "CREATE INDEX events_failed ON events(id) WHERE res = 0",
 }
 # The tables that are not history: checked completely at every open.
-STATE_TABLES: Final = ("state", "keysets", "guests", "subjects", "shapes", "spans")
+STATE_TABLES: Final = ("state", "keysets", "guests", "guest_log", "subjects", "shapes", "spans")
 
 # Migrations: MIGRATIONS[v] turns a schema-v database into schema v+1 inside the
 # open transaction. Schema 1 is the first; `checkpoint.json` (the snapshot of

@@ -50,7 +50,7 @@ from monitord import __version__
 from monitord.audit.record import AuditRecord
 from monitord.logsetup import RateLimitedLogger
 from monitord.state import schema
-from monitord.state.eventcodec import encode, result_code, time_to_db, to_db
+from monitord.state.eventcodec import Encoder, result_code, time_to_db, to_db
 from monitord.state.history import HistoryReader
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,16 @@ PRUNE_TARGET: Final = 0.9
 # History events held in memory while commits fail; older ones beyond it are dropped
 # (counted): state stays exact, the history gets a gap.
 MAX_PENDING_EVENTS: Final = 200_000
+# guest_log is folded into guests once it holds as many rows as guests, and at least this many.
+COMPACT_ROWS: Final = 256
 # Set-aside copies kept per state directory; older ones are deleted.
 KEEP_SET_ASIDE: Final = 3
 WRITER_CACHE_KIB: Final = 8192
-# The WAL is truncated back to this size after a checkpoint.
+# The WAL is copied into state.db once it holds this many pages (SQLite's default is
+# 1,000): pages rewritten by many commits (guests, the newest index pages) are copied
+# once per checkpoint, not once per commit. After a checkpoint the WAL is truncated
+# back to WAL_LIMIT bytes.
+WAL_AUTOCHECKPOINT: Final = 4000
 WAL_LIMIT: Final = 16 << 20
 
 SET_ASIDE_REASONS: Final = (
@@ -160,6 +166,21 @@ class _Batch:
         )
 
 
+@dataclass(slots=True)
+class _Tentative:
+    """What a transaction adds to the store's memory, applied once it has committed."""
+
+    guest_seq: int = 0
+    base_rows: int = 0
+    log_rows: int = 0
+    spanned: int = 0
+    keysets: dict[tuple[str, ...], int] = field(default_factory=dict)
+    shapes: dict[str, int] = field(default_factory=dict)
+    subjects: dict[tuple[str | None, str | None, str | None], int] = field(default_factory=dict)
+    shape_last: dict[int, int] = field(default_factory=dict)
+    subject_last: dict[int, int] = field(default_factory=dict)
+
+
 class Corrupt(Exception):
     """The database cannot be trusted; `reason` labels the set-aside metric."""
 
@@ -204,7 +225,9 @@ class Store:
         self._keysets: dict[tuple[str, ...], int] = {}
         self._shapes: dict[str, int] = {}
         self._subjects: dict[tuple[str | None, str | None, str | None], int] = {}
-        self._spans: dict[int, tuple[float, float]] = {}
+        self._spanned = 0  # buckets below it have their spans row
+        self._base_rows = 0  # rows in guests
+        self._log_rows = 0  # rows in guest_log
         # Last event id using each shape/subject since open; those not seen since open are
         # taken as used by the newest event at open (`_floor`): pruning below it frees them.
         self._shape_last: dict[int, int] = {}
@@ -325,6 +348,7 @@ class Store:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
         conn.execute("PRAGMA foreign_keys = OFF")
 
     def _load_existing(self) -> Loaded:
@@ -437,23 +461,25 @@ class Store:
                 raise Corrupt("invalid_rows", f"keyset {ks}: not a list of names")
             keysets[ks] = tuple(keys)
         self._keysets = {v: k for k, v in keysets.items()}
-        rows = conn.execute("SELECT node, uuid, seq, ks, vals FROM guests ORDER BY seq").fetchall()
-        guests = []
-        for node, uuid, seq, ks, text in rows:
-            if not isinstance(node, str | bytes) or not isinstance(uuid, str | bytes):
-                raise Corrupt("invalid_rows", "guests: a key of the wrong type")
-            keys = keysets.get(ks)
-            try:
-                vals = json.loads(text)
-            except ValueError:
-                raise Corrupt("invalid_rows", f"guest {uuid!r}: not JSON") from None
-            if keys is None or not isinstance(vals, list) or len(vals) != len(keys):
-                raise Corrupt("invalid_rows", f"guest {uuid!r}: values do not fit their keys")
-            doc = dict(zip(keys, vals, strict=True))
-            if "uuid" in doc and to_db(doc["uuid"]) != uuid:
-                raise Corrupt("invalid_rows", f"guest {uuid!r}: its document names another uuid")
-            guests.append(doc)
-            self._guest_seq = max(self._guest_seq, seq)
+        guests: dict[tuple[Any, Any], Doc] = {}
+        base = conn.execute("SELECT node, uuid, seq, ks, vals FROM guests ORDER BY seq").fetchall()
+        logged = conn.execute("SELECT node, uuid, seq, ks, vals FROM guest_log ORDER BY seq")
+        self._base_rows = len(base)
+        self._log_rows = 0
+        last_seq = 0
+        for rows, is_log in ((base, False), (logged, True)):
+            for node, uuid, seq, ks, text in rows:
+                if not isinstance(node, str | bytes) or not isinstance(uuid, str | bytes):
+                    raise Corrupt("invalid_rows", "guests: a key of the wrong type")
+                if not _count(seq) or (is_log and seq <= last_seq):
+                    raise Corrupt("invalid_rows", "guests: a sequence number out of order")
+                last_seq = max(last_seq, seq)
+                self._log_rows += is_log
+                guests.pop((node, uuid), None)
+                if is_log and ks is None and text is None:
+                    continue  # deleted
+                guests[(node, uuid)] = self._guest_doc(keysets, node, uuid, ks, text)
+        self._guest_seq = last_seq
         lo, hi = conn.execute("SELECT min(id), max(id) FROM events").fetchone()
         if (lo is not None and not _count(lo)) or (hi is not None and not _count(hi)):
             raise Corrupt("invalid_rows", "events: ids of the wrong type")
@@ -465,7 +491,7 @@ class Store:
         for b, span_lo, span_hi in conn.execute("SELECT b, lo, hi FROM spans"):
             if not _count(b) or not _number(span_lo) or not _number(span_hi):
                 raise Corrupt("invalid_rows", "spans: a row of the wrong type")
-            self._spans[b] = (span_lo, span_hi)
+        self._spanned = self._spanned_from(conn)
         if os.path.getsize(self.path) <= FULL_CHECK_BYTES:
             self._check_history_rows(conn)
         self._pending_seq = None
@@ -473,12 +499,35 @@ class Store:
             origin="store",
             source_kind=kind,
             position=position,
-            guests=tuple(guests),
+            guests=tuple(guests.values()),
             meta=meta,
             counters=counters,
             alerts=alerts,
             saved_at=saved_at,
         )
+
+    @staticmethod
+    def _guest_doc(
+        keysets: Mapping[int, tuple[str, ...]], node: Any, uuid: Any, ks: Any, text: Any
+    ) -> Doc:
+        keys = keysets.get(ks) if isinstance(ks, int) else None
+        try:
+            vals = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            vals = None
+        if keys is None or not isinstance(vals, list) or len(vals) != len(keys):
+            raise Corrupt("invalid_rows", f"guest {uuid!r}: values do not fit their keys")
+        doc = dict(zip(keys, vals, strict=True))
+        if "uuid" in doc and to_db(doc["uuid"]) != uuid:
+            raise Corrupt("invalid_rows", f"guest {uuid!r}: its document names another uuid")
+        return doc
+
+    def _spanned_from(self, conn: sqlite3.Connection) -> int:
+        """The first bucket without a spans row: the one being filled (or an older one)."""
+        top = conn.execute("SELECT max(b) FROM spans").fetchone()[0]
+        if top is not None:
+            return int(top) + 1
+        return (self._min_id or self._next_id) >> schema.BUCKET_BITS
 
     def _check_history_rows(self, conn: sqlite3.Connection) -> None:
         """Every history row decodes (small stores; big ones are checked as they are read)."""
@@ -539,7 +588,9 @@ class Store:
         self._keysets = {}
         self._shapes = {}
         self._subjects = {}
-        self._spans = {}
+        self._spanned = 0
+        self._base_rows = 0
+        self._log_rows = 0
         self._shape_last = {}
         self._subject_last = {}
         self._floor = 0
@@ -828,29 +879,28 @@ class Store:
         self._keysets = {tuple(json.loads(k)): ks for ks, k in conn.execute("SELECT ks, keys FROM keysets")}
         self._shapes = {}
         self._subjects = {}
-        self._spans = {b: (a, z) for b, a, z in conn.execute("SELECT b, lo, hi FROM spans")}
-        self._guest_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM guests").fetchone()[0]
+        self._spanned = self._spanned_from(conn)
+        self._base_rows = conn.execute("SELECT count(*) FROM guests").fetchone()[0]
+        self._log_rows = conn.execute("SELECT count(*) FROM guest_log").fetchone()[0]
+        self._guest_seq = conn.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM guests), 0),"
+            " coalesce((SELECT max(seq) FROM guest_log), 0))"
+        ).fetchone()[0]
 
     def _write(self, conn: sqlite3.Connection, batch: _Batch, started: float) -> None:
         """Apply one batch in one transaction; memory follows only once it committed."""
         now = self.clock()
         seq = self._seq + 1
-        keysets: dict[tuple[str, ...], int] = {}
-        shapes: dict[str, int] = {}
-        subjects: dict[tuple[str | None, str | None, str | None], int] = {}
-        written: dict[str, str | None] = {}
-        spans: dict[int, tuple[float, float]] = {}
+        t = _Tentative()
         first_id = self._next_id
         conn.execute("BEGIN IMMEDIATE")
         try:
-            guest_seq = self._write_guests(conn, batch, keysets)
-            next_id, shape_last, subject_last = self._write_events(
-                conn, batch.events, shapes, subjects, spans
-            )
+            self._write_guests(conn, batch, t)
+            next_id = self._write_events(conn, batch.events, t)
             state = self._state_rows(batch, seq, next_id, now)
-            for name, text in state.items():
-                if self._written.get(name) != text:
-                    written[name] = text
+            written: dict[str, str | None] = {
+                name: text for name, text in state.items() if self._written.get(name) != text
+            }
             gone = [
                 n for n in self._written
                 if n not in state and n.partition(":")[0] in _given_sections(batch)
@@ -858,7 +908,7 @@ class Store:
             if gone:
                 conn.executemany("DELETE FROM state WHERE name = ?", [(n,) for n in gone])
                 written.update((n, None) for n in gone)
-            upserts = [(n, t) for n, t in written.items() if t is not None]
+            upserts = [(n, v) for n, v in written.items() if v is not None]
             if upserts:
                 conn.executemany(
                     "INSERT INTO state(name, value) VALUES (?, ?)"
@@ -867,7 +917,7 @@ class Store:
                 )
             pruned = self._prune(
                 conn, started, next_id,
-                {**self._shape_last, **shape_last}, {**self._subject_last, **subject_last},
+                {**self._shape_last, **t.shape_last}, {**self._subject_last, **t.subject_last},
             )  # fmt: skip
             conn.execute("COMMIT")
         except BaseException:
@@ -877,13 +927,14 @@ class Store:
         # Committed: memory now follows the database.
         self._seq = seq
         self._next_id = next_id
-        self._guest_seq = guest_seq
-        self._keysets.update(keysets)
-        self._shapes.update(shapes)
-        self._subjects.update(subjects)
-        self._spans.update(spans)
-        self._shape_last.update(shape_last)
-        self._subject_last.update(subject_last)
+        self._guest_seq = t.guest_seq
+        self._base_rows, self._log_rows = t.base_rows, t.log_rows
+        self._spanned = t.spanned
+        self._keysets.update(t.keysets)
+        self._shapes.update(t.shapes)
+        self._subjects.update(t.subjects)
+        self._shape_last.update(t.shape_last)
+        self._subject_last.update(t.subject_last)
         for name, text in written.items():
             if text is None:
                 self._written.pop(name, None)
@@ -894,79 +945,95 @@ class Store:
         if pruned is not None:
             self._after_prune(*pruned)
 
-    def _write_guests(
-        self, conn: sqlite3.Connection, batch: _Batch, keysets: dict[tuple[str, ...], int]
-    ) -> int:
-        guest_seq = self._guest_seq
-        if batch.full:
-            conn.execute("DELETE FROM guests")
-        elif batch.deleted:
-            conn.executemany(
-                "DELETE FROM guests WHERE node = ? AND uuid = ?",
-                [(to_db(n), to_db(u)) for n, u in batch.deleted],
-            )
+    def _write_guests(self, conn: sqlite3.Connection, batch: _Batch, t: _Tentative) -> None:
+        """Append the changed guests to guest_log (a full state goes straight to guests)."""
+        t.guest_seq = self._guest_seq
+        t.base_rows, t.log_rows = self._base_rows, self._log_rows
         rows = []
+        if not batch.full:
+            for node, uuid in batch.deleted:
+                t.guest_seq += 1
+                rows.append((t.guest_seq, to_db(node), to_db(uuid), None, None))
         for (node, uuid), doc in batch.upserted.items():
             keys = tuple(doc)
-            ks = self._keysets.get(keys) or keysets.get(keys)
+            ks = self._keysets.get(keys) or t.keysets.get(keys)
             if ks is None:
                 cur = conn.execute("INSERT INTO keysets(keys) VALUES (?)", (_dumps(list(keys)),))
-                ks = keysets[keys] = int(cur.lastrowid or 0)
-            guest_seq += 1
-            rows.append((to_db(node), to_db(uuid), guest_seq, ks, _dumps(list(doc.values()))))
-        if rows:
+                ks = t.keysets[keys] = int(cur.lastrowid or 0)
+            t.guest_seq += 1
+            rows.append((t.guest_seq, to_db(node), to_db(uuid), ks, _dumps(list(doc.values()))))
+        if batch.full:
+            conn.execute("DELETE FROM guests")
+            conn.execute("DELETE FROM guest_log")
             conn.executemany(
-                "INSERT INTO guests(node, uuid, seq, ks, vals) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(node, uuid) DO UPDATE SET seq = excluded.seq, ks = excluded.ks,"
-                " vals = excluded.vals",
-                rows,
+                "INSERT INTO guests(seq, node, uuid, ks, vals) VALUES (?, ?, ?, ?, ?)", rows
             )
-        return guest_seq
+            t.base_rows, t.log_rows = len(rows), 0
+            return
+        if rows:
+            conn.executemany("INSERT INTO guest_log VALUES (?, ?, ?, ?, ?)", rows)
+            t.log_rows += len(rows)
+        if t.log_rows >= max(COMPACT_ROWS, t.base_rows):
+            self._compact(conn, t)
+
+    @staticmethod
+    def _compact(conn: sqlite3.Connection, t: _Tentative) -> None:
+        """Fold guest_log into guests: each guest's latest row wins; empty the log."""
+        latest: dict[tuple[Any, Any], tuple[int, Any, Any]] = {}
+        for seq, node, uuid, ks, vals in conn.execute("SELECT * FROM guest_log ORDER BY seq"):
+            latest[(node, uuid)] = (seq, ks, vals)
+        gone = [key for key, (_, ks, vals) in latest.items() if ks is None and vals is None]
+        if gone:
+            conn.executemany("DELETE FROM guests WHERE node = ? AND uuid = ?", gone)
+        conn.executemany(
+            "INSERT INTO guests(node, uuid, seq, ks, vals) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(node, uuid) DO UPDATE SET seq = excluded.seq, ks = excluded.ks,"
+            " vals = excluded.vals",
+            [(n, u, seq, ks, v) for (n, u), (seq, ks, v) in latest.items() if ks is not None],
+        )
+        conn.execute("DELETE FROM guest_log")
+        t.base_rows = conn.execute("SELECT count(*) FROM guests").fetchone()[0]
+        t.log_rows = 0
 
     def _write_events(
-        self,
-        conn: sqlite3.Connection,
-        events: list[_Encoded],
-        shapes: dict[str, int],
-        subjects: dict[tuple[str | None, str | None, str | None], int],
-        spans: dict[int, tuple[float, float]],
-    ) -> tuple[int, dict[int, int], dict[int, int]]:
+        self, conn: sqlite3.Connection, events: list[_Encoded], t: _Tentative
+    ) -> int:
+        """Insert the events; give each bucket that became full its spans row."""
         next_id = self._next_id
+        t.spanned = self._spanned
         if not events:
-            return next_id, {}, {}
+            return next_id
         rows = []
-        shape_last: dict[int, int] = {}
-        subject_last: dict[int, int] = {}
-        bits = schema.BUCKET_BITS
         for tms, serial, subject, res, shape_doc, vals in events:
-            sid = self._shapes.get(shape_doc) or shapes.get(shape_doc)
+            sid = self._shapes.get(shape_doc) or t.shapes.get(shape_doc)
             if sid is None:
-                sid = shapes[shape_doc] = self._find_or_add(
+                sid = t.shapes[shape_doc] = self._find_or_add(
                     conn, "SELECT sid FROM shapes WHERE doc = ?",
                     "INSERT INTO shapes(doc) VALUES (?)", (shape_doc,),
                 )  # fmt: skip
-            gid = self._subjects.get(subject) or subjects.get(subject)
+            gid = self._subjects.get(subject) or t.subjects.get(subject)
             if gid is None:
                 node, uuid, vm = (to_db(x) for x in subject)
-                gid = subjects[subject] = self._find_or_add(
+                gid = t.subjects[subject] = self._find_or_add(
                     conn, "SELECT gid FROM subjects WHERE uuid IS ? AND node IS ? AND vm IS ?",
                     "INSERT INTO subjects(uuid, node, vm) VALUES (?, ?, ?)", (uuid, node, vm),
                 )  # fmt: skip
-            eid = next_id
+            rows.append((next_id, tms, serial, gid, sid, res, vals))
+            t.shape_last[sid] = next_id
+            t.subject_last[gid] = next_id
             next_id += 1
-            rows.append((eid, tms, serial, gid, sid, res, vals))
-            shape_last[sid] = eid
-            subject_last[gid] = eid
-            b = eid >> bits
-            span = spans.get(b) or self._spans.get(b)
-            spans[b] = (min(span[0], tms), max(span[1], tms)) if span else (tms, tms)
         conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        conn.executemany(
-            "INSERT INTO spans(b, lo, hi) VALUES (?, ?, ?) ON CONFLICT(b) DO UPDATE"
-            " SET lo = min(lo, excluded.lo), hi = max(hi, excluded.hi)",
-            [(b, lo, hi) for b, (lo, hi) in spans.items()],
-        )
-        return next_id, shape_last, subject_last
+        bits = schema.BUCKET_BITS
+        full = next_id >> bits  # buckets below it have all their ids
+        for b in range(t.spanned, full):
+            conn.execute(
+                "INSERT INTO spans(b, lo, hi) SELECT ?, min(tms), max(tms) FROM events"
+                " WHERE id BETWEEN ? AND ? HAVING count(*) > 0"
+                " ON CONFLICT(b) DO UPDATE SET lo = excluded.lo, hi = excluded.hi",
+                (b, b << bits, ((b + 1) << bits) - 1),
+            )
+        t.spanned = max(t.spanned, full)
+        return next_id
 
     @staticmethod
     def _find_or_add(
@@ -1021,8 +1088,13 @@ class Store:
         limit = lo + PRUNE_BATCH
         bound = lo
         # By age: record time against the newest record time (never ahead of the clock).
-        newest = max((hi for _, hi in self._spans.values()), default=None)
-        if newest is not None:
+        bits = schema.BUCKET_BITS
+        newest = conn.execute(
+            "SELECT max(coalesce((SELECT max(hi) FROM spans), -1e300),"
+            " coalesce((SELECT max(tms) FROM events WHERE id >= ?), -1e300))",
+            (((next_id - 1) >> bits) << bits,),
+        ).fetchone()[0]
+        if newest > -1e300:
             cutoff = time_to_db(min(newest / 1000, self.clock()) - self.retention)
             row = conn.execute(
                 "SELECT id FROM events WHERE id >= ? AND id < ? AND tms >= ? ORDER BY id LIMIT 1",
@@ -1071,8 +1143,6 @@ class Store:
         self._min_id = bound if bound < self._next_id else None
         self._pruned["age"] += by_age
         self._pruned["size"] += by_size
-        for b in [b for b in self._spans if b < bound >> schema.BUCKET_BITS]:
-            del self._spans[b]
         if self._floor < bound:
             self._floor_swept = True
         gone = set(dead_shapes)
@@ -1124,9 +1194,12 @@ class Store:
         )
 
 
+_encode = Encoder()
+
+
 def encode_event(record: AuditRecord) -> _Encoded:
     """A record in the form the store writes (compact while it waits in memory)."""
-    doc, vals = encode(record)
+    doc, vals = _encode(record)
     f = record.fields
     return (
         time_to_db(record.time), record.serial, (record.node, f.get("uuid"), f.get("vm")),
