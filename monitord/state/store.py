@@ -150,7 +150,11 @@ class _Batch:
         if newer.full:
             upserted, deleted = dict(newer.upserted), set()
         else:
-            upserted = {k: v for k, v in self.upserted.items() if k not in newer.deleted}
+            # A guest changed again moves to the end: the order is that of the last change.
+            upserted = {
+                k: v for k, v in self.upserted.items()
+                if k not in newer.deleted and k not in newer.upserted
+            }  # fmt: skip
             upserted.update(newer.upserted)
             deleted = (self.deleted | newer.deleted) - newer.upserted.keys()
         return _Batch(
