@@ -43,13 +43,28 @@ class SourceConfig:
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     dir: str = "/var/lib/monitord"
-    checkpoint_interval: float = 5.0
+    # Commits to the state store (position, changed guests, counters, alerts, history).
+    checkpoint_interval: float = 1.0
     max_guests: int = 10_000
     forget_stopped_after: float = 7 * 86400.0
     # Distinct values kept per open-ended label (op, reason, resrc, model) before `other`.
     max_label_values: int = 100
     # Records kept per guest for /api/v1/guests/{uuid} `events`.
     max_events: int = 50
+    # History of libvirt records in the store: older records (by record time) are deleted,
+    # and the oldest are deleted while the store is larger than history_max_bytes.
+    history_retention: float = 90 * 86400.0
+    history_max_bytes: int = 1 << 30
+    # Commits may fail this long (disk full, read-only) before /healthz answers 503;
+    # None: three checkpoint intervals.
+    commit_grace: float | None = None
+
+    @property
+    def grace(self) -> float:
+        """Seconds of failing commits /healthz tolerates."""
+        if self.commit_grace is not None:
+            return self.commit_grace
+        return 3 * self.checkpoint_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +255,7 @@ _ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
 # Smallest accepted value of numeric fields (default: ints >= 1, durations > 0).
 _MINIMUM: dict[tuple[type, str], float] = {
     (StateConfig, "max_events"): 0,
+    (StateConfig, "history_max_bytes"): 1 << 20,
     (AlertsConfig, "drain_timeout"): 0,
     (LoggingConfig, "rate_limit_burst"): 0,
 }

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from monitord.config import BasicAuthUser, HttpConfig
 from monitord.errors import RuntimeFailure
-from monitord.serve import exporter
+from monitord.serve import api, exporter
 from monitord.state.table import GuestTable
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ INDEX_HTML: Final = """<!DOCTYPE html>
 <li><a href="metrics">/metrics</a>: Prometheus metrics</li>
 <li><a href="api/v1/guests">/api/v1/guests</a>: every tracked guest (JSON)</li>
 <li><code>/api/v1/guests/{{uuid}}</code>: one guest with its recent records (JSON)</li>
+<li><a href="api/v1/events">/api/v1/events</a>: the history of libvirt records (JSON)</li>
 <li><a href="healthz">/healthz</a>: health</li>
 </ul>
 </body></html>
@@ -314,22 +315,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         web = self.server.web
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        path, _, query = self.path.split("#", 1)[0].partition("?")
         if path == "/metrics":
             parts, content_type = exporter.render_parts(web.registry, self.headers.get("Accept"))
             self._send_parts(200, parts, content_type)
         elif path == "/api/v1/guests" or path == "/api/v1/guests/":
             self._send_parts(200, _document_parts(web.table.document()), "application/json")
+        elif path == "/api/v1/events":
+            self._json(*api.events_answer(query, web.history))
         elif path.startswith(GUEST_PREFIX):
             uuid = path[len(GUEST_PREFIX) :]
-            if not UUID_RE.match(uuid):
-                self._error(400, f"not a UUID: {uuid[:64]!r}")
-                return
-            doc = web.table.guest_document(uuid.lower()) or web.table.guest_document(uuid)
-            if doc is None:
-                self._error(404, f"no guest with UUID {uuid} is tracked")
-            else:
-                self._json(200, doc)
+            self._json(*api.guest_answer(uuid, query, web.guest_lookup, web.history))
         elif path == "/healthz":
             ok, reason = web.health()
             text = "ok" if ok else (reason or "unhealthy")
@@ -362,15 +358,21 @@ class WebServer:
         registry: CollectorRegistry,
         table: GuestTable,
         health: HealthCheck,
+        history: api.History | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.table = table
         self.health = health
+        self.history = history
         self.request_timeout = REQUEST_TIMEOUT
         self.auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def guest_lookup(self, uuid: str, node: str | None) -> dict[str, Any] | None:
+        """The table's document of a guest (api.GuestLookup)."""
+        return self.table.guest_document(uuid)
 
     @property
     def address(self) -> tuple[str, int]:
