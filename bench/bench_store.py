@@ -31,7 +31,6 @@ import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -447,13 +446,13 @@ def big_store(events: int, guests: int = 10_000) -> dict[str, Any]:
         t, evs = timed(lambda u=uuid: list(reader.iter_events(EventQuery(uuid=u))))
         hist.append(t)
         counts.append(len(evs))
-        t, _ = timed(lambda u=uuid: sessions(e.record for e in reader.iter_events(EventQuery(uuid=u))))
-        sess.append(t)
-    cursor = None
-    for i in range(20):
-        t, (evs, cursor) = timed(
-            lambda c=cursor: reader.events(EventQuery(limit=100, after=c or rng.randrange(events)))
+        t, _ = timed(
+            lambda u=uuid: sessions(e.record for e in reader.iter_events(EventQuery(uuid=u)))
         )
+        sess.append(t)
+    for _ in range(20):
+        after = rng.randrange(events)
+        t, _ = timed(lambda a=after: reader.events(EventQuery(limit=100, after=a)))
         page.append(t)
     since_t, _ = timed(lambda: reader.events(EventQuery(limit=100, since=time.time() - 3600)))
     failed_t, _ = timed(lambda: reader.events(EventQuery(limit=100, result="failed")))
@@ -475,6 +474,84 @@ def big_store(events: int, guests: int = 10_000) -> dict[str, Any]:
     }
 
 
+def report_small(quick: bool) -> None:
+    after = 200 if quick else 1200
+    snap = small_host_snapshot(after // 4)
+    print("### 1. Small host: 500 guests with 60 records of history each, a record every 0.5 s\n")
+    print("| design | written per record (wchar) | to block layer | commit median | file |")
+    print("|---|---|---|---|---|")
+    for interval in (0.5, 1.0, 2.0, 5.0):
+        r = small_host(interval, after)
+        cells = [
+            f"store, commit every {interval:g} s",
+            f"{r['wchar_per_record'] / KiB:.1f} KiB",
+            f"{r['write_bytes_per_record'] / KiB:.1f} KiB",
+            f"{r['commit_ms_median']:.2f} ms",
+            f"{r['file_bytes'] / MiB:.1f} MiB",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    cells = [
+        "checkpoint.json every 5 s",
+        f"{snap['wchar_per_record'] / KiB:.1f} KiB",
+        f"{snap['write_bytes_per_record'] / KiB:.1f} KiB",
+        "",
+        f"{snap['file_bytes'] / MiB:.1f} MiB",
+    ]
+    print("| " + " | ".join(cells) + " |\n")
+
+
+def report_big(quick: bool) -> None:
+    seconds = 10 if quick else 60
+    print(f"### 2. Big host: 10,000 guests, 5,000 records/s for {seconds} s (simulated time)\n")
+    snap = big_host_snapshot(seconds, 5000)
+    print(
+        "| design | bytes written (wchar) | to block layer | vs snapshot "
+        "| commit median / max | apply p99 (no commits) | file |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for interval in (1.0, 2.0, 5.0):
+        r = big_host(interval, seconds, 5000)
+        cells = [
+            f"store, commit every {interval:g} s",
+            f"{r['wchar'] / MiB:.0f} MiB",
+            f"{r['write_bytes'] / MiB:.0f} MiB",
+            f"{r['wchar'] / snap['wchar']:.3f}",
+            f"{r['commit_ms_median']:.0f} / {r['commit_ms_max']:.0f} ms",
+            f"{r['apply_p99_ms']:.2f} ms ({r['apply_p99_base_ms']:.2f} ms)",
+            f"{r['file_bytes'] / MiB:.0f} MiB",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    cells = [
+        "checkpoint.json every 5 s",
+        f"{snap['wchar'] / MiB:.0f} MiB",
+        f"{snap['write_bytes'] / MiB:.0f} MiB",
+        "1",
+        f"{snap['saves']} saves, {snap['save_s_median']:.1f} s each",
+        "",
+        f"{snap['file_bytes'] / MiB:.0f} MiB",
+    ]
+    print("| " + " | ".join(cells) + " |\n")
+
+
+def report_store(events: int) -> None:
+    r = big_store(events)
+    print(f"### 3. {r['guests']:,} guests, {r['events']:,} history events\n")
+    per_event = r["bytes_per_event"]
+    print(f"- store: {r['db_bytes'] / MiB:.0f} MiB, **{per_event:.0f} bytes per event**")
+    print(f"  ({r['built']})")
+    opens = ", ".join(f"{t * 1000:.0f} ms" for t in r["open_s"])
+    print(f"- restart to loaded (Store.open: checks, {r['guests']:,} guests loaded): {opens}")
+    h, s, p = r["history_ms"], r["sessions_ms"], r["page_ms"]
+    n = r["history_events"]
+    print(f"- `history` of one guest (~{n:.0f} events; 20 guests): median {h[0]:.1f} ms, "
+          f"max {h[1]:.1f} ms")  # fmt: skip
+    print(f"- `sessions` of one guest: median {s[0]:.1f} ms, max {s[1]:.1f} ms")
+    print(f"- events page of 100 at a random cursor (20 pages): median {p[0]:.2f} ms, "
+          f"max {p[1]:.2f} ms")  # fmt: skip
+    print(f"- events page of 100 `since` an hour ago: {r['since_ms']:.2f} ms; "
+          f"`result=failed`: {r['failed_ms']:.2f} ms\n")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (no 10M store)")
@@ -485,53 +562,13 @@ def main() -> int:
     print("## State store benchmark (`bench/bench_store.py`)\n")
     print(f"Machine: {machine()}.\n")
     if args.only in (None, "small"):
-        after = 200 if args.quick else 1200
-        snap = small_host_snapshot(after // 4)
-        print("### 1. Small host: 500 guests, 60 records of history each, then a record every 0.5 s\n")
-        print("| design | written per record (wchar) | to block layer (write_bytes) | commit median | file |")
-        print("|---|---|---|---|---|")
-        for interval in (0.5, 1.0, 2.0, 5.0):
-            r = small_host(interval, after)
-            print(
-                f"| store, commit every {interval:g} s | {r['wchar_per_record'] / KiB:.1f} KiB | "
-                f"{r['write_bytes_per_record'] / KiB:.1f} KiB | {r['commit_ms_median']:.2f} ms | "
-                f"{r['file_bytes'] / MiB:.1f} MiB |"
-            )
-        print(
-            f"| checkpoint.json every 5 s | {snap['wchar_per_record'] / KiB:.1f} KiB | "
-            f"{snap['write_bytes_per_record'] / KiB:.1f} KiB | | {snap['file_bytes'] / MiB:.1f} MiB |\n"
-        )
+        report_small(args.quick)
         sys.stdout.flush()
     if args.only in (None, "big"):
-        seconds = 10 if args.quick else 60
-        print(f"### 2. Big host: 10,000 guests, 5,000 records/s for {seconds} s\n")
-        snap = big_host_snapshot(seconds, 5000)
-        print("| design | bytes written (wchar) | to block layer | vs snapshot | commit median / max | apply p99 (base) | file |")
-        print("|---|---|---|---|---|---|---|")
-        for interval in (1.0, 2.0, 5.0):
-            r = big_host(interval, seconds, 5000)
-            print(
-                f"| store, commit every {interval:g} s | {r['wchar'] / MiB:.0f} MiB | "
-                f"{r['write_bytes'] / MiB:.0f} MiB | {r['wchar'] / snap['wchar']:.2f} | "
-                f"{r['commit_ms_median']:.0f} / {r['commit_ms_max']:.0f} ms | "
-                f"{r['apply_p99_ms']:.2f} ms ({r['apply_p99_base_ms']:.2f} ms) | "
-                f"{r['file_bytes'] / MiB:.0f} MiB |"
-            )
-        print(
-            f"| checkpoint.json every 5 s | {snap['wchar'] / MiB:.0f} MiB | "
-            f"{snap['write_bytes'] / MiB:.0f} MiB | 1 | {snap['saves']} saves, "
-            f"{snap['save_s_median']:.1f} s each | | {snap['file_bytes'] / MiB:.0f} MiB |\n"
-        )
+        report_big(args.quick)
         sys.stdout.flush()
     if args.only in (None, "store") and not args.quick:
-        r = big_store(args.events)
-        print(f"### 3. {r['guests']:,} guests, {r['events']:,} history events\n")
-        print(f"- store: {r['db_bytes'] / MiB:.0f} MiB, **{r['bytes_per_event']:.0f} bytes per event**; {r['built']}")
-        print(f"- restart to loaded (Store.open: checks, {r['guests']:,} guests): " + ", ".join(f"{t * 1000:.0f} ms" for t in r["open_s"]))
-        print(f"- `history` of one guest ({r['history_events']:.0f} events, 20 guests): median {r['history_ms'][0]:.1f} ms, max {r['history_ms'][1]:.1f} ms")
-        print(f"- `sessions` of one guest: median {r['sessions_ms'][0]:.1f} ms, max {r['sessions_ms'][1]:.1f} ms")
-        print(f"- events page of 100 (20 pages at random cursors): median {r['page_ms'][0]:.2f} ms, max {r['page_ms'][1]:.2f} ms")
-        print(f"- events page of 100 `since` an hour ago: {r['since_ms']:.2f} ms; `result=failed`: {r['failed_ms']:.2f} ms\n")
+        report_store(args.events)
     return 0
 
 

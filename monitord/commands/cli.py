@@ -70,7 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", metavar="FILE")
+
+    history = sub.add_parser("history", help="recorded libvirt events of a guest or all guests")
+    _add_history_flags(history)
+    history.add_argument("--until", metavar="T", help="only events up to T")
+    history.add_argument("--failed", action="store_true", help="only failed records")
+    history.add_argument("--json", action="store_true", help='print {"events": [...]}')
+
+    sessions = sub.add_parser("sessions", help="each run of a guest, start to stop")
+    _add_history_flags(sessions)
+    sessions.add_argument("--until", metavar="T", help="only runs under way before T")
+    sessions.add_argument("--json", action="store_true", help='print {"sessions": [...]}')
     return parser
+
+
+def _add_history_flags(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--state-dir", metavar="DIR", help="the store (default: the configured)")
+    where.add_argument("--url", metavar="URL", help="a running daemon's listener")
+    where.add_argument("--from-log", nargs="+", metavar="FILE", help="audit logs, oldest first")
+    p.add_argument("--config", metavar="FILE", help="config file naming the state directory")
+    p.add_argument("--guest", metavar="NAME|UUID", help="one guest (every guest by default)")
+    p.add_argument("--since", metavar="T", help="from T: epoch seconds, ISO 8601, or ago (-1h, 2d)")
 
 
 class ErrorReporter:
@@ -130,6 +151,8 @@ COMMANDS: dict[str, str] = {
     "status": "monitord.commands.status:main",
     "check-config": "monitord.config:check_config_main",
     "demo": "monitord.commands.demo:main",
+    "history": "monitord.commands.history:main",
+    "sessions": "monitord.commands.sessions:main",
 }
 
 

@@ -62,7 +62,8 @@ def _params(query: str, allowed: frozenset[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in allowed:
-            raise QueryError(f"unknown parameter {key[:40]!r} (known: {', '.join(sorted(allowed))})")
+            known = ", ".join(sorted(allowed))
+            raise QueryError(f"unknown parameter {key[:40]!r} (known: {known})")
         if key in params:
             raise QueryError(f"parameter {key!r} given twice")
         params[key] = value
@@ -126,9 +127,7 @@ def events_answer(query: str, history: History | None, now: float | None = None)
     }
 
 
-def guest_answer(
-    uuid: str, query: str, lookup: GuestLookup, history: History | None
-) -> Answer:
+def guest_answer(uuid: str, query: str, lookup: GuestLookup, history: History | None) -> Answer:
     """`GET /api/v1/guests/{uuid}?events=N&node=NAME`: the guest with its N latest events."""
     if not UUID_RE.match(uuid):
         return error(400, f"not a UUID: {uuid[:64]!r}")

@@ -236,7 +236,9 @@ def read_v1(path: str | Path) -> V1Doc:
         raise CheckpointError("telemetry is not an object")
     if alerts is not None and not isinstance(alerts, dict):
         raise CheckpointError("alerts is not an object")
-    if saved_at is not None and (isinstance(saved_at, bool) or not isinstance(saved_at, int | float)):
+    if saved_at is not None and (
+        isinstance(saved_at, bool) or not isinstance(saved_at, int | float)
+    ):
         raise CheckpointError("saved_at is not a number")
     guests_in = state.get("guests") or []
     if not isinstance(guests_in, list):
@@ -286,11 +288,11 @@ def _check_record(r: AuditRecord) -> None:
         raise ValueError("node")
     if r.subj is not None and not isinstance(r.subj, str):
         raise ValueError("subj")
-    for k, v in r.fields.items():
-        if not isinstance(k, str) or (v is not None and not isinstance(v, str)):
+    for key, value in r.fields.items():
+        if not isinstance(key, str) or (value is not None and not isinstance(value, str)):
             raise ValueError("fields")
-    for k, v in r.enrichment.items():
-        if not isinstance(k, str) or not isinstance(v, str):
+    for key, text in r.enrichment.items():
+        if not isinstance(key, str) or not isinstance(text, str):
             raise ValueError("enrichment")
 
 
@@ -303,7 +305,7 @@ def retire(path: str | Path, why: str, now: float) -> str | None:
         n += 1
         target = f"{path}.{why}-{stamp}.{n}"
     try:
-        os.rename(path, target)
+        Path(path).rename(target)
     except OSError as err:
         log.error("cannot rename %s: %s", path, err.strerror)
         return None

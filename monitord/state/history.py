@@ -10,13 +10,13 @@ filters records read from log files (`matches`), so `monitord history
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
 
 from monitord.audit.record import AuditRecord
@@ -194,8 +194,8 @@ class HistoryReader:
     @classmethod
     def open(cls, directory: str) -> HistoryReader:
         """A reader on `directory/state.db`, checked; HistoryError with the reason if unusable."""
-        path = os.path.join(directory, schema.DB_NAME)
-        if not os.path.exists(path):
+        path = str(Path(directory) / schema.DB_NAME)
+        if not Path(path).exists():
             raise HistoryError(f"no monitord store in {directory} ({schema.DB_NAME} not found)")
         reader = cls(path)
         try:
@@ -241,7 +241,7 @@ class HistoryReader:
             with self._lock:
                 if ok and gen == self._gen and len(self._pool) < POOL:
                     self._pool.append((gen, conn))
-                    conn = None  # type: ignore[assignment]
+                    conn = None
             if conn is not None:
                 conn.close()
 
@@ -481,4 +481,4 @@ class HistoryReader:
 def _quote(path: str) -> str:
     from urllib.parse import quote
 
-    return quote(os.path.abspath(path))
+    return quote(str(Path(path).absolute()))

@@ -160,7 +160,9 @@ def verify(conn: sqlite3.Connection) -> None:
     if found != expected:
         missing = sorted(n for k, n in expected if (k, n) not in found)
         extra = sorted(n for k, n in found if (k, n) not in expected)
-        changed = sorted(n for k, n in expected if (k, n) in found and found[(k, n)] != expected[(k, n)])
+        changed = sorted(
+            n for k, n in expected if (k, n) in found and found[(k, n)] != expected[(k, n)]
+        )
         parts = [
             f"{what}: {', '.join(names)}"
             for what, names in (("missing", missing), ("unexpected", extra), ("altered", changed))

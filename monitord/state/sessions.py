@@ -32,7 +32,6 @@ from monitord.audit.record import (
     CountChange,
     DeviceChange,
     HostDevice,
-    MachineId,
     NetOpen,
     OtherResource,
     PathResource,
@@ -177,7 +176,7 @@ def _resources(start_set: list[AuditRecord]) -> dict[str, Any]:
 
 
 class _Guest:
-    __slots__ = ("current", "orphan", "start_set", "start_failures")
+    __slots__ = ("current", "orphan", "start_failures", "start_set")
 
     def __init__(self) -> None:
         self.current: Session | None = None

@@ -44,7 +44,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, cast
 
 from monitord import __version__
 from monitord.audit.record import AuditRecord
@@ -209,8 +210,8 @@ class Store:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.dir = directory
-        self.path = os.path.join(directory, schema.DB_NAME)
+        self.dir = str(directory)
+        self.path = str(Path(directory) / schema.DB_NAME)
         self.retention = retention
         self.max_bytes = max_bytes
         self.grace = grace
@@ -283,7 +284,7 @@ class Store:
     def _open(self) -> Loaded:
         set_aside: list[str] = []
         try:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            Path(self.dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             self._take_lock()
         except StoreLocked:
             raise
@@ -326,7 +327,8 @@ class Store:
     def _take_lock(self) -> None:
         if self._lock_fd is not None:
             return
-        fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(Path(self.dir) / LOCK_NAME, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -397,7 +399,7 @@ class Store:
         return loaded
 
     def _quick_check(self, conn: sqlite3.Connection) -> None:
-        size = os.path.getsize(self.path)
+        size = Path(self.path).stat().st_size
         if size <= FULL_CHECK_BYTES:
             problems = conn.execute("PRAGMA quick_check(5)").fetchall()
         else:
@@ -443,7 +445,8 @@ class Store:
                 seq, next_id, saved = value.get("seq"), value.get("next_id"), value.get("saved_at")
                 if not _count(seq) or not _count(next_id) or not _number(saved):
                     raise Corrupt("invalid_rows", "state 'store': seq, next_id or saved_at invalid")
-                self._seq, self._next_id, saved_at = seq, max(1, next_id), saved
+                self._seq, self._next_id = cast(int, seq), max(1, cast(int, next_id))
+                saved_at = float(cast(float, saved))
             elif section == "meta" and key:
                 meta[key] = value
             elif section == "counters" and key:
@@ -496,7 +499,7 @@ class Store:
             if not _count(b) or not _number(span_lo) or not _number(span_hi):
                 raise Corrupt("invalid_rows", "spans: a row of the wrong type")
         self._spanned = self._spanned_from(conn)
-        if os.path.getsize(self.path) <= FULL_CHECK_BYTES:
+        if Path(self.path).stat().st_size <= FULL_CHECK_BYTES:
             self._check_history_rows(conn)
         self._pending_seq = None
         return Loaded(
@@ -565,8 +568,7 @@ class Store:
         """A new, empty state.db: built under a temporary name, then renamed into place."""
         tmp = self.path + ".new"
         for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp + suffix)
+            Path(tmp + suffix).unlink(missing_ok=True)
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.execute(f"PRAGMA page_size = {schema.PAGE_SIZE}")
@@ -576,7 +578,7 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
         finally:
             conn.close()
-        os.replace(tmp, self.path)
+        Path(tmp).replace(self.path)
         _fsync_dir(self.dir)
         self._reset_memory()
         self._conn = self._connect()
@@ -632,7 +634,7 @@ class Store:
             if not os.path.lexists(src):
                 continue
             try:
-                os.rename(src, target + suffix)
+                Path(src).rename(target + suffix)
                 moved = moved or target
             except OSError as err:
                 log.error("cannot set aside %s: %s; removing it", src, err.strerror)
@@ -652,7 +654,7 @@ class Store:
         names.sort(key=lambda n: (n.rsplit("-", 1)[1], n))
         for old in names[:-KEEP_SET_ASIDE]:
             for suffix in ("", "-wal", "-shm"):
-                _remove(os.path.join(self.dir, old + suffix))
+                _remove(str(Path(self.dir) / (old + suffix)))
             log.warning("removed old set-aside store %s (keeping the %d newest)", old,
                         KEEP_SET_ASIDE)  # fmt: skip
 
@@ -673,7 +675,7 @@ class Store:
     def _import_checkpoint_json(self, set_aside: list[str]) -> Loaded | None:
         from monitord.state import checkpoint
 
-        path = os.path.join(self.dir, CHECKPOINT_JSON)
+        path = str(Path(self.dir) / CHECKPOINT_JSON)
         if not os.path.lexists(path):
             return None
         try:
@@ -717,7 +719,7 @@ class Store:
         )
 
     def _forget_checkpoint_json(self, why: str) -> None:
-        path = os.path.join(self.dir, CHECKPOINT_JSON)
+        path = str(Path(self.dir) / CHECKPOINT_JSON)
         if os.path.lexists(path):
             from monitord.state import checkpoint
 
@@ -820,7 +822,7 @@ class Store:
             # Deleted or replaced under us: what the old file held is not here any more.
             log.error("%s was deleted or replaced while in use; writing a new one", self.path)
             self._close()
-        if not os.path.isdir(self.dir):
+        if not Path(self.dir).is_dir():
             raise OSError(errno.ENOENT, f"state directory {self.dir} does not exist")
         self._take_lock()
         if os.path.lexists(self.path) and self._unread:
@@ -879,8 +881,9 @@ class Store:
         self._seq = seq
         self._min_id = lo
         self._next_id = max(self._next_id, (hi or 0) + 1)
-        self._written = {n: v for n, v in conn.execute("SELECT name, value FROM state")}
-        self._keysets = {tuple(json.loads(k)): ks for ks, k in conn.execute("SELECT ks, keys FROM keysets")}
+        self._written = dict(conn.execute("SELECT name, value FROM state").fetchall())
+        keysets = conn.execute("SELECT ks, keys FROM keysets").fetchall()
+        self._keysets = {tuple(json.loads(k)): ks for ks, k in keysets}
         self._shapes = {}
         self._subjects = {}
         self._spanned = self._spanned_from(conn)
@@ -953,7 +956,7 @@ class Store:
         """Append the changed guests to guest_log (a full state goes straight to guests)."""
         t.guest_seq = self._guest_seq
         t.base_rows, t.log_rows = self._base_rows, self._log_rows
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         if not batch.full:
             for node, uuid in batch.deleted:
                 t.guest_seq += 1
@@ -999,9 +1002,7 @@ class Store:
         t.base_rows = conn.execute("SELECT count(*) FROM guests").fetchone()[0]
         t.log_rows = 0
 
-    def _write_events(
-        self, conn: sqlite3.Connection, events: list[_Encoded], t: _Tentative
-    ) -> int:
+    def _write_events(self, conn: sqlite3.Connection, events: list[_Encoded], t: _Tentative) -> int:
         """Insert the events; give each bucket that became full its spans row."""
         next_id = self._next_id
         t.spanned = self._spanned
@@ -1040,9 +1041,7 @@ class Store:
         return next_id
 
     @staticmethod
-    def _find_or_add(
-        conn: sqlite3.Connection, find: str, add: str, params: tuple[Any, ...]
-    ) -> int:
+    def _find_or_add(conn: sqlite3.Connection, find: str, add: str, params: tuple[Any, ...]) -> int:
         row = conn.execute(find, params).fetchone()
         if row is not None:
             return int(row[0])
@@ -1133,16 +1132,19 @@ class Store:
         dead = [k for k, v in last.items() if v < bound]
         if not self._floor_swept and self._floor < bound:
             # Rows not used since open were last used at or below the floor: all gone now.
-            dead += [
-                int(k) for (k,) in conn.execute(f"SELECT {col} FROM {table}") if k not in last
-            ]
+            dead += [int(k) for (k,) in conn.execute(f"SELECT {col} FROM {table}") if k not in last]
         for i in range(0, len(dead), 500):
             part = dead[i : i + 500]
             conn.execute(f"DELETE FROM {table} WHERE {col} IN ({','.join(map(str, part))})")
         return dead
 
     def _after_prune(
-        self, bound: int, by_age: int, by_size: int, dead_shapes: list[int], dead_subjects: list[int]
+        self,
+        bound: int,
+        by_age: int,
+        by_size: int,
+        dead_shapes: list[int],
+        dead_subjects: list[int],
     ) -> None:
         self._min_id = bound if bound < self._next_id else None
         self._pruned["age"] += by_age
@@ -1182,7 +1184,7 @@ class Store:
         size = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
-                size += os.path.getsize(self.path + suffix)
+                size += Path(self.path + suffix).stat().st_size
         lo = self._min_id
         return StoreStats(
             commits=self._commits,
@@ -1254,7 +1256,7 @@ def _is_regular(mode: int) -> bool:
 
 def _identity(path: str) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)
+        st = Path(path).stat()
     except OSError:
         return None
     return st.st_dev, st.st_ino
@@ -1290,10 +1292,11 @@ def _remove(path: str) -> None:
     import shutil
 
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
+        p = Path(path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
         else:
-            os.unlink(path)
+            p.unlink()
     except OSError as err:
         log.error("cannot remove %s: %s", path, err.strerror)
 
@@ -1309,5 +1312,4 @@ def _fsync_dir(directory: str) -> None:
 def _uri_path(path: str) -> str:
     from urllib.parse import quote
 
-    return quote(os.path.abspath(path))
-
+    return quote(str(Path(path).absolute()))

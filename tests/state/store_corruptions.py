@@ -51,8 +51,13 @@ def make_store(directory: Path) -> None:
     ok = store.commit(
         source_kind="file",
         position=position(),
-        upserted=[(("", f"0000000{i}-0000-4000-8000-000000000000"), guest(
-            f"0000000{i}-0000-4000-8000-000000000000", f"g{i}", i)) for i in range(5)],
+        upserted=[
+            (
+                ("", f"0000000{i}-0000-4000-8000-000000000000"),
+                guest(f"0000000{i}-0000-4000-8000-000000000000", f"g{i}", i),
+            )
+            for i in range(5)
+        ],
         meta={"evicted": 1, "records": [["VIRT_CONTROL", "kvm", "success", 3]]},
         counters={"parse": {"lines": 55, "records": 55}},
         alerts={"version": 1, "active": []},
@@ -237,7 +242,9 @@ WAYS: dict[str, tuple[Damage, str | None]] = {
     "random garbage": (replace_with(os.urandom(64 * 1024)), "not_a_database"),
     "a text file": (replace_with(b"hello, I am not a database\n"), "not_a_database"),
     "SQLite header then garbage": (
-        replace_with(schema.SQLITE_MAGIC + os.urandom(4 * 4096)), "not_a_database"),
+        replace_with(schema.SQLITE_MAGIC + os.urandom(4 * 4096)),
+        "not_a_database",
+    ),
     "page size field garbage": (overwrite(16, b"\x00\x03"), "not_a_database"),
     "a page overwritten (guests)": (flip_page(lambda pages: 3), "corrupt"),
     "the last page overwritten": (flip_page(lambda pages: pages - 1), "corrupt"),
@@ -247,49 +254,83 @@ WAYS: dict[str, tuple[Damage, str | None]] = {
     "a foreign SQLite database": (foreign_database, "foreign"),
     "our id, schema version 0": (lambda d: sql(d, "PRAGMA user_version = 0"), "corrupt"),
     "a newer schema version": (
-        lambda d: sql(d, f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}"), "newer_version"),
+        lambda d: sql(d, f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}"),
+        "newer_version",
+    ),
     "an extra table": (lambda d: sql(d, "CREATE TABLE extra(x)"), "corrupt"),
     "an index dropped": (lambda d: sql(d, "DROP INDEX events_guest"), "corrupt"),
-    "negative offset": (lambda d: set_source(d, {"kind": "file", "position": position(-100)}),
-                        "invalid_position"),
+    "negative offset": (
+        lambda d: set_source(d, {"kind": "file", "position": position(-100)}),
+        "invalid_position",
+    ),
     "fingerprint_length -1": (
-        lambda d: set_source(d, {"kind": "file", "position": {**position(), "fingerprint_length": -1}}),
-        "invalid_position"),
+        lambda d: set_source(
+            d, {"kind": "file", "position": {**position(), "fingerprint_length": -1}}
+        ),
+        "invalid_position",
+    ),
     "offset as text": (
         lambda d: set_source(d, {"kind": "file", "position": {**position(), "offset": "many"}}),
-        "invalid_position"),
+        "invalid_position",
+    ),
     "source as a list": (lambda d: set_source(d, ["file", 100]), "invalid_rows"),
     "a state value not JSON": (
         lambda d: sql(d, "UPDATE state SET value = '{nope' WHERE name = 'counters:parse'"),
-        "invalid_rows"),
+        "invalid_rows",
+    ),
     "an unknown state row": (
-        lambda d: sql(d, "INSERT INTO state(name, value) VALUES ('bogus', '1')"), "invalid_rows"),
+        lambda d: sql(d, "INSERT INTO state(name, value) VALUES ('bogus', '1')"),
+        "invalid_rows",
+    ),
     "store seq as text": (
-        lambda d: sql(d, "UPDATE state SET value = '{\"seq\": \"x\", \"next_id\": 1, \"saved_at\": 1}'"
-                         " WHERE name = 'store'"), "invalid_rows"),
+        lambda d: sql(
+            d,
+            'UPDATE state SET value = \'{"seq": "x", "next_id": 1, "saved_at": 1}\''
+            " WHERE name = 'store'",
+        ),
+        "invalid_rows",
+    ),
     "a guest whose values do not fit": (
-        lambda d: sql(d, "UPDATE guest_log SET vals = '[1, 2]' WHERE seq = 1"), "invalid_rows"),
+        lambda d: sql(d, "UPDATE guest_log SET vals = '[1, 2]' WHERE seq = 1"),
+        "invalid_rows",
+    ),
     "a guest uuid as an integer": (
-        lambda d: sql(d, "UPDATE guest_log SET uuid = 42 WHERE seq = 2"), "invalid_rows"),
+        lambda d: sql(d, "UPDATE guest_log SET uuid = 42 WHERE seq = 2"),
+        "invalid_rows",
+    ),
     "a keyset that is not a list": (
-        lambda d: sql(d, "UPDATE keysets SET keys = '{\"a\": 1}'"), "invalid_rows"),
+        lambda d: sql(d, "UPDATE keysets SET keys = '{\"a\": 1}'"),
+        "invalid_rows",
+    ),
     "an event with a negative serial": (
-        lambda d: sql(d, "UPDATE events SET serial = -5 WHERE id = 3"), "invalid_rows"),
+        lambda d: sql(d, "UPDATE events SET serial = -5 WHERE id = 3"),
+        "invalid_rows",
+    ),
     "an event with text in an integer column": (
         lambda d: unstrict(d, "events", "UPDATE events SET gid = 'seven' WHERE id = 4"),
-        "corrupt"),  # quick_check checks the types of STRICT tables
+        "corrupt",
+    ),  # quick_check checks the types of STRICT tables
     "an event whose values are garbage": (
-        lambda d: sql(d, "UPDATE events SET vals = '[\"x\", 1, 2, 3, 4, 5, 6, 7, 8, 9]' WHERE id = 5"),
-        "invalid_rows"),
+        lambda d: sql(
+            d, "UPDATE events SET vals = '[\"x\", 1, 2, 3, 4, 5, 6, 7, 8, 9]' WHERE id = 5"
+        ),
+        "invalid_rows",
+    ),
     "an event of a missing shape": (
-        lambda d: sql(d, "UPDATE events SET sid = 999 WHERE id = 6"), "invalid_rows"),
+        lambda d: sql(d, "UPDATE events SET sid = 999 WHERE id = 6"),
+        "invalid_rows",
+    ),
     "a shape that is not one": (
-        lambda d: sql(d, "UPDATE shapes SET doc = '[1]' WHERE sid = 1"), "invalid_rows"),
+        lambda d: sql(d, "UPDATE shapes SET doc = '[1]' WHERE sid = 1"),
+        "invalid_rows",
+    ),
     "WAL full of garbage": (wal_garbage, None),
     "checkpoint.json garbage": (json_file(b"\x00garbage{"), "checkpoint_json"),
     "checkpoint.json nested 200k deep": (json_file(_deep(200_000)), "checkpoint_json"),
     "checkpoint.json state as a list": (
-        json_file(b'{"version": 1, "state": [], "source": {}}'), "checkpoint_json"),
+        json_file(b'{"version": 1, "state": [], "source": {}}'),
+        "checkpoint_json",
+    ),
     "checkpoint.json newer version": (json_file(b'{"version": 2, "state": {}}'), "checkpoint_json"),
     "checkpoint.json offset -100": (json_bad_offset, "checkpoint_json"),
     "checkpoint.json an event without fields": (json_bad_event, "checkpoint_json"),

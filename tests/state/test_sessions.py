@@ -57,8 +57,14 @@ def test_a_run_with_resources_changes_and_failures() -> None:
         *start_set(100.0),
         start(101.0),
         rec(200.0, 2501, resrc="disk", reason="attach", **{"old-disk": None, "new-disk": "/x"}),
-        rec(210.0, 2501, "failed", resrc="disk", reason="attach", **{"old-disk": None,
-                                                                        "new-disk": "/bad"}),
+        rec(
+            210.0,
+            2501,
+            "failed",
+            resrc="disk",
+            reason="attach",
+            **{"old-disk": None, "new-disk": "/bad"},
+        ),
         rec(220.0, 2501, resrc="mem", reason="update", **{"old-mem": "1024", "new-mem": "2048"}),
         stop(301.0),
     ]
@@ -91,7 +97,7 @@ def test_a_start_while_running_ends_the_run_without_a_record() -> None:
 
 
 def test_a_failed_start_is_a_failed_attempt() -> None:
-    """op=start res=failed for a stopped guest: a session that ended `failed`, with its resources."""
+    """op=start res=failed for a stopped guest: a session ended `failed`, with its resources."""
     records = [*start_set(100.0), start(101.0, "failed"), *start_set(200.0), start(201.0)]
     failed, ran = sessions(records)
     assert (failed.end, failed.start, failed.stop) == ("failed", 101.0, None)

@@ -142,7 +142,9 @@ def test_history_filters_cursor_and_order_match_the_records(tmp_path: Path) -> N
         EventQuery(name="nobody"),
     ]
     for q in queries:
-        want = [r for r in recs if matches(r, dataclasses.replace(q, uuid=q.uuid and q.uuid.lower()))]
+        want = [
+            r for r in recs if matches(r, dataclasses.replace(q, uuid=q.uuid and q.uuid.lower()))
+        ]
         for limit in (1, 7, 100):
             for order in ("asc", "desc"):
                 got: list[AuditRecord] = []
@@ -231,7 +233,9 @@ def test_prune_by_size_keeps_the_store_under_the_cap(tmp_path: Path) -> None:
     held = [e.record for e in store.history.iter_events(EventQuery())]
     assert held == stream[-len(held) :]
     conn = sqlite3.connect(tmp_path / schema.DB_NAME)
-    pages, free = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count"))
+    pages, free = (
+        conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count")
+    )
     conn.close()
     assert (pages - free) * schema.PAGE_SIZE <= 2 << 20
     store.close()
