@@ -41,6 +41,7 @@ import math
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1198,6 +1199,69 @@ class Store:
             file_bytes=size,
             healthy=self.healthy()[0],
         )
+
+
+class CommitThread:
+    """Commits off the ingestion thread: one at a time, each handed over whole.
+
+    `submit(...)` takes `Store.commit`'s arguments and returns at once (False while the
+    previous commit still runs: keep the changes and submit them later). The values
+    handed over must not be changed afterwards (take_changes() gives new objects).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._job: dict[str, Any] | None = None
+        self._running = False
+        self._stop = False
+        self.last_ok: bool | None = None
+        self._thread = threading.Thread(target=self._run, name="monitord-commit", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._job is not None or self._running
+
+    def submit(self, **batch: Any) -> bool:
+        with self._cond:
+            if self._job is not None or self._running or self._stop:
+                return False
+            self._job = batch
+            self._cond.notify_all()
+            return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no commit runs; False if still running after `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._job is None and not self._running, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the commit in progress, then end the thread (the store stays open)."""
+        self.wait(timeout)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._stop)
+                if self._job is None:
+                    return
+                job, self._job = self._job, None
+                self._running = True
+            try:
+                self.last_ok = self.store.commit(**job)
+            except BaseException:
+                log.exception("state store: commit failed unexpectedly")
+                self.last_ok = False
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()
 
 
 _encode = Encoder()

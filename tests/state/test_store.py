@@ -381,3 +381,48 @@ def test_unwritable_directory_runs_detached(tmp_path: Path) -> None:
     assert not store.commit(source_kind=None, position=None)
     store.close()
     assert os.listdir(tmp_path) == ["file"]
+
+
+def test_commit_thread_takes_one_commit_at_a_time(tmp_path: Path) -> None:
+    """CommitThread: submit() returns at once, refuses while busy; every accepted commit lands."""
+    from monitord.state.store import CommitThread
+
+    recs = c.records()
+    store, _ = Store.open(str(tmp_path))
+    committer = CommitThread(store)
+    accepted = 0
+    sent: list[AuditRecord] = []
+    pending: list[AuditRecord] = []
+    for i in range(200):
+        pending.append(shifted(recs[i % len(recs)], float(i), 10_000 + i))
+        if committer.submit(source_kind=None, position=c.position(i), events=list(pending)):
+            accepted += 1
+            sent += pending
+            pending = []
+    assert committer.wait(10)
+    assert committer.submit(source_kind=None, position=c.position(999), events=pending)
+    sent += pending
+    committer.close(10)
+    assert committer.last_ok is True and accepted >= 1
+    assert [e.record for e in store.history.iter_events(EventQuery())] == sent
+    store.close()
+
+
+def test_store_metrics(tmp_path: Path) -> None:
+    """StoreCollector: set-aside reasons, history size and pruning as Prometheus samples."""
+    from prometheus_client import CollectorRegistry
+
+    from monitord.state.metrics import StoreCollector
+
+    (tmp_path / schema.DB_NAME).write_bytes(b"not a database at all" * 10)
+    store, _ = Store.open(str(tmp_path))
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    store.commit(source_kind=None, position=None, events=c.records())
+    value = registry.get_sample_value
+    assert value("monitord_state_set_aside_total", {"reason": "not_a_database"}) == 1
+    assert value("monitord_state_set_aside_total", {"reason": "corrupt"}) == 0
+    assert value("monitord_history_events") == len(c.records())
+    assert value("monitord_history_pruned_total", {"reason": "age"}) == 0
+    assert value("monitord_state_store_bytes") > 0
+    store.close()
