@@ -225,12 +225,17 @@ class HistoryReader:
                 self._drop_all()
                 self._gen = gen
             conn = self._pool.pop()[1] if self._pool else None
-        if conn is None:
-            conn = self._connect()
-        ok = False
         try:
+            if conn is None:
+                conn = self._connect()
             # One snapshot for the whole query: pages of a result never mix two commits.
             conn.execute("BEGIN")
+        except sqlite3.Error as err:
+            if conn is not None:
+                conn.close()
+            raise HistoryError(f"cannot read {self.path}: {err}") from None
+        ok = False
+        try:
             yield conn
             ok = True
         finally:

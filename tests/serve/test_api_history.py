@@ -161,3 +161,12 @@ def test_events_over_http(tmp_path: Path) -> None:
     finally:
         web.stop()
         store.close()
+
+
+def test_history_of_a_store_not_there_is_503(tmp_path: Path) -> None:
+    """A store file that is missing (the store could not create it): 503 with the reason."""
+    from monitord.state.history import HistoryReader
+
+    reader = HistoryReader(str(tmp_path / "missing" / "state.db"))
+    status, doc = api.events_answer("", api.History(reader))
+    assert status == 503 and "cannot read" in doc["error"]
