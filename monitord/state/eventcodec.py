@@ -129,7 +129,7 @@ class Shape:
                 enrichment=tuple((_text(k), _text(v)) for k, v in enrich),
                 fields=tuple(fields),
             )
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, RecursionError) as err:
             raise ValueError(f"not a shape: {err}") from None
         return shape
 
@@ -224,7 +224,7 @@ def decode(
     """Rebuild the record from its parts; ValueError if they do not fit together."""
     try:
         values = _loads(vals)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise ValueError(f"bad values: {err}") from None
     if not isinstance(values, list) or not values:
         raise ValueError("bad values: not a list")

@@ -50,6 +50,7 @@ from typing import Any, Final, cast
 
 from monitord import __version__
 from monitord.audit.record import AuditRecord
+from monitord.errors import RuntimeFailure
 from monitord.logsetup import RateLimitedLogger
 from monitord.state import schema
 from monitord.state.eventcodec import Encoder, result_code, time_to_db, to_db
@@ -95,7 +96,7 @@ SET_ASIDE_REASONS: Final = (
 )  # fmt: skip
 
 
-class StoreLocked(Exception):
+class StoreLocked(RuntimeFailure):
     """Another monitord uses this state directory (exit 1 with this message)."""
 
 
@@ -396,6 +397,12 @@ class Store:
                 raise OSError(errno.EIO, str(err)) from None
             reason = "not_a_database" if "not a database" in str(err) else "corrupt"
             raise Corrupt(reason, f"{self.path}: {err}") from None
+        except (Corrupt, OSError):
+            raise
+        except Exception as err:
+            # Content no check above foresaw must not stop the daemon at every start.
+            log.exception("unexpected error while reading %s", self.path)
+            raise Corrupt("corrupt", f"{self.path}: {type(err).__name__}: {err}") from None
         self._identity = _identity(self.path)
         return loaded
 
@@ -420,7 +427,7 @@ class Store:
                 raise Corrupt("invalid_rows", "state: a row of the wrong type")
             try:
                 values[name] = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise Corrupt("invalid_rows", f"state {name!r}: not JSON") from None
             self._written[name] = text
         meta: Doc = {}
@@ -463,7 +470,7 @@ class Store:
         for ks, text in conn.execute("SELECT ks, keys FROM keysets"):
             try:
                 keys = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise Corrupt("invalid_rows", f"keyset {ks}: not JSON") from None
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise Corrupt("invalid_rows", f"keyset {ks}: not a list of names")
@@ -521,12 +528,12 @@ class Store:
         keys = keysets.get(ks) if isinstance(ks, int) else None
         try:
             vals = json.loads(text) if isinstance(text, str) else None
-        except ValueError:
+        except (ValueError, RecursionError):
             vals = None
         if keys is None or not isinstance(vals, list) or len(vals) != len(keys):
             raise Corrupt("invalid_rows", f"guest {uuid!r}: values do not fit their keys")
         doc = dict(zip(keys, vals, strict=True))
-        if "uuid" in doc and to_db(doc["uuid"]) != uuid:
+        if "uuid" in doc and (not isinstance(doc["uuid"], str) or to_db(doc["uuid"]) != uuid):
             raise Corrupt("invalid_rows", f"guest {uuid!r}: its document names another uuid")
         return doc
 
@@ -868,7 +875,7 @@ class Store:
             raise Corrupt("corrupt", f"{self.path}: {err}") from None
         seq = 0
         if row is not None:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
+            with contextlib.suppress(ValueError, TypeError, AttributeError, RecursionError):
                 seq = int(json.loads(row[0]).get("seq", 0))
         if self._pending is not None and self._pending_seq is not None and seq >= self._pending_seq:
             # The commit reported as failed had landed (an error after its commit record).

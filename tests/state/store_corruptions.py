@@ -298,6 +298,18 @@ WAYS: dict[str, tuple[Damage, str | None]] = {
         lambda d: sql(d, "UPDATE guest_log SET uuid = 42 WHERE seq = 2"),
         "invalid_rows",
     ),
+    "a guest uuid in its document as a number": (
+        lambda d: sql(d, "UPDATE guest_log SET vals = json_set(vals, '$[0]', 5) WHERE seq = 3"),
+        "invalid_rows",
+    ),
+    "a state value nested 100,000 deep": (
+        lambda d: sql(
+            d,
+            "UPDATE state SET value = ? WHERE name = 'counters:parse'",
+            params=("[" * 100_000 + "]" * 100_000,),
+        ),
+        "invalid_rows",
+    ),
     "a keyset that is not a list": (
         lambda d: sql(d, "UPDATE keysets SET keys = '{\"a\": 1}'"),
         "invalid_rows",
