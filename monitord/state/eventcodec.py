@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from monitord.audit.record import AuditRecord
+from monitord.audit.record import AuditRecord, make_record
 
 # Fields whose values come from a small set (kept in the shape, not in every row).
 CONST_FIELDS: Final = frozenset(
@@ -87,6 +87,13 @@ class Shape:
     subj: str | None
     enrichment: tuple[tuple[str, str], ...]
     fields: tuple[tuple[str, int, str | None], ...]
+    # For decoding: the field names, their values with None where a row or the subject
+    # fills them in, and those places.
+    names: tuple[str, ...] = ()
+    template: tuple[str | None, ...] = ()
+    var_at: tuple[int, ...] = ()
+    uuid_at: int = -1
+    vm_at: int = -1
 
     def const(self, name: str) -> str | None:
         """The constant value of a field (op, resrc, res, ...), None if absent or varying."""
@@ -119,6 +126,7 @@ class Shape:
                     fields.append((item[0], _UUID if item[0] == "uuid" else _VM, None))
                 else:
                     raise ValueError(f"bad field {item!r}")
+            where = [w for _, w, _ in fields]
             shape = cls(
                 type=_text(t),
                 type_id=_int(tid),
@@ -128,6 +136,11 @@ class Shape:
                 subj=None if subj is None else _text(subj),
                 enrichment=tuple((_text(k), _text(v)) for k, v in enrich),
                 fields=tuple(fields),
+                names=tuple(n for n, _, _ in fields),
+                template=tuple(c if w == _CONST else None for _, w, c in fields),
+                var_at=tuple(i for i, w in enumerate(where) if w == _VAR),
+                uuid_at=where.index(_UUID) if _UUID in where else -1,
+                vm_at=where.index(_VM) if _VM in where else -1,
             )
         except (TypeError, ValueError, RecursionError) as err:
             raise ValueError(f"not a shape: {err}") from None
@@ -226,41 +239,22 @@ def decode(
         values = _loads(vals)
     except (ValueError, RecursionError) as err:
         raise ValueError(f"bad values: {err}") from None
-    if not isinstance(values, list) or not values:
-        raise ValueError("bad values: not a list")
+    var_at = shape.var_at
+    if type(values) is not list or len(values) != len(var_at) + 1:
+        raise ValueError("bad values: not the shape's number of values")
     pid = values[0]
-    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+    if pid is not None and type(pid) is not int:
         raise ValueError("bad values: pid")
-    fields: dict[str, str | None] = {}
-    i = 1
-    for name, where, const in shape.fields:
-        if where == _VAR:
-            if i >= len(values):
-                raise ValueError("bad values: too few")
-            value = values[i]
-            i += 1
-            if value is not None and not isinstance(value, str):
-                raise ValueError("bad values: not text")
-            fields[name] = value
-        elif where == _CONST:
-            fields[name] = const
-        elif where == _UUID:
-            fields[name] = uuid
-        else:
-            fields[name] = vm
-    if i != len(values):
-        raise ValueError("bad values: too many")
-    return AuditRecord(
-        type=shape.type,
-        type_id=shape.type_id,
-        time=t,
-        serial=serial,
-        node=node,
-        pid=pid,
-        uid=shape.uid,
-        auid=shape.auid,
-        ses=shape.ses,
-        subj=shape.subj,
-        fields=fields,
-        enrichment=dict(shape.enrichment),
-    )
+    row = list(shape.template)
+    for at, value in zip(var_at, values[1:], strict=True):
+        if value is not None and type(value) is not str:
+            raise ValueError("bad values: not text")
+        row[at] = value
+    if shape.uuid_at >= 0:
+        row[shape.uuid_at] = uuid
+    if shape.vm_at >= 0:
+        row[shape.vm_at] = vm
+    return make_record(
+        shape.type, shape.type_id, t, serial, node, pid, shape.uid, shape.auid, shape.ses,
+        shape.subj, dict(zip(shape.names, row, strict=True)), dict(shape.enrichment),
+    )  # fmt: skip

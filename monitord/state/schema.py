@@ -77,6 +77,10 @@ INDEXES: Final[dict[str, str]] = {
 # The tables that are not history: checked completely at every open.
 STATE_TABLES: Final = ("state", "keysets", "guests", "guest_log", "subjects", "shapes", "spans")
 
+# The lowest and highest event id. Two subqueries: with min() and max() in one SELECT,
+# SQLite scans the whole table instead of reading each end of it.
+ID_RANGE: Final = "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)"
+
 # Migrations: MIGRATIONS[v] turns a schema-v database into schema v+1 inside the
 # open transaction. Schema 1 is the first; `checkpoint.json` (the snapshot of
 # monitord before the store) is imported by the store itself.

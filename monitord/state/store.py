@@ -495,7 +495,7 @@ class Store:
                     continue  # deleted
                 guests[(node, uuid)] = self._guest_doc(keysets, node, uuid, ks, text)
         self._guest_seq = last_seq
-        lo, hi = conn.execute("SELECT min(id), max(id) FROM events").fetchone()
+        lo, hi = conn.execute(schema.ID_RANGE).fetchone()
         if (lo is not None and not _count(lo)) or (hi is not None and not _count(hi)):
             raise Corrupt("invalid_rows", "events: ids of the wrong type")
         if hi is not None and hi < lo:  # pragma: no cover - SQLite's own invariant
@@ -866,7 +866,7 @@ class Store:
             self._setup(conn)
             schema.verify(conn)
             row = conn.execute("SELECT value FROM state WHERE name = 'store'").fetchone()
-            lo, hi = conn.execute("SELECT min(id), max(id) FROM events").fetchone()
+            lo, hi = conn.execute(schema.ID_RANGE).fetchone()
         except schema.SchemaError as err:
             raise Corrupt(err.reason, f"{self.path}: {err}") from None
         except sqlite3.DatabaseError as err:
