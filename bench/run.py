@@ -1,7 +1,7 @@
 """Run every benchmark, then gather bench/results/*.md into bench/RESULTS.md.
 
 Usage: `./bootstrap bench [NAME ...]` or `.venv/bin/python bench/run.py [NAME ...]`,
-where NAME is one of parse, follow, state, alerts, journal (default: all).
+where NAME is one of parse, follow, state, alerts, journal, store (default: all).
 Each run's raw report is kept in bench/out/NAME.md; bench/results/NAME.md is the
 curated record (numbers, machine, verdicts) that RESULTS.md gathers.
 `--collect` only rebuilds RESULTS.md from the results already recorded.
@@ -19,8 +19,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 OUT = BENCH / "out"
-ORDER = ("parse", "follow", "state", "alerts", "journal")
-ISSUE = {"parse": 2, "follow": 3, "state": 4, "alerts": 5, "journal": 7}
+ORDER = ("parse", "follow", "state", "alerts", "journal", "store")
+ISSUE = {"parse": 2, "follow": 3, "state": 4, "alerts": 5, "journal": 7, "store": 13}
 
 
 def machine() -> str:
