@@ -476,24 +476,30 @@ class Store:
                 raise Corrupt("invalid_rows", f"keyset {ks}: not a list of names")
             keysets[ks] = tuple(keys)
         self._keysets = {v: k for k, v in keysets.items()}
-        guests: dict[tuple[Any, Any], Doc] = {}
+        # Each guest's latest row (its guests row, or its last guest_log row), in the order of
+        # their last change; only those are parsed.
+        latest: dict[tuple[Any, Any], tuple[Any, ...]] = {}
         base = conn.execute("SELECT node, uuid, seq, ks, vals FROM guests ORDER BY seq").fetchall()
         logged = conn.execute("SELECT node, uuid, seq, ks, vals FROM guest_log ORDER BY seq")
         self._base_rows = len(base)
         self._log_rows = 0
         last_seq = 0
         for rows, is_log in ((base, False), (logged, True)):
-            for node, uuid, seq, ks, text in rows:
+            for row in rows:
+                node, uuid, seq, ks, text = row
                 if not isinstance(node, str | bytes) or not isinstance(uuid, str | bytes):
                     raise Corrupt("invalid_rows", "guests: a key of the wrong type")
                 if not _count(seq) or (is_log and seq <= last_seq):
                     raise Corrupt("invalid_rows", "guests: a sequence number out of order")
                 last_seq = max(last_seq, seq)
                 self._log_rows += is_log
-                guests.pop((node, uuid), None)
-                if is_log and ks is None and text is None:
-                    continue  # deleted
-                guests[(node, uuid)] = self._guest_doc(keysets, node, uuid, ks, text)
+                latest.pop((node, uuid), None)
+                if not (is_log and ks is None and text is None):  # else: deleted
+                    latest[(node, uuid)] = row
+        guests = [
+            self._guest_doc(keysets, node, uuid, ks, text)
+            for node, uuid, _, ks, text in latest.values()
+        ]
         self._guest_seq = last_seq
         lo, hi = conn.execute(schema.ID_RANGE).fetchone()
         if (lo is not None and not _count(lo)) or (hi is not None and not _count(hi)):
@@ -514,7 +520,7 @@ class Store:
             origin="store",
             source_kind=kind,
             position=position,
-            guests=tuple(guests.values()),
+            guests=tuple(guests),
             meta=meta,
             counters=counters,
             alerts=alerts,
