@@ -715,7 +715,14 @@ class Store:
             full=True,
         )
         assert self._conn is not None
-        self._write(self._conn, batch, self.monotonic())
+        try:
+            self._write(self._conn, batch, self.monotonic())
+        except (OSError, sqlite3.Error):
+            # Leave no empty store behind: the next start tries the import again.
+            self._close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(self.path + suffix).unlink(missing_ok=True)
+            raise
         target = checkpoint.retire(path, "imported", self.clock())
         log.warning(
             "imported %s (%d guests, %d events) into %s; the old file is kept as %s",

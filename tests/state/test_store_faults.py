@@ -132,3 +132,21 @@ def test_read_only_filesystem_at_start_runs_from_memory_then_writes_all(small_fs
     assert loaded.position == c.position(5) and loaded.guests == (c.guest("g", "g"),)
     assert [e.record for e in store.history.iter_events(EventQuery())] == recs
     store.close()
+
+
+def test_an_import_that_does_not_fit_is_tried_again(small_fs: Path) -> None:
+    """checkpoint.json on a full disk: no half-made store is left; once there is room, the
+    next start imports it."""
+    state = small_fs / "state"
+    state.mkdir()
+    c.make_checkpoint_json(state)
+    fill(small_fs)
+    store, loaded = Store.open(str(state))
+    assert loaded.origin == "fresh"
+    store.close()
+    assert (state / "checkpoint.json").exists()
+    assert not (state / schema.DB_NAME).exists()
+    (small_fs / "filler").unlink()
+    store, loaded = Store.open(str(state))
+    assert loaded.origin == "checkpoint.json" and loaded.guests
+    store.close()
