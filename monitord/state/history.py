@@ -27,8 +27,10 @@ from monitord.state.eventcodec import Shape, decode, from_db, time_from_db, time
 BUCKET: Final = schema.BUCKET_BITS
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 10_000
-# Read connections kept open for reuse (the HTTP threads borrow them).
-POOL: Final = 4
+# Read connections kept open for reuse (the HTTP threads borrow them), and the page cache
+# of each (KiB): the daemon's memory stays bounded however many requests come.
+POOL: Final = 2
+READER_CACHE_KIB: Final = 1024
 _CACHE_LIMIT: Final = 100_000
 # Buckets probed by one query when looking for a guest's events.
 _GROUP: Final = 64
@@ -216,6 +218,7 @@ class HistoryReader:
         uri = "file:" + _quote(self.path) + "?mode=ro"
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 2000")
+        conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
         return conn
 
     @contextlib.contextmanager

@@ -82,7 +82,7 @@ MAX_PENDING_EVENTS: Final = 200_000
 COMPACT_ROWS: Final = 256
 # Set-aside copies kept per state directory; older ones are deleted.
 KEEP_SET_ASIDE: Final = 3
-WRITER_CACHE_KIB: Final = 8192
+WRITER_CACHE_KIB: Final = 4096
 # The WAL is copied into state.db once it holds this many pages (SQLite's default is
 # 1,000): pages rewritten by many commits (guests, the newest index pages) are copied
 # once per checkpoint, not once per commit. After a checkpoint the WAL is truncated
