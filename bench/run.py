@@ -1,7 +1,8 @@
 """Run every benchmark, then gather bench/results/*.md into bench/RESULTS.md.
 
 Usage: `./bootstrap bench [NAME ...]` or `.venv/bin/python bench/run.py [NAME ...]`,
-where NAME is one of parse, follow, state, alerts, journal, idle, scrape_storm (default: all).
+where NAME is one of parse, follow, state, alerts, journal, idle, scrape_storm, store
+(default: all).
 Each run's raw report is kept in bench/out/NAME.md; bench/results/NAME.md is the
 curated record (numbers, machine, verdicts) that RESULTS.md gathers.
 `--collect` only rebuilds RESULTS.md from the results already recorded.
@@ -19,7 +20,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 OUT = BENCH / "out"
-ORDER = ("parse", "follow", "state", "alerts", "journal", "idle", "scrape_storm")
+ORDER = ("parse", "follow", "state", "alerts", "journal", "idle", "scrape_storm", "store")
 ISSUE = {
     "parse": 2,
     "follow": 3,
@@ -28,6 +29,7 @@ ISSUE = {
     "journal": 7,
     "idle": 12,
     "scrape_storm": 14,
+    "store": 13,
 }
 
 

@@ -46,7 +46,8 @@ class SourceConfig:
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     dir: str = "/var/lib/monitord"
-    checkpoint_interval: float = 5.0
+    # Commits to the state store (position, changed guests, counters, alerts, history).
+    checkpoint_interval: float = 1.0
     max_guests: int = 10_000
     forget_stopped_after: float = 7 * 86400.0
     # Distinct values kept per open-ended label (op, reason, resrc, model) before `other`.
@@ -56,6 +57,20 @@ class StateConfig:
     # How often the processes of this host's running guests are checked (a guest whose
     # QEMU died while libvirtd was down never gets a stop record).
     process_check_interval: float = 60.0
+    # History of libvirt records in the store: older records (by record time) are deleted,
+    # and the oldest are deleted while the store is larger than history_max_bytes.
+    history_retention: float = 90 * 86400.0
+    history_max_bytes: int = 1 << 30
+    # Commits may fail this long (disk full, read-only) before /healthz answers 503;
+    # None: three checkpoint intervals.
+    commit_grace: float | None = None
+
+    @property
+    def grace(self) -> float:
+        """Seconds of failing commits /healthz tolerates."""
+        if self.commit_grace is not None:
+            return self.commit_grace
+        return 3 * self.checkpoint_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +380,7 @@ _FROM_STRING: dict[type, str] = {AlertmanagerConfig: "url"}
 _MINIMUM: dict[tuple[type, str], float] = {
     (StateConfig, "max_events"): 0,
     (HttpConfig, "cache_max_age"): 0,
+    (StateConfig, "history_max_bytes"): 1 << 20,
     (AlertsConfig, "drain_timeout"): 0,
     (LoggingConfig, "rate_limit_burst"): 0,
 }

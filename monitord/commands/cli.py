@@ -83,7 +83,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", metavar="FILE")
+
+    history = sub.add_parser(
+        "history",
+        help="recorded libvirt events of a guest or all guests",
+        description="Recorded libvirt events, oldest first. " + _TIMES,
+    )
+    _add_history_flags(history)
+    history.add_argument("--until", metavar="T", help="only events up to T")
+    history.add_argument("--failed", action="store_true", help="only failed records")
+    history.add_argument("--json", action="store_true", help='print {"events": [...]}')
+
+    sessions = sub.add_parser(
+        "sessions",
+        help="each run of a guest, start to stop",
+        description="Each run of a guest (start to stop): times, reasons, duration, resources "
+        "at start, changes, failures; `no record` ends a run whose stop libvirt never wrote. "
+        + _TIMES,
+    )
+    _add_history_flags(sessions)
+    sessions.add_argument("--until", metavar="T", help="only runs under way before T")
+    sessions.add_argument("--json", action="store_true", help='print {"sessions": [...]}')
     return parser
+
+
+_TIMES = (
+    "Sources: the store (--state-dir, default the configured state directory; read-only, "
+    "safe while the daemon runs), a running daemon (--url) or audit logs (--from-log). "
+    "Times T: epoch seconds (1700000000), ISO 8601 (2026-11-26, 2026-11-26T16:30:00Z; local "
+    "time without a zone) or a time ago (-1h, 90m, 2d)."
+)
+
+
+def _add_history_flags(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--state-dir", metavar="DIR", help="the store (default: the configured)")
+    where.add_argument("--url", metavar="URL", help="a running daemon's listener")
+    where.add_argument("--from-log", nargs="+", metavar="FILE", help="audit logs, oldest first")
+    p.add_argument("--config", metavar="FILE", help="config file naming the state directory")
+    p.add_argument("--guest", metavar="NAME|UUID", help="one guest (every guest by default)")
+    p.add_argument("--since", metavar="T", help="from T: epoch seconds, ISO 8601, or ago (-1h, 2d)")
 
 
 # Each command lives in the module of its stage; importing lazily keeps `parse` fast.
@@ -94,6 +133,8 @@ COMMANDS: dict[str, str] = {
     "status": "monitord.commands.status:main",
     "check-config": "monitord.config:check_config_main",
     "demo": "monitord.commands.demo:main",
+    "history": "monitord.commands.history:main",
+    "sessions": "monitord.commands.sessions:main",
 }
 
 

@@ -1,0 +1,629 @@
+"""Benchmarks of the SQLite state store (issue 13) against the checkpoint.json snapshot design.
+
+    .venv/bin/python bench/bench_store.py [--quick] [--events 10000000]
+
+1. Write cost, small host: 500 guests with 60 records of history each, then one record
+   every 0.5 s (commits every `checkpoint_interval`): bytes written per record.
+2. Write cost, big host: 10,000 guests at 5,000 records/s for 60 s (simulated time):
+   bytes the store writes vs the bytes the snapshot design (checkpoint.json of every
+   guest with 50 events, rewritten every 5 s) writes for the same records; the commit
+   time, and the p99 of applying a batch of records while commits run in a thread.
+3. A store of 10,000 guests and 10 million history events (generated straight into
+   SQLite, cached in bench/out/): restart to loaded, `history` of one guest, `sessions`
+   of one guest, an events page of 100, bytes per event on disk.
+
+Bytes written are the process's `wchar` (bytes handed to write(2)/pwrite(2)) and
+`write_bytes` (bytes sent towards the block layer) from /proc/self/io, taken
+around the measured part only, WAL checkpoints included (a final TRUNCATE
+checkpoint is part of the measured part).
+Prints a Markdown report (bench/results/store.md is a copy of one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from monitord.audit.parser import StreamParser  # noqa: E402
+from monitord.audit.record import AuditRecord  # noqa: E402
+from monitord.commands.simulate import Fleet  # noqa: E402
+from monitord.config import StateConfig  # noqa: E402
+from monitord.state import schema  # noqa: E402
+from monitord.state.checkpoint import CheckpointStore  # noqa: E402
+from monitord.state.eventcodec import time_to_db  # noqa: E402
+from monitord.state.history import EventQuery, HistoryReader  # noqa: E402
+from monitord.state.sessions import sessions  # noqa: E402
+from monitord.state.store import CommitThread, Store, encode_event  # noqa: E402
+from monitord.state.table import GuestTable  # noqa: E402
+from monitord.telemetry import Telemetry  # noqa: E402
+
+OUT: Final = ROOT / "bench" / "out"
+KiB: Final = 1024
+MiB: Final = 1024 * 1024
+
+
+def io_counters() -> tuple[int, int]:
+    """(wchar, write_bytes) of this process."""
+    values = {}
+    for line in Path("/proc/self/io").read_text().splitlines():
+        key, _, value = line.partition(":")
+        values[key] = int(value)
+    return values["wchar"], values["write_bytes"]
+
+
+def machine() -> str:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    fs = "unknown fs"
+    try:
+        import subprocess
+
+        fs = subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(OUT)],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip() or fs  # fmt: skip
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores, {model}, Linux {platform.release()}, Python "
+        f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, bench/out on {fs}"
+    )
+
+
+def records(guests: int, seed: int) -> Iterator[AuditRecord]:
+    """Parsed libvirt records of a simulated host with `guests` guests, forever."""
+    parser = StreamParser()
+    batch: list[bytes] = []
+    for event in Fleet(seed, guests=guests, virt="kvm").events():
+        batch.append(event.line)
+        if len(batch) >= 512:
+            yield from parser.feed(b"".join(batch))
+            batch.clear()
+
+
+class Host:
+    """The table side of the daemon, as the store sees it: changes, meta, counters."""
+
+    def __init__(self, max_events: int = 0) -> None:
+        self.table = GuestTable(StateConfig(max_events=max_events, max_guests=20_000))
+        self.telemetry = Telemetry()
+        self.dirty: dict[str, None] = {}
+        self.pending: list[AuditRecord] = []
+        self.offset = 0
+
+    def apply(self, batch: list[AuditRecord]) -> None:
+        self.table.apply_many(batch)
+        now = time.time()
+        for r in batch:
+            self.telemetry.parse.records += 1
+            self.telemetry.lag.observe(max(0.0, now - r.time))
+            uuid = r.fields.get("uuid")
+            if uuid is not None:
+                self.dirty.pop(uuid, None)
+                self.dirty[uuid] = None
+        self.pending.extend(batch)
+        self.offset += 300 * len(batch)
+
+    def take(self) -> dict[str, Any]:
+        """What one commit carries (take_changes + meta_json + counters + events)."""
+        upserted = []
+        for uuid in self.dirty:
+            doc = self.table.guest_document(uuid)
+            if doc is not None:
+                doc.pop("events", None)
+                doc["phase_open"] = False
+                upserted.append((("", uuid), doc))
+        self.dirty = {}
+        t = self.table
+        meta = {
+            "records": [[*k, n] for k, n in t.records.items()],
+            "operations": [[*k, n] for k, n in t.operations.items()],
+            "resources": [[*k, n] for k, n in t.resources.items()],
+            "labels": [[*k, n] for k, n in t.labels.items()],
+            "label_values": {k: sorted(v) for k, v in t._bound.seen.items()},
+            "evicted": t.evicted,
+        }
+        tel = self.telemetry.to_json()
+        counters = {k: v if isinstance(v, dict) else {"value": v} for k, v in tel.items()}
+        events, self.pending = self.pending, []
+        position = {
+            "path": "/var/log/audit/audit.log", "dev": 2049, "ino": 1234, "offset": self.offset,
+            "fingerprint": "a" * 64, "fingerprint_length": 1024,
+        }  # fmt: skip
+        return {
+            "source_kind": "file", "position": position, "upserted": upserted, "deleted": [],
+            "meta": meta, "counters": counters, "alerts": {"version": 1, "active": []},
+            "events": events,
+        }  # fmt: skip
+
+
+def snapshot_doc(host: Host) -> dict[str, Any]:
+    """The checkpoint.json document of the snapshot design (Daemon._checkpoint_doc)."""
+    return {
+        "source": {"kind": "file", "position": {"offset": host.offset}},
+        "state": host.table.to_json(),
+        "telemetry": host.telemetry.to_json(),
+        "alerts": {"version": 1, "active": []},
+    }
+
+
+class TimedStore(Store):
+    """The store, with the duration of every commit kept (for the report)."""
+
+    durations: list[float]
+
+    def commit(self, **kwargs: Any) -> bool:
+        t0 = time.perf_counter()
+        try:
+            return super().commit(**kwargs)
+        finally:
+            if not hasattr(self, "durations"):
+                self.durations = []
+            self.durations.append(time.perf_counter() - t0)
+
+
+def fresh_dir(name: str) -> Path:
+    path = OUT / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def checkpoint_wal(store: Store) -> None:
+    conn = store._conn  # the bench measures the store's own file writes, WAL checkpoint included
+    assert conn is not None
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+# -- 1. small host ---------------------------------------------------------------------------
+
+
+def small_host(interval: float, records_after: int) -> dict[str, Any]:
+    """500 guests x 60 records of history, then one record every 0.5 s, commits every interval."""
+    directory = fresh_dir("store-small")
+    store, _ = Store.open(str(directory))
+    host = Host()
+    stream = records(500, seed=7)
+    # Warm-up: 30,000 records (60 a guest on average), committed 1,000 at a time.
+    for _ in range(30):
+        host.apply([next(stream) for _ in range(1000)])
+        store.commit(**host.take())
+    checkpoint_wal(store)
+    per_commit = max(1, round(interval / 0.5))
+    w0, b0 = io_counters()
+    commit_times = []
+    for _ in range(records_after // per_commit):
+        host.apply([next(stream) for _ in range(per_commit)])
+        batch = host.take()
+        t0 = time.perf_counter()
+        store.commit(**batch)
+        commit_times.append(time.perf_counter() - t0)
+    checkpoint_wal(store)
+    w1, b1 = io_counters()
+    n = (records_after // per_commit) * per_commit
+    stats = store.stats()
+    store.close()
+    return {
+        "interval": interval,
+        "records": n,
+        "wchar_per_record": (w1 - w0) / n,
+        "write_bytes_per_record": (b1 - b0) / n,
+        "commit_ms_median": statistics.median(commit_times) * 1000,
+        "file_bytes": stats.file_bytes,
+    }
+
+
+def small_host_snapshot(records_after: int) -> dict[str, Any]:
+    """The snapshot design on the same workload: checkpoint.json rewritten every 5 s."""
+    directory = fresh_dir("snapshot-small")
+    saver = CheckpointStore(directory)
+    host = Host(max_events=50)
+    stream = records(500, seed=7)
+    for _ in range(30):
+        host.apply([next(stream) for _ in range(1000)])
+    w0, b0 = io_counters()
+    for i in range(records_after):
+        host.apply([next(stream)])
+        if i % 10 == 9:  # 10 records = 5 s
+            saver.save(snapshot_doc(host))
+    w1, b1 = io_counters()
+    return {
+        "wchar_per_record": (w1 - w0) / records_after,
+        "write_bytes_per_record": (b1 - b0) / records_after,
+        "file_bytes": (directory / "checkpoint.json").stat().st_size,
+    }
+
+
+# -- 2. big host -----------------------------------------------------------------------------
+
+
+def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
+    """10,000 guests, `rate` records/s for `seconds` s; commits in a thread every interval."""
+    directory = fresh_dir("store-big")
+    store, _ = TimedStore.open(str(directory))
+    host = Host()
+    stream = records(10_000, seed=11)
+    warm = [next(stream) for _ in range(150_000)]  # every guest started at least once
+    warm_commits = range(0, len(warm), 10_000)
+    for i in warm_commits:
+        host.apply(warm[i : i + 10_000])
+        store.commit(**host.take())
+    checkpoint_wal(store)
+    del warm
+    total = seconds * rate
+    work = [next(stream) for _ in range(total)]
+    gc.collect()
+    per_commit = int(rate * interval)
+    batch = 100  # what one poll of the source hands the pipeline at this rate
+    w0, b0 = io_counters()
+    apply_times: list[float] = []
+    committer = CommitThread(store)
+    submitted = skipped = 0
+    started = time.perf_counter()
+    behind = 0
+    for i in range(0, total, batch):
+        # Records arrive at `rate` a second, as from auditd: wait for this batch's time.
+        due = started + i / rate
+        now = time.perf_counter()
+        if now < due:
+            time.sleep(due - now)
+        elif now - due > 0.1:
+            behind += 1
+        t0 = time.perf_counter()
+        host.apply(work[i : i + batch])
+        apply_times.append(time.perf_counter() - t0)
+        if (i + batch) % per_commit == 0:
+            # As the daemon loop would: hand over what changed unless a commit still runs.
+            if committer.busy:
+                skipped += 1
+            else:
+                assert committer.submit(**host.take())
+                submitted += 1
+    committer.wait()
+    assert committer.submit(**host.take())
+    committer.close()
+    durations = store.durations[len(warm_commits) :]
+    elapsed = time.perf_counter() - started
+    checkpoint_wal(store)
+    w1, b1 = io_counters()
+    # The same batches applied without any commit: the baseline of the apply p99.
+    host2 = Host()
+    stream2 = records(10_000, seed=11)
+    for _ in range(15):
+        host2.apply([next(stream2) for _ in range(10_000)])
+    base: list[float] = []
+    for i in range(0, total, batch):
+        t0 = time.perf_counter()
+        host2.apply(work[i : i + batch])
+        base.append(time.perf_counter() - t0)
+    stats = store.stats()
+    store.close()
+    return {
+        "interval": interval,
+        "records": total,
+        "wchar": w1 - w0,
+        "write_bytes": b1 - b0,
+        "elapsed": elapsed,
+        "commits": submitted + 1,
+        "behind": behind,
+        "skipped": skipped,
+        "commit_ms_median": statistics.median(durations) * 1000,
+        "commit_ms_max": max(durations) * 1000,
+        "apply_p99_ms": percentile(apply_times, 99) * 1000,
+        "apply_p99_base_ms": percentile(base, 99) * 1000,
+        "file_bytes": stats.file_bytes,
+        "events": stats.events,
+    }
+
+
+def big_host_snapshot(seconds: int, rate: int, every: float = 5.0) -> dict[str, Any]:
+    """The snapshot design: checkpoint.json (50 events a guest) written every 5 s."""
+    directory = fresh_dir("snapshot-big")
+    saver = CheckpointStore(directory)
+    host = Host(max_events=50)
+    stream = records(10_000, seed=11)
+    for _ in range(15):
+        host.apply([next(stream) for _ in range(10_000)])
+    total = seconds * rate
+    per_save = int(rate * every)
+    w0, b0 = io_counters()
+    save_times = []
+    for i in range(0, total, 1000):
+        host.apply([next(stream) for _ in range(1000)])
+        if (i + 1000) % per_save == 0:
+            t0 = time.perf_counter()
+            saver.save(snapshot_doc(host))
+            save_times.append(time.perf_counter() - t0)
+    w1, b1 = io_counters()
+    return {
+        "wchar": w1 - w0,
+        "write_bytes": b1 - b0,
+        "saves": len(save_times),
+        "save_s_median": statistics.median(save_times),
+        "file_bytes": (directory / "checkpoint.json").stat().st_size,
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+# -- 3. ten million events -------------------------------------------------------------------
+
+
+def build_big_store(path: Path, guests: int, events: int) -> None:
+    """A store of `guests` guests and `events` history events, written in bulk.
+
+    Events are the simulated host's stream (200,000 records, every guest starting,
+    changing and stopping in bursts as libvirt writes them) repeated in order with
+    times spread over 90 days; rows go straight in with executemany (the store's
+    own encoding), 16,384 at a time, the way commits would have written them.
+    """
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    store, _ = Store.open(str(path))
+    host = Host()
+    stream = records(guests, seed=3)
+    sample: list[AuditRecord] = []
+    while len(host.table.snapshot().guests) < guests or len(sample) < 200_000:
+        batch = [next(stream) for _ in range(10_000)]
+        host.apply(batch)
+        sample.extend(batch)
+        store.commit(**host.take())
+    have = store.stats().events
+    conn = store._conn
+    assert conn is not None
+    start = time.time() - 90 * 86400
+    step = 90 * 86400 / events
+    encoded = [encode_event(r) for r in sample[:200_000]]
+    shapes = {d: s for s, d in conn.execute("SELECT sid, doc FROM shapes")}
+    subjects: dict[Any, int] = {}
+    for gid, node, uuid, vm in conn.execute("SELECT gid, node, uuid, vm FROM subjects"):
+        subjects[(node, uuid, vm)] = gid
+    for _tms, _serial, subject, _res, doc, _vals in encoded:
+        if doc not in shapes:
+            shapes[doc] = conn.execute("INSERT INTO shapes(doc) VALUES (?)", (doc,)).lastrowid
+        if subject not in subjects:
+            n, u, v = subject
+            subjects[subject] = conn.execute(
+                "INSERT INTO subjects(node, uuid, vm) VALUES (?, ?, ?)", (n, u, v)
+            ).lastrowid
+    next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+    conn.execute("DELETE FROM events")
+    conn.execute("DELETE FROM spans")
+    chunk = 1 << schema.BUCKET_BITS
+    serial = 1000
+    made = 0
+    while made < events:
+        rows = []
+        first = next_id
+        for _ in range(min(chunk, events - made)):
+            tms, _, subject, res, doc, vals = encoded[made % len(encoded)]
+            t = time_to_db(start + made * step)
+            serial += 1
+            rows.append((next_id, t, serial, subjects[subject], shapes[doc], res, vals))
+            next_id += 1
+            made += 1
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        lo, hi = rows[0][1], rows[-1][1]
+        for b in range(first >> schema.BUCKET_BITS, ((next_id - 1) >> schema.BUCKET_BITS) + 1):
+            conn.execute(
+                "INSERT INTO spans VALUES (?, ?, ?) ON CONFLICT(b) DO UPDATE"
+                " SET lo = min(lo, excluded.lo), hi = max(hi, excluded.hi)", (b, lo, hi),
+            )  # fmt: skip
+        conn.execute("COMMIT")
+    # The store's next_id must follow the bulk rows.
+    doc = json.loads(conn.execute("SELECT value FROM state WHERE name = 'store'").fetchone()[0])
+    doc["next_id"] = next_id
+    conn.execute("UPDATE state SET value = ? WHERE name = 'store'", (json.dumps(doc),))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    del have
+
+
+def big_store(events: int, guests: int = 10_000) -> dict[str, Any]:
+    path = OUT / f"store-{guests}-{events}"
+    marker = path / "complete"
+    if not marker.exists():
+        t0 = time.perf_counter()
+        build_big_store(path, guests, events)
+        marker.write_text(f"built in {time.perf_counter() - t0:.0f} s\n")
+    db = path / schema.DB_NAME
+    size = db.stat().st_size
+    # Restart to loaded, cold page cache is not reachable without root tricks: warm and cold-ish.
+    opens = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        store, loaded = Store.open(str(path))
+        opens.append(time.perf_counter() - t0)
+        assert loaded.origin == "store", loaded
+        n_guests = len(loaded.guests)
+        store.close()
+    reader = HistoryReader.open(str(path))
+    uuids = [u for (_, _, u, _) in reader.subjects()]
+    rng = random.Random(9)
+    picks = [uuids[rng.randrange(len(uuids))] for _ in range(20)]
+
+    cpu: dict[str, list[float]] = {"history": [], "sessions": []}
+
+    def timed(fn: Any, kind: str = "") -> tuple[float, Any]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        if kind:
+            cpu[kind].append(time.process_time() - c0)
+        return time.perf_counter() - t0, out
+
+    # A first pass reads what the page cache does not hold from the disk (reported apart).
+    first = []
+    for uuid in picks:
+        t, _ = timed(lambda u=uuid: list(reader.iter_events(EventQuery(uuid=u))))
+        first.append(t)
+    hist, sess, page = [], [], []
+    counts = []
+    for uuid in picks:
+        t, evs = timed(lambda u=uuid: list(reader.iter_events(EventQuery(uuid=u))), "history")
+        hist.append(t)
+        counts.append(len(evs))
+        t, _ = timed(
+            lambda u=uuid: sessions(e.record for e in reader.iter_events(EventQuery(uuid=u))),
+            "sessions",
+        )
+        sess.append(t)
+    for _ in range(20):
+        after = rng.randrange(events)
+        t, _ = timed(lambda a=after: reader.events(EventQuery(limit=100, after=a)))
+        page.append(t)
+    newest = reader.events(EventQuery(limit=1, order="desc"))[0][0].record.time
+    since_t, _ = timed(lambda: reader.events(EventQuery(limit=100, since=newest - 3600)))
+    guest_page, _ = timed(lambda: reader.events(EventQuery(limit=100, uuid=picks[0], order="desc")))
+    failed_t, _ = timed(lambda: reader.events(EventQuery(limit=100, result="failed")))
+    count = reader.count()
+    reader.close()
+    return {
+        "events": count,
+        "guests": n_guests,
+        "db_bytes": size,
+        "bytes_per_event": size / count,
+        "open_s": opens,
+        "history_ms": (statistics.median(hist) * 1000, max(hist) * 1000),
+        "history_first_ms": (statistics.median(first) * 1000, max(first) * 1000),
+        "history_events": statistics.median(counts),
+        "sessions_ms": (statistics.median(sess) * 1000, max(sess) * 1000),
+        "page_ms": (statistics.median(page) * 1000, max(page) * 1000),
+        "since_ms": since_t * 1000,
+        "guest_page_ms": guest_page * 1000,
+        "history_cpu_ms": statistics.median(cpu["history"]) * 1000,
+        "sessions_cpu_ms": statistics.median(cpu["sessions"]) * 1000,
+        "failed_ms": failed_t * 1000,
+        "built": (path / "complete").read_text().strip(),
+    }
+
+
+def report_small(quick: bool) -> None:
+    after = 200 if quick else 1200
+    snap = small_host_snapshot(after // 4)
+    print("### 1. Small host: 500 guests with 60 records of history each, a record every 0.5 s\n")
+    print("| design | written per record (wchar) | to block layer | commit median | file |")
+    print("|---|---|---|---|---|")
+    for interval in (0.5, 1.0, 2.0, 5.0):
+        r = small_host(interval, after)
+        cells = [
+            f"store, commit every {interval:g} s",
+            f"{r['wchar_per_record'] / KiB:.1f} KiB",
+            f"{r['write_bytes_per_record'] / KiB:.1f} KiB",
+            f"{r['commit_ms_median']:.2f} ms",
+            f"{r['file_bytes'] / MiB:.1f} MiB",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    cells = [
+        "checkpoint.json every 5 s",
+        f"{snap['wchar_per_record'] / KiB:.1f} KiB",
+        f"{snap['write_bytes_per_record'] / KiB:.1f} KiB",
+        "",
+        f"{snap['file_bytes'] / MiB:.1f} MiB",
+    ]
+    print("| " + " | ".join(cells) + " |\n")
+
+
+def report_big(quick: bool) -> None:
+    seconds = 10 if quick else 60
+    print(f"### 2. Big host: 10,000 guests, 5,000 records/s for {seconds} s (simulated time)\n")
+    snap = big_host_snapshot(seconds, 5000)
+    print(
+        "| design | bytes written (wchar) | to block layer | vs snapshot "
+        "| commits | commit median / max | apply p99 (no commits) | file |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for interval in (1.0, 2.0, 5.0):
+        r = big_host(interval, seconds, 5000)
+        cells = [
+            f"store, commit every {interval:g} s",
+            f"{r['wchar'] / MiB:.0f} MiB",
+            f"{r['write_bytes'] / MiB:.0f} MiB",
+            f"{r['wchar'] / snap['wchar']:.3f}",
+            f"{r['commits']} ({r['skipped']} skipped: busy; {r['behind']} batches late)",
+            f"{r['commit_ms_median']:.0f} / {r['commit_ms_max']:.0f} ms",
+            f"{r['apply_p99_ms']:.2f} ms ({r['apply_p99_base_ms']:.2f} ms)",
+            f"{r['file_bytes'] / MiB:.0f} MiB",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    cells = [
+        "checkpoint.json every 5 s",
+        f"{snap['wchar'] / MiB:.0f} MiB",
+        f"{snap['write_bytes'] / MiB:.0f} MiB",
+        "1",
+        f"{snap['saves']} saves",
+        f"{snap['save_s_median']:.1f} s each",
+        "",
+        f"{snap['file_bytes'] / MiB:.0f} MiB",
+    ]
+    print("| " + " | ".join(cells) + " |\n")
+
+
+def report_store(events: int) -> None:
+    r = big_store(events)
+    print(f"### 3. {r['guests']:,} guests, {r['events']:,} history events\n")
+    per_event = r["bytes_per_event"]
+    print(f"- store: {r['db_bytes'] / MiB:.0f} MiB, **{per_event:.0f} bytes per event**")
+    print(f"  ({r['built']})")
+    opens = ", ".join(f"{t * 1000:.0f} ms" for t in r["open_s"])
+    print(f"- restart to loaded (Store.open: checks, {r['guests']:,} guests loaded): {opens}")
+    h, s, p = r["history_ms"], r["sessions_ms"], r["page_ms"]
+    n = r["history_events"]
+    print(f"- `history` of one guest (~{n:.0f} events; 20 guests): median {h[0]:.1f} ms, "
+          f"max {h[1]:.1f} ms")  # fmt: skip
+    f = r["history_first_ms"]
+    print(f"  (CPU time median {r['history_cpu_ms']:.1f} ms; the first read of those guests, "
+          f"partly from disk: median {f[0]:.1f} ms, max {f[1]:.1f} ms)")  # fmt: skip
+    print(f"- `sessions` of one guest: median {s[0]:.1f} ms, max {s[1]:.1f} ms "
+          f"(CPU time median {r['sessions_cpu_ms']:.1f} ms)")  # fmt: skip
+    print(f"- events page of 100 at a random cursor (20 pages): median {p[0]:.2f} ms, "
+          f"max {p[1]:.2f} ms")  # fmt: skip
+    print(f"- events page of 100 `since` an hour before the newest: {r['since_ms']:.2f} ms; "
+          f"`result=failed`: {r['failed_ms']:.2f} ms; one guest's newest 100: "
+          f"{r['guest_page_ms']:.2f} ms\n")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller runs (no 10M store)")
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--only", choices=("small", "big", "store"), help="run one part")
+    args = ap.parse_args()
+    OUT.mkdir(exist_ok=True)
+    print("## State store benchmark (`bench/bench_store.py`)\n")
+    print(f"Machine: {machine()}.\n")
+    if args.only in (None, "small"):
+        report_small(args.quick)
+        sys.stdout.flush()
+    if args.only in (None, "big"):
+        report_big(args.quick)
+        sys.stdout.flush()
+    if args.only in (None, "store") and not args.quick:
+        report_store(args.events)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The state store's own metrics, read from `Store.stats()` at scrape time.
+
+Beside the existing `monitord_checkpoint_timestamp_seconds` and
+`monitord_checkpoint_errors_total` (which the daemon feeds from the same
+stats), these families describe the store:
+
+| metric | type | labels |
+|---|---|---|
+| `monitord_state_set_aside_total` | counter | `reason` (see below) |
+| `monitord_state_store_bytes` | gauge | |
+| `monitord_state_commit_duration_seconds` | gauge (the last commit) | |
+| `monitord_history_events` | gauge | |
+| `monitord_history_pruned_total` | counter | `reason` (`age`, `size`) |
+| `monitord_history_dropped_total` | counter | |
+
+Set-aside reasons: `corrupt`, `not_a_database`, `empty`, `foreign`, `newer_version`,
+`invalid_rows`, `invalid_position`, `not_a_file`, `unreadable`, `rejected` (state.db)
+and `checkpoint_json` (an old checkpoint.json that could not be imported).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from monitord.state.store import SET_ASIDE_REASONS, Store
+
+
+class StoreCollector(Collector):
+    """Prometheus families of one store (register it on the daemon's registry)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.store.stats()
+        set_aside = CounterMetricFamily(
+            "monitord_state_set_aside_total",
+            "State files set aside (renamed) because they could not be trusted, by reason.",
+            labels=["reason"],
+        )
+        for reason in sorted({*SET_ASIDE_REASONS, "checkpoint_json", *stats.set_aside}):
+            set_aside.add_metric([reason], stats.set_aside.get(reason, 0))
+        yield set_aside
+        yield GaugeMetricFamily(
+            "monitord_state_store_bytes",
+            "Size of the state store (state.db and its write-ahead log).",
+            value=stats.file_bytes,
+        )
+        yield GaugeMetricFamily(
+            "monitord_state_commit_duration_seconds",
+            "How long the last successful commit to the state store took.",
+            value=stats.commit_seconds,
+        )
+        yield GaugeMetricFamily(
+            "monitord_history_events",
+            "History events held in the state store.",
+            value=stats.events,
+        )
+        pruned = CounterMetricFamily(
+            "monitord_history_pruned_total",
+            "History events deleted by retention: age (history_retention) or size "
+            "(history_max_bytes).",
+            labels=["reason"],
+        )
+        for reason in ("age", "size"):
+            pruned.add_metric([reason], stats.pruned.get(reason, 0))
+        yield pruned
+        yield CounterMetricFamily(
+            "monitord_history_dropped_total",
+            "History events lost because commits failed for so long that too many waited.",
+            value=stats.events_dropped,
+        )
