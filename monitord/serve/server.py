@@ -45,7 +45,7 @@ from prometheus_client.exposition import choose_encoder
 from monitord.config import HttpConfig, ListenAddress
 from monitord.errors import ConfigError, RuntimeFailure
 from monitord.logsetup import RateLimitedLogger
-from monitord.serve import exporter
+from monitord.serve import api, exporter
 from monitord.serve.access import BasicAuth, FailedLogins, tls_context
 from monitord.serve.answers import Body, RenderCache, document_parts, make_body
 from monitord.serve.wire import (
@@ -150,12 +150,15 @@ class WebServer:
         registry: CollectorRegistry,
         table: GuestTable,
         health: HealthCheck,
+        history: api.History | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.registry = registry
         self.table = table
         self.health = health
+        # The store's history (GET /api/v1/events, a guest's `events`); None: no store.
+        self.history = history
         self.clock = clock
         self.auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
         self.tls: ssl.SSLContext | None = None
@@ -623,16 +626,23 @@ class WebServer:
             return await self._metrics(request)
         if path in ("/api/v1/guests", "/api/v1/guests/"):
             return await self._guests(request)
+        query = request.target.split("#", 1)[0].partition("?")[2]
+        if path == "/api/v1/events":
+            status, doc = api.events_answer(query, self.history)
+            return Answer(status, json_bytes(doc) + b"\n", "application/json")
         if path.startswith(GUEST_PREFIX):
             uuid = path[len(GUEST_PREFIX) :]
+            if self.history is not None:
+                status, doc = api.guest_answer(uuid, query, self.table.guest_document, self.history)
+                return Answer(status, json_bytes(doc) + b"\n", "application/json")
             if not UUID_RE.match(uuid):
                 return error_answer(400, f"not a UUID: {uuid[:64]!r}")
             # Cheap (one guest, the table's lock for a moment): answered here, never queued
             # behind a render.
-            doc = self._guest_document(uuid, request.query.get("node"))
-            if doc is None:
+            guest = self._guest_document(uuid, request.query.get("node"))
+            if guest is None:
                 return error_answer(404, f"no guest with UUID {uuid} is tracked")
-            return Answer(200, doc + b"\n")
+            return Answer(200, guest + b"\n")
         if path == "/healthz":
             ok, reason = self.health()
             text = "ok" if ok else (reason or "unhealthy")

@@ -21,7 +21,6 @@ from monitord.state import schema
 from monitord.state.sessions import sessions
 from monitord.state.store import Store
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.conftest import DATA
 from tests.daemonproc import monitord_cmd
 from tests.state import store_corruptions as c
@@ -51,7 +50,7 @@ def daemon_url(state: Path) -> Iterator[str]:
     store, _ = Store.open(str(state))
     table = GuestTable(StateConfig())
     table.apply_many(c.records())
-    web = WebServer(HttpConfig(listen="127.0.0.1:0"), make_registry(table, Telemetry(), "1"),
+    web = WebServer(HttpConfig(listen="127.0.0.1:0"), make_registry(table, "1"),
                     table, lambda: (True, ""), api.History(store.history))  # fmt: skip
     web.start()
     yield web.url

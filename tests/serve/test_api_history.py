@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 import urllib.request
@@ -19,7 +20,6 @@ from monitord.serve.server import WebServer
 from monitord.state.history import EventQuery, matches
 from monitord.state.store import Store
 from monitord.state.table import GuestTable
-from monitord.telemetry import Telemetry
 from tests.state import store_corruptions as c
 
 WEB01 = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"
@@ -27,7 +27,8 @@ WEB01 = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"
 
 @pytest.fixture
 def history(tmp_path: Path) -> Iterator[tuple[api.History, list[AuditRecord]]]:
-    recs = c.records()
+    # A central collector's view: one guest's records came from node host1.
+    recs = [dataclasses.replace(r, node="host1") if r.vm == "db 01" else r for r in c.records()]
     store, _ = Store.open(str(tmp_path))
     assert store.commit(source_kind=None, position=None, events=recs)
     yield api.History(store.history, host="hv01"), recs
@@ -144,7 +145,7 @@ def test_events_over_http(tmp_path: Path) -> None:
     store.commit(source_kind=None, position=None, events=recs)
     table = GuestTable(StateConfig())
     table.apply_many(recs)
-    web = WebServer(HttpConfig(listen="127.0.0.1:0"), make_registry(table, Telemetry(), "1"),
+    web = WebServer(HttpConfig(listen="127.0.0.1:0"), make_registry(table, "1"),
                     table, lambda: (True, ""), api.History(store.history, "hv01"))  # fmt: skip
     web.start()
     try:

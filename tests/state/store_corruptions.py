@@ -72,7 +72,6 @@ def make_checkpoint_json(directory: Path, doc: dict[str, Any] | None = None) -> 
     from monitord.config import StateConfig
     from monitord.state.checkpoint import CheckpointStore
     from monitord.state.table import GuestTable
-    from monitord.telemetry import Telemetry
 
     if doc is None:
         table = GuestTable(StateConfig())
@@ -80,7 +79,17 @@ def make_checkpoint_json(directory: Path, doc: dict[str, Any] | None = None) -> 
         doc = {
             "source": {"kind": "file", "position": position(5000)},
             "state": table.to_json(),
-            "telemetry": Telemetry().to_json(),
+            # What version 1's Telemetry.to_json() wrote for a fresh daemon.
+            "telemetry": {
+                "source": "file",
+                "parse": {"lines": 0, "bytes": 0, "records": 0, "ignored": {}, "errors": {}},
+                "reopens": {},
+                "last_record_time": None,
+                "lag": {"buckets": [], "counts": [], "sum": 0.0},
+                "checkpoint_errors": 0,
+                "alerts": [],
+                "dropped": {},
+            },
             "alerts": {"version": 1, "active": []},
         }
     CheckpointStore(directory).save(doc)
