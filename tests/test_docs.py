@@ -39,10 +39,7 @@ INTERFACE = ROOT / "docs" / "INTERFACE.md"
 
 # Files the other branches of this release add. A name stays here only until its
 # branch is merged: once the file exists, the test below asks to remove it.
-LANDING = frozenset(
-    {
-    }
-)
+LANDING = frozenset({})
 
 # What a citation of a file outside the repository looks like.
 OUTSIDE = re.compile(r"CONTRACT\.md|\.\./shared|/work/|REAL-COMPONENTS|reference/FORMATS")

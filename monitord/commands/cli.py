@@ -1,4 +1,4 @@
-"""The `monitord` command line (CONTRACT.md, "Command line")."""
+"""The `monitord` command line (docs/INTERFACE.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (CONTRACT.md: one-line message, exit 2)."""
+    """argparse, but a usage error is one line (docs/INTERFACE.md: one-line message, exit 2)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -1,4 +1,4 @@
-"""`monitord replay`: the whole pipeline over existing logs, no alerts (CONTRACT.md)."""
+"""`monitord replay`: the whole pipeline over existing logs, no alerts (docs/INTERFACE.md)."""
 
 from __future__ import annotations
 

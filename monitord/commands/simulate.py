@@ -2,7 +2,7 @@
 
 Everything here is deterministic from the seed, so the demo, the daemon's
 torture tests and the benchmarks can replay the same stream. Records follow
-libvirt's emitting code (FORMATS.md): the order of a guest start (cgroup ACLs,
+libvirt's emitting code (docs/FORMATS.md): the order of a guest start (cgroup ACLs,
 security labels, one `reason=start` record per device, mem, vcpu, iothread,
 then `op=start`), hot-plug, failures, migrations and LXC `op=init`.
 

@@ -1,4 +1,4 @@
-"""Guest table transitions (CONTRACT.md "Guest state"; FORMATS.md sections 3-6 and 10)."""
+"""Guest table transitions (docs/INTERFACE.md "Guest state"; docs/FORMATS.md, the record forms)."""
 
 from __future__ import annotations
 
