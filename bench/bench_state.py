@@ -119,7 +119,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def start_records(i: int, t: float) -> list[str]:
-    """The lines libvirt writes for one guest start (13 records), as in docs/FORMATS.md (the order of a guest start)."""
+    """The lines libvirt writes for one guest start (13 records), as docs/FORMATS.md orders them."""
     u = f"{i:08x}-0000-4000-8000-{i:012x}"
     vm = f'"guest-{i:06d}"'
     head = "type={} msg=audit({:.3f}:{}): pid=1205 uid=0 auid=4294967295 ses=4294967295 msg='"
