@@ -9,9 +9,8 @@
  * for everything unusual and for every error; tests/audit/test_fastparse.py holds both
  * paths to the same bytes.
  *
- * region(buf, start, end, max_line_length, json): the candidate lines of buf[start:end]
- *   (whole lines), as parser.StreamParser describes its Region.
- * tail(bytes): parser.parse_tail of a tail (`): ... msg='...'...`), or None: use Python.
+ * region(buf, start, end, max_line_length, tails): the candidate lines of buf[start:end]
+ *   (whole lines) as JSON lines, or read into tuples, as parser.Region describes.
  * setup(tables) / tables(): parser.TABLES.
  *
  * MONITORD_NO_SIMD builds the portable loops only; otherwise x86-64 uses AVX2 for the two
@@ -72,7 +71,8 @@ static int put(Buf *b, const char *s, Py_ssize_t n) {
 typedef struct {
     char *s; /* the name's bytes (UTF-8 for a str) */
     Py_ssize_t n;
-    PyObject *obj; /* the value a dict maps it to (or the name itself) */
+    PyObject *obj; /* the name itself */
+    PyObject *val; /* the value a dict maps it to (NULL: not a dict's) */
     long num;      /* an int value, or the document key's source */
 } Name;
 
@@ -112,6 +112,7 @@ static int name_of(PyObject *o, Name *out) {
     }
     memcpy(out->s, s, (size_t)out->n + 1);
     out->obj = Py_NewRef(o);
+    out->val = NULL;
     out->num = 0;
     return 0;
 }
@@ -120,6 +121,7 @@ static void free_names(Names *ns) {
     for (Py_ssize_t i = 0; i < ns->n; i++) {
         PyMem_Free(ns->v[i].s);
         Py_XDECREF(ns->v[i].obj);
+        Py_XDECREF(ns->v[i].val);
     }
     PyMem_Free(ns->v);
     ns->v = NULL;
@@ -142,13 +144,11 @@ static int names_of(PyObject *o, Names *out) {
             break;
         out->n++;
         if (PyDict_Check(o)) {
-            PyObject *value = PyDict_GetItemWithError(o, nm->obj); /* borrowed */
-            if (value == NULL)
+            nm->val = Py_XNewRef(PyDict_GetItemWithError(o, nm->obj));
+            if (nm->val == NULL)
                 rc = -1;
-            else if (PyLong_Check(value))
-                rc = (nm->num = PyLong_AsLong(value)) == -1 && PyErr_Occurred() ? -1 : 0;
-            else
-                Py_SETREF(nm->obj, Py_NewRef(value));
+            else if (PyLong_Check(nm->val))
+                rc = (nm->num = PyLong_AsLong(nm->val)) == -1 && PyErr_Occurred() ? -1 : 0;
         }
     }
     Py_DECREF(seq);
@@ -707,7 +707,7 @@ static int put_document(Buf *b, Line *L) {
             Py_ssize_t r = res == NULL || res->none ? -1 : find_name(&results, value(L, res), res->len);
             if (r >= 0) {
                 Py_ssize_t len;
-                const char *s = PyUnicode_AsUTF8AndSize(results.v[r].obj, &len);
+                const char *s = PyUnicode_AsUTF8AndSize(results.v[r].val, &len);
                 rc |= s == NULL ? -1 : put_string(b, s, len);
             } else {
                 rc |= put_value(b, L, res);
@@ -732,22 +732,52 @@ static PyObject *text(const char *s, Py_ssize_t n) {
     return PyUnicode_DecodeUTF8(s, n, "surrogateescape");
 }
 
-/* (start, stop, type name, type number, time, serial, node, tail bytes): parser.Head of
- * the line buf[start:end] (stop: where the span ends, its \r included) */
-static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t stop, Line *L) {
-    PyObject *name = L->type != NULL ? Py_NewRef(L->type->obj) : text(L->tname, L->tlen);
-    PyObject *node = L->node != NULL ? text(L->node, L->node_len) : Py_NewRef(Py_None);
-    PyObject *head = name == NULL || node == NULL
-                         ? NULL
-                         : Py_BuildValue("(nnOldLOy#)", start, stop, name, L->type_id, L->time,
-                                         L->serial, node, s + start + L->tail,
-                                         end - start - L->tail);
-    Py_XDECREF(name);
-    Py_XDECREF(node);
-    return head;
+static PyObject *tail_of(Line *L);
+
+/* (start, stop, type name, type number, time, serial, node, tail, new): the line
+ * buf[start:end] read (stop: where its span ends, \r included). tail is its decoded
+ * parser.Tail, from `tails` when that holds the tail's bytes; new is those bytes when it
+ * does not (for the caller to keep), else None. */
+static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t stop, Line *L,
+                         PyObject *tails) {
+    PyObject *raw = PyBytes_FromStringAndSize(s + start + L->tail, end - start - L->tail);
+    PyObject *known = raw == NULL ? NULL : PyDict_GetItemWithError(tails, raw); /* borrowed */
+    PyObject *items[9] = {
+        PyLong_FromSsize_t(start),
+        PyLong_FromSsize_t(stop),
+        L->type != NULL ? Py_NewRef(L->type->obj) : text(L->tname, L->tlen),
+        L->type != NULL && L->type->num == L->type_id ? Py_NewRef(L->type->val)
+                                                      : PyLong_FromLong(L->type_id),
+        PyFloat_FromDouble(L->time),
+        PyLong_FromLongLong(L->serial),
+        L->node != NULL ? text(L->node, L->node_len) : Py_NewRef(Py_None),
+        known != NULL ? Py_NewRef(known) : PyErr_Occurred() ? NULL : tail_of(L),
+        known != NULL ? Py_NewRef(Py_None) : Py_XNewRef(raw),
+    };
+    Py_XDECREF(raw);
+    PyObject *h = PyTuple_New(9);
+    for (int k = 0; k < 9; k++)
+        if (items[k] == NULL)
+            Py_CLEAR(h);
+    for (int k = 0; k < 9; k++) {
+        if (h != NULL)
+            PyTuple_SET_ITEM(h, k, items[k]);
+        else
+            Py_XDECREF(items[k]);
+    }
+    return h;
 }
 
-/* (ints of outer_ints..., subj, fields, enrichment): parser's _Tail */
+/* a field's key: the tables' own str when they name it (they name most) */
+static PyObject *key_of(const char *k, Py_ssize_t n) {
+    Py_ssize_t i = find_name(&raw_keys, k, n);
+    if (i >= 0)
+        return Py_NewRef(raw_keys.v[i].obj);
+    i = find_name(&encoded_keys, k, n);
+    return i >= 0 ? Py_NewRef(encoded_keys.v[i].obj) : text(k, n);
+}
+
+/* (ints of outer_ints..., subj, fields, enrichment): parser's Tail */
 static PyObject *tail_of(Line *L) {
     Py_ssize_t nout = outer_ints.n;
     PyObject *t = PyTuple_New(nout + 3);
@@ -761,7 +791,7 @@ static PyObject *tail_of(Line *L) {
         PyTuple_SET_ITEM(t, nout + 1 + which, d);
         for (int j = 0; d != NULL && j < (which ? L->ne : L->nf); j++) {
             Field *f = &L->fields[j];
-            PyObject *k = which ? text(L->enr[j].key, L->enr[j].klen) : text(f->key, f->klen);
+            PyObject *k = which ? text(L->enr[j].key, L->enr[j].klen) : key_of(f->key, f->klen);
             PyObject *v = which ? text(L->enr[j].val, L->enr[j].vlen)
                           : f->none ? Py_NewRef(Py_None)
                                     : text(value(L, f), f->len);
@@ -783,28 +813,6 @@ static int ready(void) {
     if (given == NULL)
         PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() has not been called");
     return given != NULL;
-}
-
-static PyObject *tail(PyObject *self, PyObject *arg) {
-    (void)self;
-    if (!ready())
-        return NULL;
-    if (!PyBytes_Check(arg))
-        return PyErr_Format(PyExc_TypeError, "tail() takes bytes");
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
-    const char *s = PyBytes_AS_STRING(arg);
-    Line *L = PyMem_Calloc(1, sizeof(Line));
-    if (L == NULL)
-        return PyErr_NoMemory();
-    PyObject *out = NULL;
-    int rc = n >= 2 && s[0] == ')' && s[1] == ':' ? read_tail(s, n, L) : PYTHON;
-    if (rc == DONE)
-        out = tail_of(L);
-    else if (rc >= 0)
-        out = Py_NewRef(Py_None);
-    PyMem_Free(L->arena.data);
-    PyMem_Free(L);
-    return out;
 }
 
 /* ---- candidate lines ------------------------------------------------------------------- */
@@ -933,9 +941,14 @@ static PyObject *region(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t start, end, max_len;
-    int json;
-    if (!ready() || !PyArg_ParseTuple(args, "y*nnnp", &view, &start, &end, &max_len, &json))
+    PyObject *tails;
+    if (!ready() || !PyArg_ParseTuple(args, "y*nnnO", &view, &start, &end, &max_len, &tails))
         return NULL;
+    if (tails != Py_None && !PyDict_Check(tails)) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_TypeError, "region(): tails must be None or a dict");
+    }
+    int json = tails == Py_None;
     const char *buf = view.buf;
     start = start < 0 ? 0 : start > view.len ? view.len : start;
     end = end > view.len ? view.len : end < start ? start : end;
@@ -967,7 +980,7 @@ static PyObject *region(PyObject *self, PyObject *args) {
             nrec++;
             rc = put_document(&run, L);
         } else if (rc == DONE) {
-            rc = append(items, head_of(buf, ls, end, le, L));
+            rc = append(items, head_of(buf, ls, end, le, L, tails));
         } else if (rc == PYTHON) {
             rc = flush(items, &run) < 0 ? -1 : append(items, Py_BuildValue("(nn)", ls, le));
         } else if (rc >= 0) {
@@ -995,9 +1008,9 @@ static PyMethodDef methods[] = {
     {"setup", setup, METH_O, "setup(tables): parser.TABLES, every name this module matches"},
     {"tables", tables, METH_NOARGS, "tables() -> the dict setup() was given (None before)"},
     {"region", region, METH_VARARGS,
-     "region(buf, start, end, max_line_length, json) -> (lines, candidates, records, "
-     "not_virt, not_libvirt, items): the candidate lines of buf[start:end] (parser.Region)"},
-    {"tail", tail, METH_O, "tail(bytes) -> parser.parse_tail's tuple, or None: use Python"},
+     "region(buf, start, end, max_line_length, tails) -> (lines, candidates, records, "
+     "not_virt, not_libvirt, items): the candidate lines of buf[start:end] as JSON lines "
+     "(tails None) or read (tails: a dict of tails already decoded), as parser.Region says"},
     {NULL, NULL, 0, NULL},
 };
 
