@@ -532,9 +532,9 @@ static int read_tail(const char *s, Py_ssize_t n, Line *L) {
     return DONE;
 }
 
-/* parser.split_header of a line without its \r\n, then read_tail: DONE, NOT_VIRT,
- * NOT_LIBVIRT, PYTHON or -1 */
-static int read_line(const char *s, Py_ssize_t n, Line *L) {
+/* parser.split_header of a line without its \r\n (its tail: s[L->tail:n]): DONE, NOT_VIRT,
+ * PYTHON or -1 */
+static int read_header(const char *s, Py_ssize_t n, Line *L) {
     Py_ssize_t pos = 0, i;
     L->node = NULL;
     if (n >= 5 && !memcmp(s, "node=", 5)) {
@@ -604,7 +604,7 @@ static int read_line(const char *s, Py_ssize_t n, Line *L) {
     if (L->time == -1.0 && PyErr_Occurred())
         return -1;
     L->tail = close;
-    return read_tail(s + close, n - close, L);
+    return DONE;
 }
 
 /* ---- JSON (json.dumps with ensure_ascii, compact) ------------------------------------------ */
@@ -735,13 +735,10 @@ static PyObject *text(const char *s, Py_ssize_t n) {
 static PyObject *tail_of(Line *L);
 
 /* (start, stop, type name, type number, time, serial, node, tail, new): the line
- * buf[start:end] read (stop: where its span ends, \r included). tail is its decoded
- * parser.Tail, from `tails` when that holds the tail's bytes; new is those bytes when it
- * does not (for the caller to keep), else None. */
-static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t stop, Line *L,
-                         PyObject *tails) {
-    PyObject *raw = PyBytes_FromStringAndSize(s + start + L->tail, end - start - L->tail);
-    PyObject *known = raw == NULL ? NULL : PyDict_GetItemWithError(tails, raw); /* borrowed */
+ * buf[start:stop] read. tail is its decoded parser.Tail: `known` (what the caller's tails
+ * hold for it), or made here from L; new is the tail's bytes when made here, else None. */
+static PyObject *head_of(Py_ssize_t start, Py_ssize_t stop, Line *L, PyObject *known,
+                         PyObject *raw) {
     PyObject *items[9] = {
         PyLong_FromSsize_t(start),
         PyLong_FromSsize_t(stop),
@@ -751,10 +748,9 @@ static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t end, Py_ssi
         PyFloat_FromDouble(L->time),
         PyLong_FromLongLong(L->serial),
         L->node != NULL ? text(L->node, L->node_len) : Py_NewRef(Py_None),
-        known != NULL ? Py_NewRef(known) : PyErr_Occurred() ? NULL : tail_of(L),
-        known != NULL ? Py_NewRef(Py_None) : Py_XNewRef(raw),
+        known != NULL ? Py_NewRef(known) : tail_of(L),
+        Py_NewRef(known != NULL ? Py_None : raw),
     };
-    Py_XDECREF(raw);
     PyObject *h = PyTuple_New(9);
     for (int k = 0; k < 9; k++)
         if (items[k] == NULL)
@@ -975,12 +971,21 @@ static PyObject *region(PyObject *self, PyObject *args) {
         Py_ssize_t end = le; /* the line without \r */
         while (end > ls && buf[end - 1] == '\r')
             end--;
-        int rc = le - ls > max_len ? PYTHON : read_line(buf + ls, end - ls, L);
+        int rc = le - ls > max_len ? PYTHON : read_header(buf + ls, end - ls, L);
+        const char *tail = buf + ls + L->tail;
+        PyObject *raw = NULL, *known = NULL; /* the tail's bytes; what tails hold for them */
+        if (rc == DONE && !json) {
+            raw = PyBytes_FromStringAndSize(tail, end - ls - L->tail);
+            known = raw == NULL ? NULL : PyDict_GetItemWithError(tails, raw); /* borrowed */
+            rc = raw == NULL || PyErr_Occurred() ? -1 : DONE;
+        }
+        if (rc == DONE && known == NULL) /* a tail the caller decoded already is not read */
+            rc = read_tail(tail, end - ls - L->tail, L);
         if (rc == DONE && json) {
             nrec++;
             rc = put_document(&run, L);
         } else if (rc == DONE) {
-            rc = append(items, head_of(buf, ls, end, le, L, tails));
+            rc = append(items, head_of(ls, le, L, known, raw));
         } else if (rc == PYTHON) {
             rc = flush(items, &run) < 0 ? -1 : append(items, Py_BuildValue("(nn)", ls, le));
         } else if (rc >= 0) {
@@ -988,6 +993,7 @@ static PyObject *region(PyObject *self, PyObject *args) {
             nlib += rc == NOT_LIBVIRT;
             rc = 0;
         }
+        Py_XDECREF(raw);
         if (rc < 0)
             goto done;
     }

@@ -374,6 +374,7 @@ class RecordLines:
         if type(decoded) is Ignored:
             return decoded
         pid, uid, auid, ses, subj, fields, enrichment = decoded
+        # Each record owns its dicts: the cached ones are never handed out.
         return make_record(
             tname,
             type_id,
@@ -385,7 +386,7 @@ class RecordLines:
             auid,
             ses,
             subj,
-            fields.copy(),  # each record owns its dicts: the cached ones are never handed out
+            fields.copy(),
             enrichment.copy(),
         )
 
