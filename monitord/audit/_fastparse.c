@@ -274,6 +274,8 @@ typedef struct {
     Py_ssize_t tlen;
     long type_id;
     double time;
+    const char *stamp; /* the time as written */
+    Py_ssize_t stamp_len;
     long long serial;
     Py_ssize_t tail; /* where `):` starts */
     long long ints[MAX_OUTER];
@@ -598,6 +600,8 @@ static int read_header(const char *s, Py_ssize_t n, Line *L) {
         int_of(s + colon + 1, close - colon - 1, &L->serial) != 1 ||
         snprintf(stamp, sizeof stamp, "%lld", L->serial) > max_serial_digits)
         return PYTHON; /* bad_timestamp, or a serial for Python's ints */
+    L->stamp = s + st;
+    L->stamp_len = colon - st;
     memcpy(stamp, s + st, (size_t)(colon - st));
     stamp[colon - st] = '\0';
     L->time = PyOS_string_to_double(stamp, NULL, NULL);
@@ -680,6 +684,28 @@ static int put_pairs(Buf *b, Line *L, int fields) {
     return rc | PUTS(b, "}");
 }
 
+/* json.dumps(time), which is repr(): the stamp as written, less its leading and trailing
+ * zeros, when it has at most 15 significant digits (DBL_DIG: they are then the shortest
+ * repr of its double) and repr writes it without exponent; else PyOS_double_to_string */
+static int put_time(Buf *b, Line *L) {
+    const char *s = L->stamp, *end = s + L->stamp_len, *dot = memchr(s, '.', L->stamp_len);
+    const char *i = s, *ie = dot != NULL ? dot : end, *f = dot != NULL ? dot + 1 : end, *fe = end;
+    while (i < ie && *i == '0')
+        i++;
+    while (fe > f && fe[-1] == '0')
+        fe--;
+    const char *sig = f; /* 0.000ddd: the fraction's first significant digit */
+    while (i == ie && sig < fe && *sig == '0')
+        sig++;
+    if ((ie - i) + (fe - sig) <= 15 && (i < ie || sig - f <= 3 || sig == fe))
+        return (i < ie ? put(b, i, ie - i) : PUTS(b, "0")) | PUTS(b, ".") |
+               (fe > f ? put(b, f, fe - f) : PUTS(b, "0"));
+    char *r = PyOS_double_to_string(L->time, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    int rc = r == NULL ? -1 : put(b, r, (Py_ssize_t)strlen(r));
+    PyMem_Free(r);
+    return rc;
+}
+
 /* the line's document (record.DOCUMENT_KEYS) and a newline */
 static int put_document(Buf *b, Line *L) {
     int rc = 0;
@@ -695,9 +721,7 @@ static int put_document(Buf *b, Line *L) {
         } else if (src == D_TYPE_ID) {
             rc |= put_int(b, L->type_id);
         } else if (src == D_TIME) {
-            char *r = PyOS_double_to_string(L->time, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-            rc |= r == NULL ? -1 : put(b, r, (Py_ssize_t)strlen(r));
-            PyMem_Free(r);
+            rc |= put_time(b, L);
         } else if (src == D_SERIAL) {
             rc |= put_int(b, L->serial);
         } else if (src == D_NODE) {

@@ -383,6 +383,22 @@ def test_any_name_or_path(fast: ModuleType, raw: bytes) -> None:
 
 
 @HYPOTHESIS
+@given(whole=st.text("0123456789", max_size=18), fraction=st.text("0123456789", max_size=18))
+@example(whole="0", fraction="0001")
+@example(whole="0", fraction="00001")
+@example(whole="1700000006", fraction="050")
+@example(whole="000", fraction="5")
+@example(whole="123456789012345", fraction="6")
+@example(whole="12345678901234", fraction="5")
+@example(whole="0", fraction="000123456789012345")
+@example(whole="9999999999999999", fraction="")
+def test_any_stamp(fast: ModuleType, whole: str, fraction: str) -> None:
+    """Any stamp: the JSON time is repr(float(stamp)) (C writes most stamps as they are)."""
+    for stamp in (whole, f"{whole}.{fraction}"):
+        check_line(fast, f"type=VIRT_CONTROL msg=audit({stamp}:1): msg='virt=a uuid={U}'".encode())
+
+
+@HYPOTHESIS
 @given(text=st.text(min_size=0, max_size=60))
 def test_any_text_in_a_line(fast: ModuleType, text: str) -> None:
     """Arbitrary text in the inner message, the outer fields and the enrichment never makes
