@@ -9,9 +9,8 @@
  * for everything unusual and for every error; tests/audit/test_fastparse.py holds both
  * paths to the same bytes.
  *
- * region(buf, start, end, max_line_length, json): the candidate lines of buf[start:end]
- *   (whole lines), as parser.StreamParser describes its Region.
- * tail(bytes): parser.parse_tail of a tail (`): ... msg='...'...`), or None: use Python.
+ * region(buf, start, end, max_line_length, tails): the candidate lines of buf[start:end]
+ *   (whole lines) as JSON lines, or read into tuples, as parser.Region describes.
  * setup(tables) / tables(): parser.TABLES.
  *
  * MONITORD_NO_SIMD builds the portable loops only; otherwise x86-64 uses AVX2 for the two
@@ -72,7 +71,8 @@ static int put(Buf *b, const char *s, Py_ssize_t n) {
 typedef struct {
     char *s; /* the name's bytes (UTF-8 for a str) */
     Py_ssize_t n;
-    PyObject *obj; /* the value a dict maps it to (or the name itself) */
+    PyObject *obj; /* the name itself */
+    PyObject *val; /* the value a dict maps it to (NULL: not a dict's) */
     long num;      /* an int value, or the document key's source */
 } Name;
 
@@ -112,6 +112,7 @@ static int name_of(PyObject *o, Name *out) {
     }
     memcpy(out->s, s, (size_t)out->n + 1);
     out->obj = Py_NewRef(o);
+    out->val = NULL;
     out->num = 0;
     return 0;
 }
@@ -120,6 +121,7 @@ static void free_names(Names *ns) {
     for (Py_ssize_t i = 0; i < ns->n; i++) {
         PyMem_Free(ns->v[i].s);
         Py_XDECREF(ns->v[i].obj);
+        Py_XDECREF(ns->v[i].val);
     }
     PyMem_Free(ns->v);
     ns->v = NULL;
@@ -142,13 +144,11 @@ static int names_of(PyObject *o, Names *out) {
             break;
         out->n++;
         if (PyDict_Check(o)) {
-            PyObject *value = PyDict_GetItemWithError(o, nm->obj); /* borrowed */
-            if (value == NULL)
+            nm->val = Py_XNewRef(PyDict_GetItemWithError(o, nm->obj));
+            if (nm->val == NULL)
                 rc = -1;
-            else if (PyLong_Check(value))
-                rc = (nm->num = PyLong_AsLong(value)) == -1 && PyErr_Occurred() ? -1 : 0;
-            else
-                Py_SETREF(nm->obj, Py_NewRef(value));
+            else if (PyLong_Check(nm->val))
+                rc = (nm->num = PyLong_AsLong(nm->val)) == -1 && PyErr_Occurred() ? -1 : 0;
         }
     }
     Py_DECREF(seq);
@@ -274,6 +274,8 @@ typedef struct {
     Py_ssize_t tlen;
     long type_id;
     double time;
+    const char *stamp; /* the time as written */
+    Py_ssize_t stamp_len;
     long long serial;
     Py_ssize_t tail; /* where `):` starts */
     long long ints[MAX_OUTER];
@@ -532,9 +534,9 @@ static int read_tail(const char *s, Py_ssize_t n, Line *L) {
     return DONE;
 }
 
-/* parser.split_header of a line without its \r\n, then read_tail: DONE, NOT_VIRT,
- * NOT_LIBVIRT, PYTHON or -1 */
-static int read_line(const char *s, Py_ssize_t n, Line *L) {
+/* parser.split_header of a line without its \r\n (its tail: s[L->tail:n]): DONE, NOT_VIRT,
+ * PYTHON or -1 */
+static int read_header(const char *s, Py_ssize_t n, Line *L) {
     Py_ssize_t pos = 0, i;
     L->node = NULL;
     if (n >= 5 && !memcmp(s, "node=", 5)) {
@@ -598,13 +600,15 @@ static int read_line(const char *s, Py_ssize_t n, Line *L) {
         int_of(s + colon + 1, close - colon - 1, &L->serial) != 1 ||
         snprintf(stamp, sizeof stamp, "%lld", L->serial) > max_serial_digits)
         return PYTHON; /* bad_timestamp, or a serial for Python's ints */
+    L->stamp = s + st;
+    L->stamp_len = colon - st;
     memcpy(stamp, s + st, (size_t)(colon - st));
     stamp[colon - st] = '\0';
     L->time = PyOS_string_to_double(stamp, NULL, NULL);
     if (L->time == -1.0 && PyErr_Occurred())
         return -1;
     L->tail = close;
-    return read_tail(s + close, n - close, L);
+    return DONE;
 }
 
 /* ---- JSON (json.dumps with ensure_ascii, compact) ------------------------------------------ */
@@ -680,6 +684,28 @@ static int put_pairs(Buf *b, Line *L, int fields) {
     return rc | PUTS(b, "}");
 }
 
+/* json.dumps(time), which is repr(): the stamp as written, less its leading and trailing
+ * zeros, when it has at most 15 significant digits (DBL_DIG: they are then the shortest
+ * repr of its double) and repr writes it without exponent; else PyOS_double_to_string */
+static int put_time(Buf *b, Line *L) {
+    const char *s = L->stamp, *end = s + L->stamp_len, *dot = memchr(s, '.', L->stamp_len);
+    const char *i = s, *ie = dot != NULL ? dot : end, *f = dot != NULL ? dot + 1 : end, *fe = end;
+    while (i < ie && *i == '0')
+        i++;
+    while (fe > f && fe[-1] == '0')
+        fe--;
+    const char *sig = f; /* 0.000ddd: the fraction's first significant digit */
+    while (i == ie && sig < fe && *sig == '0')
+        sig++;
+    if ((ie - i) + (fe - sig) <= 15 && (i < ie || sig - f <= 3 || sig == fe))
+        return (i < ie ? put(b, i, ie - i) : PUTS(b, "0")) | PUTS(b, ".") |
+               (fe > f ? put(b, f, fe - f) : PUTS(b, "0"));
+    char *r = PyOS_double_to_string(L->time, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    int rc = r == NULL ? -1 : put(b, r, (Py_ssize_t)strlen(r));
+    PyMem_Free(r);
+    return rc;
+}
+
 /* the line's document (record.DOCUMENT_KEYS) and a newline */
 static int put_document(Buf *b, Line *L) {
     int rc = 0;
@@ -695,9 +721,7 @@ static int put_document(Buf *b, Line *L) {
         } else if (src == D_TYPE_ID) {
             rc |= put_int(b, L->type_id);
         } else if (src == D_TIME) {
-            char *r = PyOS_double_to_string(L->time, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-            rc |= r == NULL ? -1 : put(b, r, (Py_ssize_t)strlen(r));
-            PyMem_Free(r);
+            rc |= put_time(b, L);
         } else if (src == D_SERIAL) {
             rc |= put_int(b, L->serial);
         } else if (src == D_NODE) {
@@ -707,7 +731,7 @@ static int put_document(Buf *b, Line *L) {
             Py_ssize_t r = res == NULL || res->none ? -1 : find_name(&results, value(L, res), res->len);
             if (r >= 0) {
                 Py_ssize_t len;
-                const char *s = PyUnicode_AsUTF8AndSize(results.v[r].obj, &len);
+                const char *s = PyUnicode_AsUTF8AndSize(results.v[r].val, &len);
                 rc |= s == NULL ? -1 : put_string(b, s, len);
             } else {
                 rc |= put_value(b, L, res);
@@ -732,22 +756,48 @@ static PyObject *text(const char *s, Py_ssize_t n) {
     return PyUnicode_DecodeUTF8(s, n, "surrogateescape");
 }
 
-/* (start, stop, type name, type number, time, serial, node, tail bytes): parser.Head of
- * the line buf[start:end] (stop: where the span ends, its \r included) */
-static PyObject *head_of(const char *s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t stop, Line *L) {
-    PyObject *name = L->type != NULL ? Py_NewRef(L->type->obj) : text(L->tname, L->tlen);
-    PyObject *node = L->node != NULL ? text(L->node, L->node_len) : Py_NewRef(Py_None);
-    PyObject *head = name == NULL || node == NULL
-                         ? NULL
-                         : Py_BuildValue("(nnOldLOy#)", start, stop, name, L->type_id, L->time,
-                                         L->serial, node, s + start + L->tail,
-                                         end - start - L->tail);
-    Py_XDECREF(name);
-    Py_XDECREF(node);
-    return head;
+static PyObject *tail_of(Line *L);
+
+/* (start, stop, type name, type number, time, serial, node, tail, new): the line
+ * buf[start:stop] read. tail is its decoded parser.Tail: `known` (what the caller's tails
+ * hold for it), or made here from L; new is the tail's bytes when made here, else None. */
+static PyObject *head_of(Py_ssize_t start, Py_ssize_t stop, Line *L, PyObject *known,
+                         PyObject *raw) {
+    PyObject *items[9] = {
+        PyLong_FromSsize_t(start),
+        PyLong_FromSsize_t(stop),
+        L->type != NULL ? Py_NewRef(L->type->obj) : text(L->tname, L->tlen),
+        L->type != NULL && L->type->num == L->type_id ? Py_NewRef(L->type->val)
+                                                      : PyLong_FromLong(L->type_id),
+        PyFloat_FromDouble(L->time),
+        PyLong_FromLongLong(L->serial),
+        L->node != NULL ? text(L->node, L->node_len) : Py_NewRef(Py_None),
+        known != NULL ? Py_NewRef(known) : tail_of(L),
+        Py_NewRef(known != NULL ? Py_None : raw),
+    };
+    PyObject *h = PyTuple_New(9);
+    for (int k = 0; k < 9; k++)
+        if (items[k] == NULL)
+            Py_CLEAR(h);
+    for (int k = 0; k < 9; k++) {
+        if (h != NULL)
+            PyTuple_SET_ITEM(h, k, items[k]);
+        else
+            Py_XDECREF(items[k]);
+    }
+    return h;
 }
 
-/* (ints of outer_ints..., subj, fields, enrichment): parser's _Tail */
+/* a field's key: the tables' own str when they name it (they name most) */
+static PyObject *key_of(const char *k, Py_ssize_t n) {
+    Py_ssize_t i = find_name(&raw_keys, k, n);
+    if (i >= 0)
+        return Py_NewRef(raw_keys.v[i].obj);
+    i = find_name(&encoded_keys, k, n);
+    return i >= 0 ? Py_NewRef(encoded_keys.v[i].obj) : text(k, n);
+}
+
+/* (ints of outer_ints..., subj, fields, enrichment): parser's Tail */
 static PyObject *tail_of(Line *L) {
     Py_ssize_t nout = outer_ints.n;
     PyObject *t = PyTuple_New(nout + 3);
@@ -761,7 +811,7 @@ static PyObject *tail_of(Line *L) {
         PyTuple_SET_ITEM(t, nout + 1 + which, d);
         for (int j = 0; d != NULL && j < (which ? L->ne : L->nf); j++) {
             Field *f = &L->fields[j];
-            PyObject *k = which ? text(L->enr[j].key, L->enr[j].klen) : text(f->key, f->klen);
+            PyObject *k = which ? text(L->enr[j].key, L->enr[j].klen) : key_of(f->key, f->klen);
             PyObject *v = which ? text(L->enr[j].val, L->enr[j].vlen)
                           : f->none ? Py_NewRef(Py_None)
                                     : text(value(L, f), f->len);
@@ -783,28 +833,6 @@ static int ready(void) {
     if (given == NULL)
         PyErr_SetString(PyExc_RuntimeError, "_fastparse.setup() has not been called");
     return given != NULL;
-}
-
-static PyObject *tail(PyObject *self, PyObject *arg) {
-    (void)self;
-    if (!ready())
-        return NULL;
-    if (!PyBytes_Check(arg))
-        return PyErr_Format(PyExc_TypeError, "tail() takes bytes");
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
-    const char *s = PyBytes_AS_STRING(arg);
-    Line *L = PyMem_Calloc(1, sizeof(Line));
-    if (L == NULL)
-        return PyErr_NoMemory();
-    PyObject *out = NULL;
-    int rc = n >= 2 && s[0] == ')' && s[1] == ':' ? read_tail(s, n, L) : PYTHON;
-    if (rc == DONE)
-        out = tail_of(L);
-    else if (rc >= 0)
-        out = Py_NewRef(Py_None);
-    PyMem_Free(L->arena.data);
-    PyMem_Free(L);
-    return out;
 }
 
 /* ---- candidate lines ------------------------------------------------------------------- */
@@ -933,9 +961,14 @@ static PyObject *region(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     Py_ssize_t start, end, max_len;
-    int json;
-    if (!ready() || !PyArg_ParseTuple(args, "y*nnnp", &view, &start, &end, &max_len, &json))
+    PyObject *tails;
+    if (!ready() || !PyArg_ParseTuple(args, "y*nnnO", &view, &start, &end, &max_len, &tails))
         return NULL;
+    if (tails != Py_None && !PyDict_Check(tails)) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_TypeError, "region(): tails must be None or a dict");
+    }
+    int json = tails == Py_None;
     const char *buf = view.buf;
     start = start < 0 ? 0 : start > view.len ? view.len : start;
     end = end > view.len ? view.len : end < start ? start : end;
@@ -962,12 +995,21 @@ static PyObject *region(PyObject *self, PyObject *args) {
         Py_ssize_t end = le; /* the line without \r */
         while (end > ls && buf[end - 1] == '\r')
             end--;
-        int rc = le - ls > max_len ? PYTHON : read_line(buf + ls, end - ls, L);
+        int rc = le - ls > max_len ? PYTHON : read_header(buf + ls, end - ls, L);
+        const char *tail = buf + ls + L->tail;
+        PyObject *raw = NULL, *known = NULL; /* the tail's bytes; what tails hold for them */
+        if (rc == DONE && !json) {
+            raw = PyBytes_FromStringAndSize(tail, end - ls - L->tail);
+            known = raw == NULL ? NULL : PyDict_GetItemWithError(tails, raw); /* borrowed */
+            rc = raw == NULL || PyErr_Occurred() ? -1 : DONE;
+        }
+        if (rc == DONE && known == NULL) /* a tail the caller decoded already is not read */
+            rc = read_tail(tail, end - ls - L->tail, L);
         if (rc == DONE && json) {
             nrec++;
             rc = put_document(&run, L);
         } else if (rc == DONE) {
-            rc = append(items, head_of(buf, ls, end, le, L));
+            rc = append(items, head_of(ls, le, L, known, raw));
         } else if (rc == PYTHON) {
             rc = flush(items, &run) < 0 ? -1 : append(items, Py_BuildValue("(nn)", ls, le));
         } else if (rc >= 0) {
@@ -975,6 +1017,7 @@ static PyObject *region(PyObject *self, PyObject *args) {
             nlib += rc == NOT_LIBVIRT;
             rc = 0;
         }
+        Py_XDECREF(raw);
         if (rc < 0)
             goto done;
     }
@@ -995,9 +1038,9 @@ static PyMethodDef methods[] = {
     {"setup", setup, METH_O, "setup(tables): parser.TABLES, every name this module matches"},
     {"tables", tables, METH_NOARGS, "tables() -> the dict setup() was given (None before)"},
     {"region", region, METH_VARARGS,
-     "region(buf, start, end, max_line_length, json) -> (lines, candidates, records, "
-     "not_virt, not_libvirt, items): the candidate lines of buf[start:end] (parser.Region)"},
-    {"tail", tail, METH_O, "tail(bytes) -> parser.parse_tail's tuple, or None: use Python"},
+     "region(buf, start, end, max_line_length, tails) -> (lines, candidates, records, "
+     "not_virt, not_libvirt, items): the candidate lines of buf[start:end] as JSON lines "
+     "(tails None) or read (tails: a dict of tails already decoded), as parser.Region says"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,10 +12,10 @@ tests hold both to `json.dumps(record.to_json())` byte for byte.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from types import ModuleType
-from typing import Final
+from typing import Any, Final, cast
 
 from monitord.audit import record
 from monitord.audit.parser import (
@@ -70,6 +70,7 @@ class JsonLines:
         self._lines: _BoundedCache[tuple[bytes, bytes], bytes] = _BoundedCache(1 << 13)
         self._rests: _BoundedCache[bytes, bytes] = _BoundedCache(1 << 13)  # tail -> its JSON
         self._json: _BoundedCache[object, str] = _BoundedCache()  # str, int or None -> JSON
+        self._pairs: _BoundedCache[tuple[str, str | None], str] = _BoundedCache()
 
     def line(self, line: bytes) -> bytes | Ignored:
         mark = line.find(b" msg=audit(")
@@ -84,21 +85,19 @@ class JsonLines:
         head = split_header(line)  # raises ParseError as parse_line does
         if type(head) is Ignored:
             return head
-        made = self._template(*head)  # type: ignore[misc]
+        made = self._template(head)  # type: ignore[arg-type]
         if type(made) is Ignored:
             return made
         self._lines.put(key, made)  # type: ignore[arg-type]
         return made % head[2:4]  # type: ignore[index,operator]
 
-    def head(
-        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
-    ) -> bytes | Ignored:
-        made = self._template(tname, type_id, time, serial, node, tail)
-        return made if type(made) is Ignored else made % (time, serial)  # type: ignore[operator]
+    def head(self, head: Sequence[Any]) -> bytes | Ignored:
+        """The JSON line of a line whose header was read (`head` ends with its Head)."""
+        made = self._template(head)
+        return made if type(made) is Ignored else made % (head[-4], head[-3])  # type: ignore[operator]
 
-    def _template(
-        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
-    ) -> bytes | Ignored:
+    def _template(self, head: Sequence[Any]) -> bytes | Ignored:
+        tname, type_id, _, _, node, tail = head[-6:]
         rest = self._rests.get(tail)
         if rest is None:
             decoded = self._records.decoded(tail)  # raises ParseError
@@ -126,13 +125,19 @@ class JsonLines:
                 else fields.get(key)  # type: ignore[union-attr]
             )
             if type(value) is dict:
-                pairs = [
-                    (get(k) or scalar(k)) + ":" + (get(v) or scalar(v)) for k, v in value.items()
-                ]
-                parts.append(prefix + "{" + ",".join(pairs) + "}")
+                pairs = list(map(self._pairs.get, value.items()))  # one C loop when all known
+                if None in pairs:
+                    pairs = [p or self._pair(*kv) for p, kv in zip(pairs, value.items())]  # noqa: B905
+                parts.append(prefix + "{" + ",".join(cast(list[str], pairs)) + "}")
             else:
                 parts.append(prefix + (get(value) or scalar(value)))
         return (",".join(parts) + "}\n").encode().replace(b"%", b"%%")
+
+    def _pair(self, key: str, value: str | None) -> str:
+        """`"key":value` of a dict's item, kept (fields and enrichment recur)."""
+        get, scalar = self._json.get, self._scalar
+        pair = (get(key) or scalar(key)) + ":" + (get(value) or scalar(value))
+        return self._pairs.put((key, value), pair)
 
     def _scalar(self, value: object) -> str:
         """json.dumps of a str, an int or None, kept (the same values recur)."""
@@ -141,5 +146,5 @@ class JsonLines:
 
 def json_reader(fast: ModuleType | None = ACCELERATOR_MODULE) -> Reader[bytes]:
     """Candidate lines -> JSON lines, through `fast` (the C leaf; None: pure Python)."""
-    lines = JsonLines(RecordLines(fast))
-    return Reader(lines.line, lines.head, region_reader(fast, json=True))
+    lines = JsonLines(RecordLines())
+    return Reader(lines.line, lines.head, region_reader(fast, None))

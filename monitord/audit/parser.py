@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
@@ -340,30 +340,41 @@ def parse_tail(tail: str) -> Tail | Ignored:
 
 
 class RecordLines:
-    """Candidate lines -> AuditRecords: headers split here, tails decoded by `fast` (the C
-    leaf; None: Python) and cached by their bytes."""
+    """Candidate lines -> AuditRecords, their tails decoded once and kept by their bytes."""
 
-    def __init__(self, fast: ModuleType | None) -> None:
-        self._fast_tail: Callable[[bytes], Tail | None] | None = (
-            fast.tail if fast is not None else None
-        )
-        self._tails: _BoundedCache[bytes, Tail | Ignored] = _BoundedCache(1 << 13)
+    def __init__(self) -> None:
+        self.tails: _BoundedCache[bytes, Tail | Ignored] = _BoundedCache(1 << 13)
 
     def line(self, line: bytes) -> AuditRecord | Ignored:
         """One line's record or Ignored; raises ParseError."""
         head = split_header(line)
         if type(head) is Ignored:
             return head
-        return self.head(*head)  # type: ignore[misc]
+        tname, type_id, time, serial, node, tail = head  # type: ignore[misc]
+        return self._record(tname, type_id, time, serial, node, self.decoded(tail))
 
-    def head(
-        self, tname: str, type_id: int, time: float, serial: int, node: str | None, tail: bytes
+    def decoded(self, tail: bytes) -> Tail | Ignored:
+        """parse_tail of a tail's bytes, kept; raises ParseError."""
+        decoded = self.tails.get(tail)
+        if decoded is None:
+            decoded = self.tails.put(tail, parse_tail(tail.decode("utf-8", "surrogateescape")))
+        return decoded
+
+    def head(self, item: Sequence[Any]) -> AuditRecord | Ignored:
+        """The record of a line the C leaf read: (start, stop, *Head without the tail's bytes,
+        its decoded tail, the tail's bytes if new to `tails`)."""
+        if item[8] is not None:
+            self.tails.put(item[8], item[7])
+        return self._record(item[2], item[3], item[4], item[5], item[6], item[7])
+
+    @staticmethod
+    def _record(
+        tname: str, type_id: int, time: float, serial: int, node: str | None, decoded: Any
     ) -> AuditRecord | Ignored:
-        """The record of a line whose header split_header read; raises ParseError."""
-        decoded = self._tails.get(tail) or self.decoded(tail)
         if type(decoded) is Ignored:
             return decoded
-        pid, uid, auid, ses, subj, fields, enrichment = decoded  # type: ignore[misc]
+        pid, uid, auid, ses, subj, fields, enrichment = decoded
+        # Each record owns its dicts: the cached ones are never handed out.
         return make_record(
             tname,
             type_id,
@@ -375,20 +386,9 @@ class RecordLines:
             auid,
             ses,
             subj,
-            fields.copy(),  # each record owns its dicts: the cached ones are never handed out
+            fields.copy(),
             enrichment.copy(),
         )
-
-    def decoded(self, tail: bytes) -> Tail | Ignored:
-        """parse_tail of a tail's bytes (by the C leaf when it reads the tail), cached."""
-        decoded = self._tails.get(tail)
-        if decoded is None:
-            if self._fast_tail is not None:
-                decoded = self._fast_tail(tail)
-            if decoded is None:
-                decoded = parse_tail(tail.decode("utf-8", "surrogateescape"))
-            self._tails.put(tail, decoded)
-        return decoded
 
 
 # ---- the header: `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL)` ------------------------
@@ -567,10 +567,10 @@ class ParseStats:
 
 
 ErrorHandler = Callable[[ParseError, bytes], None]
-# The C leaf's region(buf, start, end, max_line_length, json): (lines, candidate lines, records
-# in the runs, not_virt, not_libvirt, items). In line order, items are runs of JSON lines
-# (bytes), (start, stop) spans of the lines Python reads, and (start, stop, *Head) for the
-# lines whose header and tail C read (records only).
+# The C leaf's region(buf, start, end, max_line_length, tails): (lines, candidate lines,
+# records in the runs, not_virt, not_libvirt, items). In line order, items are runs of JSON
+# lines (bytes; tails None), (start, stop) spans of the lines Python reads, and for the lines
+# C read (tails a dict) what RecordLines.head takes.
 Region = tuple[int, int, int, int, int, list[object]]
 RegionReader = Callable[[bytes | bytearray, int, int, int], Region]
 
@@ -584,25 +584,26 @@ class Reader(Generic[_T]):
     """
 
     line: Callable[[bytes], _T | Ignored]
-    head: Callable[[str, int, float, int, str | None, bytes], _T | Ignored]
+    head: Callable[[Sequence[Any]], _T | Ignored]
     region: RegionReader | None = None
 
 
 @cache
 def record_reader(fast: ModuleType | None) -> Reader[AuditRecord]:
     """Candidate lines -> AuditRecords, through `fast` (the C leaf; None: pure Python)."""
-    lines = RecordLines(fast)
-    return Reader(lines.line, lines.head, region_reader(fast, json=False))
+    lines = RecordLines()
+    return Reader(lines.line, lines.head, region_reader(fast, lines.tails))
 
 
-def region_reader(fast: ModuleType | None, json: bool) -> RegionReader | None:
-    """The C leaf's region() for JSON lines or heads; None without the leaf."""
+def region_reader(fast: ModuleType | None, tails: dict[bytes, Any] | None) -> RegionReader | None:
+    """The C leaf's region(): JSON lines (tails None), or lines read with their tails looked
+    up in `tails`; None without the leaf."""
     if fast is None:
         return None
     region_of = fast.region
 
     def region(buf: bytes | bytearray, start: int, end: int, max_len: int) -> Region:
-        return region_of(buf, start, end, max_len, json)  # type: ignore[no-any-return]
+        return region_of(buf, start, end, max_len, tails)  # type: ignore[no-any-return]
 
     return region
 
@@ -757,7 +758,7 @@ class StreamParser(Generic[_T]):
             first, stop = item[0], item[1]
             try:
                 if len(item) > 2:  # a line the C leaf read
-                    outcome = head(*item[2:])
+                    outcome = head(item)
                 elif stop - first <= max_len:
                     outcome = line(bytes(buf[first:stop]))
                 else:
@@ -791,7 +792,7 @@ def _load_accelerator() -> ModuleType | None:
 
 
 ACCELERATOR_MODULE: Final = _load_accelerator()
-_RECORDS: Final = RecordLines(ACCELERATOR_MODULE)
+_RECORDS: Final = RecordLines()
 # Which path the parser takes: "c" (the C leaf, Python for unusual lines) or "python".
 ACCELERATOR: Final = "c" if ACCELERATOR_MODULE is not None else "python"
 

@@ -100,14 +100,14 @@ def test_simd_build_compiles_without_warnings(tmp_path: Path) -> None:
 
 def readers(fast: ModuleType | None, json: bool) -> Reader[Any]:
     """A fresh reader (own caches) through `fast`, or pure Python for None."""
-    records = RecordLines(fast)
+    records = RecordLines()
     if json:
         lines = JsonLines(records)
-        return Reader(lines.line, lines.head, region_reader(fast, json=True))
-    return Reader(records.line, records.head, region_reader(fast, json=False))
+        return Reader(lines.line, lines.head, region_reader(fast, None))
+    return Reader(records.line, records.head, region_reader(fast, records.tails))
 
 
-REFERENCE = JsonLines(RecordLines(None))
+REFERENCE = JsonLines(RecordLines())
 
 
 def reference(line: bytes) -> bytes | Ignored | str:
@@ -126,7 +126,7 @@ def check_line(fast: ModuleType, line: bytes) -> bool:
     buf = line + b"\n"
     want = reference(line)
     nlines, candidates, records, not_virt, not_libvirt, items = fast.region(
-        buf, 0, len(buf), 64 * 1024, True
+        buf, 0, len(buf), 64 * 1024, None
     )
     assert (nlines, candidates) == (1, len(candidate_spans(buf))), line
     if items == [(0, len(line))] or not candidates:
@@ -135,12 +135,14 @@ def check_line(fast: ModuleType, line: bytes) -> bool:
         assert want == (parser.NOT_VIRT if not_virt else parser.NOT_LIBVIRT), line
         return True
     assert records == 1 and items == [want], (line, items, want)
-    heads = fast.region(buf, 0, len(buf), 64 * 1024, False)[5]
     head = split_header(line)
     assert isinstance(head, tuple)
-    assert heads == [(0, len(line), *head)], line
-    decoded = fast.tail(head[5])
-    assert decoded is None or decoded == parse_tail(head[5].decode("utf-8", "surrogateescape"))
+    decoded = parse_tail(head[5].decode("utf-8", "surrogateescape"))
+    heads = fast.region(buf, 0, len(buf), 64 * 1024, {})[5]
+    assert heads == [(0, len(line), *head[:5], decoded, head[5])], line
+    known = {head[5]: "known"}  # a tail the caller has: given back, not decoded again
+    assert fast.region(buf, 0, len(buf), 64 * 1024, known)[5][0][7:] == ("known", None)
+    assert known == {head[5]: "known"}  # read only
     return True
 
 
@@ -352,14 +354,6 @@ def test_edge_cases(fast: ModuleType) -> None:
     check_stream(fast, data, read_sizes=(1 << 20, 4096, 97))
 
 
-def test_tail_refuses_what_it_does_not_read(fast: ModuleType) -> None:
-    """tail() answers None (the Python path) for tails it must not decode."""
-    good = f"): pid=1 msg='virt=kvm uuid={U}'".encode()
-    assert fast.tail(good) == parse_tail(good.decode())
-    for bad in (b"", b")", good.replace(b"pid", b"p\xffd"), good[:-1], good + b"\x1da=1\x1db=2"):
-        assert fast.tail(bad) is None
-
-
 HYPOTHESIS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -386,6 +380,22 @@ def test_any_name_or_path(fast: ModuleType, raw: bytes) -> None:
     ]
     assert all(check_line(fast, line.rstrip(b"\n")) for line in lines)
     check_stream(fast, b"".join(lines), read_sizes=(1 << 20,))
+
+
+@HYPOTHESIS
+@given(whole=st.text("0123456789", max_size=18), fraction=st.text("0123456789", max_size=18))
+@example(whole="0", fraction="0001")
+@example(whole="0", fraction="00001")
+@example(whole="1700000006", fraction="050")
+@example(whole="000", fraction="5")
+@example(whole="123456789012345", fraction="6")
+@example(whole="12345678901234", fraction="5")
+@example(whole="0", fraction="000123456789012345")
+@example(whole="9999999999999999", fraction="")
+def test_any_stamp(fast: ModuleType, whole: str, fraction: str) -> None:
+    """Any stamp: the JSON time is repr(float(stamp)) (C writes most stamps as they are)."""
+    for stamp in (whole, f"{whole}.{fraction}"):
+        check_line(fast, f"type=VIRT_CONTROL msg=audit({stamp}:1): msg='virt=a uuid={U}'".encode())
 
 
 @HYPOTHESIS
@@ -473,13 +483,13 @@ def test_a_table_changed_on_one_side_fails_parity(
 def test_types_table_drives_the_leaf(fast: ModuleType, tables: Callable[[str, bool], None]) -> None:
     """A record type the leaf is given (in the VIRT range) is read as such, others are not."""
     line = f"type=VIRT_NEW msg=audit(1.5:2): pid=1 msg='virt=kvm uuid={U}'\n".encode()
-    assert fast.region(line, 0, len(line), 1 << 16, True)[3] == 1  # not_virt
+    assert fast.region(line, 0, len(line), 1 << 16, None)[3] == 1  # not_virt
     try:
         fast.setup({**TABLES, "types": {**TABLES["types"], "VIRT_NEW": 2599}})  # type: ignore[dict-item]
-        out = fast.region(line, 0, len(line), 1 << 16, True)[5]
+        out = fast.region(line, 0, len(line), 1 << 16, None)[5]
         assert b'"type":"VIRT_NEW","type_id":2599' in out[0]
         fast.setup({**TABLES, "types": {**TABLES["types"], "VIRT_NEW": 2600}})  # type: ignore[dict-item]
-        assert fast.region(line, 0, len(line), 1 << 16, True)[3] == 1  # out of the range
+        assert fast.region(line, 0, len(line), 1 << 16, None)[3] == 1  # out of the range
     finally:
         fast.setup(TABLES)
 
@@ -490,7 +500,7 @@ def test_setup_refuses_incomplete_tables(fast: ModuleType) -> None:
         with pytest.raises(KeyError):
             fast.setup({k: v for k, v in TABLES.items() if k != "raw_keys"})
         with pytest.raises(RuntimeError):
-            fast.region(b"x\n", 0, 2, 10, True)
+            fast.region(b"x\n", 0, 2, 10, None)
         with pytest.raises(ValueError):
             fast.setup({**TABLES, "needles": (b"x",)})
     finally:

@@ -11,6 +11,7 @@ and review the diff.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -27,12 +28,14 @@ from monitord.audit import (
     StreamParser,
     parse_line,
 )
-from monitord.audit.jsonl import JsonLines, dumps
+from monitord.audit.jsonl import HEAD_KEYS, JsonLines, dumps
 from monitord.audit.parser import (
     PARSE_ERROR_REASONS,
     RecordLines,
     candidate_spans,
+    iter_records,
 )
+from monitord.audit.record import DOCUMENT_KEYS
 from tests.conftest import DATA, SAMPLES
 
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -213,7 +216,7 @@ def test_docker_records_are_ignored_not_errors() -> None:
 
 def test_json_round_trip_and_json_lines() -> None:
     """from_json(to_json()) is the same record; JsonLines prints json.dumps(to_json())."""
-    lines = JsonLines(RecordLines(None))
+    lines = JsonLines(RecordLines())
     for log in sorted(DATA.glob("*.log")):
         for line in log.read_bytes().splitlines():
             try:
@@ -374,3 +377,16 @@ def test_thousands_of_digits_are_not_a_crash() -> None:
     )
     serial = parse_line(f"type=VIRT_CONTROL msg=audit(1.0:{'0' * 30}18446744073709551615): {inner}")
     assert isinstance(serial, AuditRecord) and serial.serial == 2**64 - 1
+
+
+def test_document_keys_are_attributes_or_inner_fields() -> None:
+    """Every DOCUMENT_KEYS key is an AuditRecord attribute; the properties among them read the
+    inner field of their name (the rule both JSON encoders, Python and C, follow)."""
+    own = {f.name for f in dataclasses.fields(AuditRecord)} | {"result"}
+    records = [r for log in sorted(DATA.glob("*.log")) for r in iter_records([log.read_bytes()])]
+    assert len(records) > 100
+    for key in DOCUMENT_KEYS:
+        assert hasattr(AuditRecord, key), key
+        if key not in own:
+            assert all(getattr(r, key) == r.fields.get(key) for r in records), key
+    assert DOCUMENT_KEYS[: len(HEAD_KEYS)] == HEAD_KEYS  # the head JsonLines fills in per line
