@@ -47,7 +47,7 @@ class SourceConfig:
 class StateConfig:
     dir: str = "/var/lib/monitord"
     # Commits to the state store (position, changed guests, counters, alerts, history).
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float = 5.0
     max_guests: int = 10_000
     forget_stopped_after: float = 7 * 86400.0
     # Distinct values kept per open-ended label (op, reason, resrc, model) before `other`.
