@@ -213,6 +213,10 @@ class Daemon:
         # Only the forking thread lives on in the child: locks other threads held are void.
         self.table.after_fork()
         self.alerts.after_fork()
+        # The child may outlive a killed daemon while it writes: it must not keep the
+        # listening socket, or the restarted daemon cannot bind its port.
+        if self.web is not None:
+            self.web.release_listener()
 
     def _reap_checkpoint(self) -> None:
         outcome = self._background.poll()

@@ -28,6 +28,7 @@ import email.utils
 import functools
 import html
 import logging
+import os
 import re
 import socket
 import ssl
@@ -197,6 +198,12 @@ class WebServer:
         host, port = self.address
         scheme = "https" if self.config.tls_cert else "http"
         return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+    def release_listener(self) -> None:
+        """In a forked child: close this process's copy of the listening socket (the
+        parent's stays open and serving)."""
+        if self._sock is not None:
+            os.close(self._sock.detach())
 
     def start(self) -> None:
         """Bind and serve from a background thread.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -625,3 +627,26 @@ def test_renders_alive_at_once_are_bounded() -> None:
         loop.run_until_complete(asyncio.sleep(1.1))  # its expiry timer (real time) fires
         assert not cache._bodies
     loop.close()
+
+
+def test_a_forked_child_releases_the_listener() -> None:
+    """A forked checkpoint writer that outlives the daemon holds no listening socket, so a
+    restarted daemon can bind the same port."""
+    web, _ = make_server()
+    web.start()
+    host, port = web.address
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            web.release_listener()
+            time.sleep(3)
+        finally:
+            os._exit(0)
+    try:
+        web.stop()
+        again, _ = make_server(listen=f"{host}:{port}")
+        again.start()  # EADDRINUSE while the child still held the socket
+        again.stop()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
