@@ -69,7 +69,7 @@ static int put(Buf *b, const char *s, Py_ssize_t n) {
 /* ---- the tables ---------------------------------------------------------------------- */
 
 typedef struct {
-    char *s; /* the name's bytes (UTF-8 for a str) */
+    const char *s; /* the name's bytes (UTF-8 for a str), in obj */
     Py_ssize_t n;
     PyObject *obj; /* the name itself */
     PyObject *val; /* the value a dict maps it to (NULL: not a dict's) */
@@ -92,40 +92,28 @@ static long virt_first, virt_last, max_serial_digits, max_stamp_length;
 enum { D_FIELD, D_TYPE, D_TYPE_ID, D_TIME, D_SERIAL, D_NODE, D_RESULT, D_FIELDS, D_ENRICHMENT,
        D_SUBJ, D_OUTER_INT /* + index in outer_ints */ };
 
+/* a str's UTF-8 (kept by the str) or a bytes' own buffer: valid while obj holds it */
 static int name_of(PyObject *o, Name *out) {
-    const char *s;
-    if (PyUnicode_Check(o)) {
-        s = PyUnicode_AsUTF8AndSize(o, &out->n);
-        if (s == NULL)
-            return -1;
-    } else if (PyBytes_Check(o)) {
-        s = PyBytes_AS_STRING(o);
+    *out = (Name){NULL, 0, NULL, NULL, 0};
+    if (PyBytes_Check(o)) {
+        out->s = PyBytes_AS_STRING(o);
         out->n = PyBytes_GET_SIZE(o);
-    } else {
+    } else if (!PyUnicode_Check(o)) {
         PyErr_Format(PyExc_TypeError, "_fastparse.setup: %R is not str or bytes", o);
-        return -1;
+    } else {
+        out->s = PyUnicode_AsUTF8AndSize(o, &out->n);
     }
-    out->s = PyMem_Malloc((size_t)out->n + 1);
-    if (out->s == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(out->s, s, (size_t)out->n + 1);
-    out->obj = Py_NewRef(o);
-    out->val = NULL;
-    out->num = 0;
-    return 0;
+    out->obj = out->s == NULL ? NULL : Py_NewRef(o);
+    return out->s == NULL ? -1 : 0;
 }
 
 static void free_names(Names *ns) {
     for (Py_ssize_t i = 0; i < ns->n; i++) {
-        PyMem_Free(ns->v[i].s);
         Py_XDECREF(ns->v[i].obj);
         Py_XDECREF(ns->v[i].val);
     }
     PyMem_Free(ns->v);
-    ns->v = NULL;
-    ns->n = 0;
+    *ns = (Names){NULL, 0};
 }
 
 /* the names of an iterable of str/bytes; of a dict, its keys with their values in obj/num */
@@ -200,13 +188,10 @@ static PyObject *setup(PyObject *self, PyObject *tables) {
         return PyErr_Format(PyExc_TypeError, "_fastparse.setup: tables must be a dict");
     Py_CLEAR(given); /* until every table is read, region() and tail() refuse to run */
     for (size_t i = 0; i < sizeof SPEC / sizeof *SPEC; i++) {
-        if (SPEC[i].names != NULL) {
+        if (SPEC[i].names != NULL)
             free_names(SPEC[i].names);
-        } else {
-            PyMem_Free(SPEC[i].one->s);
+        else
             Py_CLEAR(SPEC[i].one->obj);
-            SPEC[i].one->s = NULL;
-        }
     }
     for (size_t i = 0; i < sizeof SPEC / sizeof *SPEC; i++) {
         PyObject *o = PyDict_GetItemString(tables, SPEC[i].key); /* borrowed */
@@ -596,9 +581,11 @@ static int read_header(const char *s, Py_ssize_t n, Line *L) {
     }
     if (dots > 1 || stamp_digits == 0 || dots + stamp_digits != colon - st)
         return PYTHON;
-    if (s[colon + 1] < '0' || s[colon + 1] > '9' ||
-        int_of(s + colon + 1, close - colon - 1, &L->serial) != 1 ||
-        snprintf(stamp, sizeof stamp, "%lld", L->serial) > max_serial_digits)
+    const char *serial = s + colon + 1;
+    while (serial < s + close - 1 && *serial == '0')
+        serial++;
+    if (s[colon + 1] < '0' || s[colon + 1] > '9' || s + close - serial > max_serial_digits ||
+        int_of(serial, s + close - serial, &L->serial) != 1)
         return PYTHON; /* bad_timestamp, or a serial for Python's ints */
     L->stamp = s + st;
     L->stamp_len = colon - st;
@@ -661,9 +648,14 @@ static int put_string(Buf *b, const char *s, Py_ssize_t n) {
 }
 
 static int put_int(Buf *b, long long v) {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%lld", v);
-    return put(b, tmp, n);
+    char tmp[24], *p = tmp + sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do
+        *--p = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        *--p = '-';
+    return put(b, p, tmp + sizeof tmp - p);
 }
 
 static int put_value(Buf *b, Line *L, Field *f) {
@@ -860,18 +852,6 @@ static int avx2(void) {
     return have;
 }
 
-__attribute__((target("avx2"))) static Py_ssize_t newlines_avx2(const char *s, Py_ssize_t n) {
-    Py_ssize_t count = 0, i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(s + i));
-        count += __builtin_popcount(
-            (unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, _mm256_set1_epi8('\n'))));
-    }
-    for (; i < n; i++)
-        count += s[i] == '\n';
-    return count;
-}
-
 /* the first start of a needle in [from, size): 32 starts at once, by each needle's first
  * and last byte, confirmed by memcmp; -1: none */
 __attribute__((target("avx2"))) static Py_ssize_t next_needle_avx2(const char *s,
@@ -906,22 +886,11 @@ __attribute__((target("avx2"))) static Py_ssize_t next_needle_avx2(const char *s
 }
 #endif
 
+/* the newlines in s[:n]: libc's memchr is vectorised already */
 static Py_ssize_t newlines(const char *s, Py_ssize_t n) {
-#ifdef HAVE_AVX2
-    if (avx2())
-        return newlines_avx2(s, n);
-#endif
-    Py_ssize_t count = 0, i = 0;
-    const unsigned long long lows = 0x7f7f7f7f7f7f7f7fULL, nl = 0x0a0a0a0a0a0a0a0aULL;
-    for (; i + 8 <= n; i += 8) { /* 8 bytes at once: 0x80 in each byte that was '\n' */
-        unsigned long long x;
-        memcpy(&x, s + i, 8);
-        x ^= nl;
-        x = ~(((x & lows) + lows) | x | lows);
-        count += (Py_ssize_t)((x >> 7) * 0x0101010101010101ULL >> 56);
-    }
-    for (; i < n; i++)
-        count += s[i] == '\n';
+    Py_ssize_t count = 0;
+    for (const char *p = s, *end = s + n; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+        count++;
     return count;
 }
 
