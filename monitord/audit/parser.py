@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
@@ -376,19 +376,9 @@ class RecordLines:
         pid, uid, auid, ses, subj, fields, enrichment = decoded
         # Each record owns its dicts: the cached ones are never handed out.
         return make_record(
-            tname,
-            type_id,
-            time,
-            serial,
-            node,
-            pid,
-            uid,
-            auid,
-            ses,
-            subj,
-            fields.copy(),
-            enrichment.copy(),
-        )
+            tname, type_id, time, serial, node, pid, uid, auid, ses, subj,
+            fields.copy(), enrichment.copy(),
+        )  # fmt: skip
 
 
 # ---- the header: `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL)` ------------------------
@@ -656,11 +646,6 @@ class StreamParser(Generic[_T]):
         self._discarding = False
 
     @property
-    def accelerated(self) -> bool:
-        """True when the C leaf reads the common lines."""
-        return self.reader.region is not None
-
-    @property
     def pending(self) -> int:
         """Bytes held back as a partial line (not yet part of any record)."""
         return len(self._partial)
@@ -795,13 +780,3 @@ ACCELERATOR_MODULE: Final = _load_accelerator()
 _RECORDS: Final = RecordLines()
 # Which path the parser takes: "c" (the C leaf, Python for unusual lines) or "python".
 ACCELERATOR: Final = "c" if ACCELERATOR_MODULE is not None else "python"
-
-
-def iter_records(
-    chunks: Iterator[bytes] | list[bytes], parser: StreamParser[AuditRecord] | None = None
-) -> Iterator[AuditRecord]:
-    """Parse a finished stream of chunks, the last line included even without newline."""
-    p: StreamParser[AuditRecord] = parser if parser is not None else StreamParser()
-    for chunk in chunks:
-        yield from p.feed(chunk)
-    yield from p.finish()
