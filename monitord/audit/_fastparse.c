@@ -287,6 +287,13 @@ static Py_ssize_t find_byte(const char *s, Py_ssize_t from, Py_ssize_t to, char 
     return p == NULL ? -1 : p - s;
 }
 
+/* the next space in s[i:n] (-1: none) by a plain loop: tokens are short, memchr costs more */
+static Py_ssize_t space(const char *s, Py_ssize_t i, Py_ssize_t n) {
+    while (i < n && s[i] != ' ')
+        i++;
+    return i < n ? i : -1;
+}
+
 static int starts(const char *s, Py_ssize_t at, Py_ssize_t to, const Name *nm) {
     return to - at >= nm->n && memcmp(s + at, nm->s, (size_t)nm->n) == 0;
 }
@@ -296,6 +303,19 @@ static int hex(char c) {
            : c >= 'a' && c <= 'f' ? c - 'a' + 10
            : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                   : -1;
+}
+
+/* the first byte of s[i:n] that is not printable ASCII (n: none), 8 bytes at a time */
+static Py_ssize_t printable(const char *s, Py_ssize_t i, Py_ssize_t n) {
+    const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    for (unsigned long long x; i + 8 <= n; i += 8) {
+        memcpy(&x, s + i, 8); /* a high bit for each byte under 0x20, or over 0x7e */
+        if (((x - 0x20 * ones) | (x + 0x01 * ones) | x) & highs)
+            break;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] <= 0x7e)
+        i++;
+    return i;
 }
 
 /* Python's int() of an ASCII token: 1 = a number (*out), 0 = int() raises (None),
@@ -378,7 +398,7 @@ static int parse_fields(Line *L, const char *s, Py_ssize_t n) {
     resrc.none = 1;
     L->nf = 0;
     while (i <= n) { /* inner.split(" "): empty tokens included */
-        Py_ssize_t te = find_byte(s, i, n, ' ');
+        Py_ssize_t te = space(s, i, n);
         te = te < 0 ? n : te;
         const char *tok = s + i;
         Py_ssize_t tl = te - i;
@@ -403,7 +423,7 @@ static int parse_fields(Line *L, const char *s, Py_ssize_t n) {
         if (quoted && (vl < 2 || tok[tl - 1] != '"')) { /* to the next token ending in '"' */
             Py_ssize_t end = n;
             while (i <= n) {
-                Py_ssize_t e = find_byte(s, i, n, ' ');
+                Py_ssize_t e = space(s, i, n);
                 e = e < 0 ? n : e;
                 Py_ssize_t from = i;
                 i = e + 1;
@@ -438,14 +458,11 @@ static int parse_fields(Line *L, const char *s, Py_ssize_t n) {
 
 /* parser.parse_tail of s[:n] (which starts with `):`) into L */
 static int read_tail(const char *s, Py_ssize_t n, Line *L) {
-    Py_ssize_t gs = -1, i;
-    for (i = 0; i < n; i++) { /* printable ASCII, and one 0x1D before the enrichment */
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c > 0x7e) {
-            if (c != 0x1d || gs >= 0)
-                return PYTHON;
-            gs = i;
-        }
+    Py_ssize_t gs = -1, i = 0;
+    while ((i = printable(s, i, n)) < n) { /* printable ASCII, and one 0x1D before the enrichment */
+        if (s[i] != 0x1d || gs >= 0)
+            return PYTHON;
+        gs = i++;
     }
     Py_ssize_t limit = gs >= 0 ? gs : n;
     Py_ssize_t start = find(s, 0, limit, "msg='", 5);
@@ -471,7 +488,7 @@ static int read_tail(const char *s, Py_ssize_t n, Line *L) {
     Py_ssize_t ol[MAX_OUTER + 1] = {0};
     Py_ssize_t nout = outer_ints.n;
     for (i = 2; i < start;) {
-        Py_ssize_t te = find_byte(s, i, start, ' ');
+        Py_ssize_t te = space(s, i, start);
         te = te < 0 ? start : te;
         const char *eq = memchr(s + i, '=', (size_t)(te - i));
         if (eq != NULL) {
@@ -494,7 +511,7 @@ static int read_tail(const char *s, Py_ssize_t n, Line *L) {
     /* enrichment: the first of each key=value, a value's quotes removed */
     L->ne = 0;
     for (i = gs + 1; gs >= 0 && i < n;) {
-        Py_ssize_t te = find_byte(s, i, n, ' ');
+        Py_ssize_t te = space(s, i, n);
         te = te < 0 ? n : te;
         const char *eq = memchr(s + i, '=', (size_t)(te - i));
         Py_ssize_t kl = eq == NULL ? 0 : eq - s - i;
@@ -536,9 +553,8 @@ static int read_header(const char *s, Py_ssize_t n, Line *L) {
     if (n - pos < 5 || memcmp(s + pos, "type=", 5) || close < 0 || close + 1 >= n ||
         s[close + 1] != ':')
         return PYTHON;
-    for (i = 0; i < close; i++)
-        if (s[i] < 0x20 || s[i] > 0x7e)
-            return PYTHON;
+    if (printable(s, 0, close) < close)
+        return PYTHON;
     L->tname = s + pos + 5;
     L->tlen = mark - pos - 5;
     if (L->tlen == 0 || memchr(L->tname, ' ', (size_t)L->tlen))
@@ -601,6 +617,7 @@ static int read_header(const char *s, Py_ssize_t n, Line *L) {
 /* ---- JSON (json.dumps with ensure_ascii, compact) ------------------------------------------ */
 
 static const char HEX[] = "0123456789abcdef";
+static char plain[256]; /* printable ASCII but '"' and '\\': JSON writes it as it is */
 
 static int put_u(Buf *b, unsigned c) {
     char u[6] = {'\\', 'u', HEX[c >> 12 & 15], HEX[c >> 8 & 15], HEX[c >> 4 & 15], HEX[c & 15]};
@@ -611,13 +628,24 @@ static int put_u(Buf *b, unsigned c) {
 static int put_string(Buf *b, const char *s, Py_ssize_t n) {
     if (reserve(b, 2 * n + 2) < 0)
         return -1;
-    b->data[b->len++] = '"';
+    char *d = b->data + b->len; /* a local pointer: the compiler keeps it in a register */
+    *d++ = '"';
     Py_ssize_t i = 0;
-    for (; i < n && s[i] >= 0x20 && s[i] <= 0x7e; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            b->data[b->len++] = '\\';
-        b->data[b->len++] = s[i];
+    while (i < n) { /* runs of plain bytes copied whole */
+        Py_ssize_t j = i;
+        while (j < n && plain[(unsigned char)s[j]])
+            j++;
+        memcpy(d, s + i, (size_t)(j - i));
+        d += j - i;
+        if (j == n || (s[j] != '"' && s[j] != '\\')) {
+            i = j;
+            break;
+        }
+        *d++ = '\\';
+        *d++ = s[j];
+        i = j + 1;
     }
+    b->len = d - b->data;
     if (i < n) { /* control or non-ASCII bytes: escape the decoded text */
         PyObject *text = PyUnicode_DecodeUTF8(s + i, n - i, "surrogateescape");
         if (text == NULL)
@@ -1018,4 +1046,8 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastparse(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastparse(void) {
+    for (int c = 0x20; c <= 0x7e; c++)
+        plain[c] = c != '"' && c != '\\';
+    return PyModule_Create(&module);
+}
