@@ -778,14 +778,11 @@ static PyObject *text(const char *s, Py_ssize_t n) {
 
 static PyObject *tail_of(Line *L);
 
-/* (start, stop, type name, type number, time, serial, node, tail, new): the line
- * buf[start:stop] read. tail is its decoded parser.Tail: `known` (what the caller's tails
- * hold for it), or made here from L; new is the tail's bytes when made here, else None. */
-static PyObject *head_of(Py_ssize_t start, Py_ssize_t stop, Line *L, PyObject *known,
-                         PyObject *raw) {
-    PyObject *items[9] = {
-        PyLong_FromSsize_t(start),
-        PyLong_FromSsize_t(stop),
+/* (type name, type number, time, serial, node, tail, new): a line read. tail is its
+ * decoded parser.Tail: `known` (what the caller's tails hold for it), or made here from L;
+ * new is the tail's bytes when made here, else None. */
+static PyObject *head_of(Line *L, PyObject *known, PyObject *raw) {
+    PyObject *items[7] = {
         L->type != NULL ? Py_NewRef(L->type->obj) : text(L->tname, L->tlen),
         L->type != NULL && L->type->num == L->type_id ? Py_NewRef(L->type->val)
                                                       : PyLong_FromLong(L->type_id),
@@ -795,11 +792,11 @@ static PyObject *head_of(Py_ssize_t start, Py_ssize_t stop, Line *L, PyObject *k
         known != NULL ? Py_NewRef(known) : tail_of(L),
         Py_NewRef(known != NULL ? Py_None : raw),
     };
-    PyObject *h = PyTuple_New(9);
-    for (int k = 0; k < 9; k++)
+    PyObject *h = PyTuple_New(7);
+    for (int k = 0; k < 7; k++)
         if (items[k] == NULL)
             Py_CLEAR(h);
-    for (int k = 0; k < 9; k++) {
+    for (int k = 0; k < 7; k++) {
         if (h != NULL)
             PyTuple_SET_ITEM(h, k, items[k]);
         else
@@ -1006,7 +1003,7 @@ static PyObject *region(PyObject *self, PyObject *args) {
             nrec++;
             rc = put_document(&run, L);
         } else if (rc == DONE) {
-            rc = append(items, head_of(ls, le, L, known, raw));
+            rc = append(items, head_of(L, known, raw));
         } else if (rc == PYTHON) {
             rc = flush(items, &run) < 0 ? -1 : append(items, Py_BuildValue("(nn)", ls, le));
         } else if (rc >= 0) {
