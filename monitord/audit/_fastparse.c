@@ -877,8 +877,9 @@ static int avx2(void) {
     return have;
 }
 
-/* the first start of a needle in [from, size): 32 starts at once, by each needle's first
- * and last byte, confirmed by memcmp; -1: none */
+/* the first start of a needle in [from, size): 32 starts at once, by each needle's middle
+ * and last byte (rarer in a log than its first: every line has `type=`), confirmed by
+ * memcmp; -1: none */
 __attribute__((target("avx2"))) static Py_ssize_t next_needle_avx2(const char *s,
                                                                   Py_ssize_t from,
                                                                   Py_ssize_t size) {
@@ -889,12 +890,13 @@ __attribute__((target("avx2"))) static Py_ssize_t next_needle_avx2(const char *s
         unsigned mask = 0;
         for (Py_ssize_t k = 0; k < needles.n; k++) {
             const Name *nd = &needles.v[k];
-            __m256i first = _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(s + i)),
-                                              _mm256_set1_epi8(nd->s[0]));
+            __m256i mid = _mm256_cmpeq_epi8(
+                _mm256_loadu_si256((const __m256i *)(s + i + nd->n / 2)),
+                _mm256_set1_epi8(nd->s[nd->n / 2]));
             __m256i last = _mm256_cmpeq_epi8(
                 _mm256_loadu_si256((const __m256i *)(s + i + nd->n - 1)),
                 _mm256_set1_epi8(nd->s[nd->n - 1]));
-            mask |= (unsigned)_mm256_movemask_epi8(_mm256_and_si256(first, last));
+            mask |= (unsigned)_mm256_movemask_epi8(_mm256_and_si256(mid, last));
         }
         for (; mask; mask &= mask - 1) {
             Py_ssize_t p = i + __builtin_ctz(mask);
