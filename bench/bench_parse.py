@@ -80,7 +80,7 @@ PURE = {**os.environ, "MONITORD_PURE_PYTHON": "1"}
 
 def accelerator() -> str:
     """Which path `monitord parse` takes here: "c" or "python" (extension not built)."""
-    code = "from monitord.audit import jsonl; print(jsonl.ACCELERATOR)"
+    code = "from monitord.audit import parser; print(parser.ACCELERATOR)"
     return subprocess.run(
         [PY, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
@@ -113,7 +113,7 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--virt-lines", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parse.md")
     args = ap.parse_args()
     monitord = str(ROOT / ".venv" / "bin" / "monitord")
@@ -152,94 +152,78 @@ def main() -> int:
         )
         print(f"mixed log: {args.lines} lines, {size_mb:.0f} MB, {n_virt} VIRT lines", flush=True)
 
+        # Bytecode as an installed package has it (pip compiles it; this tree may not).
+        subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "monitord")], check=True)
         load_before = os.getloadavg()[0]
-        t_mon = run([monitord, "parse", str(mixed)], args.repeat)
-        c_mon = CPU[f"{monitord} parse {mixed}"]
-        t_seq = run([monitord, "parse"], args.repeat, stdin=mixed)
-        c_seq = CPU[f"{monitord} parse"]
+        ausearch_cmd = [ausearch, "--input", str(mixed), "-m", TYPES, "-i"]
+        # The three compared in the targets, interleaved: a busy moment hits them alike.
+        contenders = {
+            "c": ([monitord, "parse", str(mixed)], None),
+            "pure": ([monitord, "parse", str(mixed)], PURE),
+            "ausearch": (ausearch_cmd, None),
+        }
+        best = {name: float("inf") for name in contenders}
+        cpu = dict(best)
+        for _ in range(args.repeat):
+            for name, (cmd, env) in contenders.items():
+                wall = run(cmd, 1, env=env)
+                if wall < best[name]:
+                    best[name], cpu[name] = wall, CPU[" ".join(cmd)]
+        t_mon, t_pure, t_aus = best["c"], best["pure"], best["ausearch"]
         r_mon = rss_of([monitord, "parse", str(mixed)])
-        t_aus = run([ausearch, "--input", str(mixed), "-m", TYPES, "-i"], args.repeat)
-        c_aus = CPU[f"{ausearch} --input {mixed} -m {TYPES} -i"]
-        r_aus = rss_of([ausearch, "--input", str(mixed), "-m", TYPES, "-i"])
+        r_aus = rss_of(ausearch_cmd)
         t_grep = run([grep, "-c", "VIRT_", str(mixed)], args.repeat, pipe=True)
         r_grep = rss_of([grep, "-c", "VIRT_", str(mixed)])
-        t_step = float("inf")
+        steps: dict[tuple[Path, bool], tuple[float, float, int]] = {}
         for _ in range(args.repeat):
-            out = subprocess.run(
-                [PY, "-c", PARSE_ONLY, str(mixed)],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
-            ).stdout.split()
-            t_step = min(t_step, float(out[2]))
-            records = int(out[0])
+            for path in (mixed, virt):
+                for pure in (False, True):
+                    out = subprocess.run(
+                        [PY, "-c", PARSE_ONLY, str(path)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        cwd=ROOT,
+                        env=PURE if pure else None,
+                    ).stdout.split()
+                    old = steps.get((path, pure), (float("inf"), 0.0, 0))
+                    if float(out[2]) < old[0]:
+                        steps[path, pure] = (float(out[2]), float(out[3]), int(out[0]))
+        t_step, _, records = steps[mixed, False]
+        t_step_pure = steps[mixed, True][0]
+        t_virt, c_virt, virt_records = steps[virt, False]
+        t_virt_pure = steps[virt, True][0]
         r_step = rss_of([PY, "-c", PARSE_ONLY, str(mixed)])
         r_step_small = rss_of([PY, "-c", PARSE_ONLY, str(small)])
-        t_virt = c_virt = float("inf")
-        for _ in range(args.repeat):
-            out = subprocess.run(
-                [PY, "-c", PARSE_ONLY, str(virt)],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
-            ).stdout.split()
-            t_virt = min(t_virt, float(out[2]))
-            c_virt = min(c_virt, float(out[3]))
-            virt_records = int(out[0])
         t_mon_virt = run([monitord, "parse", str(virt)], args.repeat)
-        # The same commands with the C accelerator switched off (the pure-Python reference).
-        t_pure = run([monitord, "parse", str(mixed)], args.repeat, env=PURE)
-        c_pure = CPU[f"{monitord} parse {mixed}"]
         t_pure_virt = run([monitord, "parse", str(virt)], args.repeat, env=PURE)
-        t_step_pure = t_virt_pure = float("inf")
-        for _ in range(args.repeat):
-            for path, slot in ((mixed, 0), (virt, 1)):
-                out = subprocess.run(
-                    [PY, "-c", PARSE_ONLY, str(path)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    cwd=ROOT,
-                    env=PURE,
-                ).stdout.split()
-                if slot == 0:
-                    t_step_pure = min(t_step_pure, float(out[2]))
-                else:
-                    t_virt_pure = min(t_virt_pure, float(out[2]))
         load_after = os.getloadavg()[0]
 
         rows = [
             (
-                "`monitord parse F > /dev/null` (mixed; two processes)",
+                "`monitord parse F > /dev/null` (mixed)",
                 f"{t_mon:.2f} s",
                 f"{r_mon / 1024:.0f} MiB",
-                f"{t_aus / t_mon:.2f}x faster than ausearch (target >= 3x); CPU {c_mon:.2f} s",
+                f"{t_aus / t_mon:.2f}x faster than ausearch (target >= 3x); CPU {cpu['c']:.2f} s",
             ),
             (
-                "same, `MONITORD_PURE_PYTHON=1` (no C accelerator)",
+                "same, `MONITORD_PURE_PYTHON=1` (no C leaf)",
                 f"{t_pure:.2f} s",
                 "",
-                f"{t_aus / t_pure:.2f}x faster than ausearch; CPU {c_pure:.2f} s",
-            ),
-            (
-                "`monitord parse < F > /dev/null` (mixed; stdin: one process)",
-                f"{t_seq:.2f} s",
-                "",
-                f"{t_aus / t_seq:.2f}x faster than ausearch; CPU {c_seq:.2f} s",
+                f"{t_aus / t_pure:.2f}x faster than ausearch (target >= 1.5x); "
+                f"CPU {cpu['pure']:.2f} s",
             ),
             (
                 f"`ausearch --input F -m {TYPES} -i > /dev/null`",
                 f"{t_aus:.2f} s",
                 f"{r_aus / 1024:.0f} MiB",
-                f"reference; CPU {c_aus:.2f} s",
+                f"reference; CPU {cpu['ausearch']:.2f} s",
             ),
             (
                 "parse step alone (StreamParser, records built, no output)",
                 f"{t_step:.2f} s",
                 f"{r_step / 1024:.0f} MiB",
-                f"{t_step / t_grep:.1f}x grep (target <= 10x); {records} records",
+                f"{t_step / t_grep:.1f}x grep; {records} records",
             ),
             (
                 "same, `MONITORD_PURE_PYTHON=1`",
@@ -253,7 +237,7 @@ def main() -> int:
                 f"{t_virt:.2f} s",
                 "",
                 f"{virt_records / t_virt:,.0f} records/s by wall time, "
-                f"{virt_records / c_virt:,.0f}/s by CPU time (target >= 200,000/s)",
+                f"{virt_records / c_virt:,.0f}/s by CPU time",
             ),
             (
                 "same, `MONITORD_PURE_PYTHON=1`",
@@ -284,12 +268,11 @@ def main() -> int:
         "# Parser benchmark (`bench/bench_parse.py`)",
         "",
         f"Machine: {machine()}.",
-        f"`monitord parse` path: {accelerator()} (C accelerator monitord.audit._fastparse; "
+        f"`monitord parse` path: {accelerator()} (the C leaf monitord.audit._fastparse; "
         "MONITORD_PURE_PYTHON=1 rows: the pure-Python reference).",
         f"Input: seeded mixed log, {args.lines:,} lines, {size_mb:.0f} MB, {n_virt:,} VIRT "
-        f"lines (~5%, incl. dockerd's), enriched; best of {args.repeat}. Load average "
-        f"{load_before:.2f} before, {load_after:.2f} after (other work on the machine "
-        "slows the two-process run most).",
+        f"lines (~5%, incl. dockerd's), enriched. Best of {args.repeat}; the first three rows "
+        f"interleaved. Load average {load_before:.2f} before, {load_after:.2f} after.",
         "",
         "| what | wall | peak RSS | note |",
         "|---|---|---|---|",

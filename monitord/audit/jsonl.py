@@ -91,13 +91,8 @@ class JsonLines:
         self._lines.put(key, made)  # type: ignore[arg-type]
         return made % head[2:4]  # type: ignore[index,operator]
 
-    def head(self, head: Sequence[Any]) -> bytes | Ignored:
-        """The JSON line of a line whose header was read (`head` ends with its Head)."""
-        made = self._template(head)
-        return made if type(made) is Ignored else made % (head[-4], head[-3])  # type: ignore[operator]
-
     def _template(self, head: Sequence[Any]) -> bytes | Ignored:
-        tname, type_id, _, _, node, tail = head[-6:]
+        tname, type_id, _, _, node, tail = head
         rest = self._rests.get(tail)
         if rest is None:
             decoded = self._records.decoded(tail)  # raises ParseError
@@ -147,4 +142,4 @@ class JsonLines:
 def json_reader(fast: ModuleType | None = ACCELERATOR_MODULE) -> Reader[bytes]:
     """Candidate lines -> JSON lines, through `fast` (the C leaf; None: pure Python)."""
     lines = JsonLines(RecordLines())
-    return Reader(lines.line, lines.head, region_reader(fast, None))
+    return Reader(lines.line, None, region_reader(fast, None))

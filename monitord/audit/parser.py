@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
@@ -361,11 +361,18 @@ class RecordLines:
         return decoded
 
     def head(self, item: Sequence[Any]) -> AuditRecord | Ignored:
-        """The record of a line the C leaf read: (start, stop, *Head without the tail's bytes,
-        its decoded tail, the tail's bytes if new to `tails`)."""
-        if item[8] is not None:
-            self.tails.put(item[8], item[7])
-        return self._record(item[2], item[3], item[4], item[5], item[6], item[7])
+        """The record of a line the C leaf read: (*Head without the tail's bytes, its decoded
+        tail, the tail's bytes if new to `tails`)."""
+        decoded = item[5]
+        if item[6] is not None:
+            self.tails.put(item[6], decoded)
+        if type(decoded) is Ignored:
+            return decoded
+        pid, uid, auid, ses, subj, fields, enrichment = decoded  # _record's, without its call
+        return make_record(
+            item[0], item[1], item[2], item[3], item[4], pid, uid, auid, ses, subj,
+            fields.copy(), enrichment.copy(),
+        )  # fmt: skip
 
     @staticmethod
     def _record(
@@ -376,19 +383,9 @@ class RecordLines:
         pid, uid, auid, ses, subj, fields, enrichment = decoded
         # Each record owns its dicts: the cached ones are never handed out.
         return make_record(
-            tname,
-            type_id,
-            time,
-            serial,
-            node,
-            pid,
-            uid,
-            auid,
-            ses,
-            subj,
-            fields.copy(),
-            enrichment.copy(),
-        )
+            tname, type_id, time, serial, node, pid, uid, auid, ses, subj,
+            fields.copy(), enrichment.copy(),
+        )  # fmt: skip
 
 
 # ---- the header: `[node=NAME ]type=TYPE msg=audit(SECONDS.MMM:SERIAL)` ------------------------
@@ -579,12 +576,13 @@ RegionReader = Callable[[bytes | bytearray, int, int, int], Region]
 class Reader(Generic[_T]):
     """What StreamParser makes of the candidate lines.
 
-    `line` reads one line (an `_T`, an `Ignored`, or ParseError raised), `head` a line whose
-    Head the C leaf read; `region` (the C leaf, None for pure Python) reads whole regions.
+    `line` reads one line (an `_T`, an `Ignored`, or ParseError raised); `region` (the C
+    leaf, None for pure Python) reads whole regions, and `head` makes an `_T` of a line it
+    read (None: its region makes runs of `_T` bytes instead).
     """
 
     line: Callable[[bytes], _T | Ignored]
-    head: Callable[[Sequence[Any]], _T | Ignored]
+    head: Callable[[Sequence[Any]], _T | Ignored] | None
     region: RegionReader | None = None
 
 
@@ -654,11 +652,6 @@ class StreamParser(Generic[_T]):
         self.on_error = on_error
         self._partial = b""
         self._discarding = False
-
-    @property
-    def accelerated(self) -> bool:
-        """True when the C leaf reads the common lines."""
-        return self.reader.region is not None
 
     @property
     def pending(self) -> int:
@@ -755,17 +748,17 @@ class StreamParser(Generic[_T]):
                 out.append(item)
                 runs += 1
                 continue
-            first, stop = item[0], item[1]
-            try:
-                if len(item) > 2:  # a line the C leaf read
-                    outcome = head(item)
-                elif stop - first <= max_len:
+            if len(item) > 2:  # a line the C leaf read (and found no fault in)
+                outcome = head(item)  # type: ignore[misc]
+            else:
+                first, stop = item
+                try:
+                    if stop - first > max_len:
+                        raise ParseError("line_too_long", f"{stop - first} bytes")
                     outcome = line(bytes(buf[first:stop]))
-                else:
-                    raise ParseError("line_too_long", f"{stop - first} bytes")
-            except ParseError as err:
-                self._error(err, bytes(buf[first:stop]))
-                continue
+                except ParseError as err:
+                    self._error(err, bytes(buf[first:stop]))
+                    continue
             if type(outcome) is Ignored:
                 ignored[outcome.reason] += 1
             else:
@@ -795,13 +788,3 @@ ACCELERATOR_MODULE: Final = _load_accelerator()
 _RECORDS: Final = RecordLines()
 # Which path the parser takes: "c" (the C leaf, Python for unusual lines) or "python".
 ACCELERATOR: Final = "c" if ACCELERATOR_MODULE is not None else "python"
-
-
-def iter_records(
-    chunks: Iterator[bytes] | list[bytes], parser: StreamParser[AuditRecord] | None = None
-) -> Iterator[AuditRecord]:
-    """Parse a finished stream of chunks, the last line included even without newline."""
-    p: StreamParser[AuditRecord] = parser if parser is not None else StreamParser()
-    for chunk in chunks:
-        yield from p.feed(chunk)
-    yield from p.finish()

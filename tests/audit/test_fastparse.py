@@ -16,6 +16,7 @@ import importlib.util
 import os
 import random
 import subprocess
+import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -103,7 +104,7 @@ def readers(fast: ModuleType | None, json: bool) -> Reader[Any]:
     records = RecordLines()
     if json:
         lines = JsonLines(records)
-        return Reader(lines.line, lines.head, region_reader(fast, None))
+        return Reader(lines.line, None, region_reader(fast, None))
     return Reader(records.line, records.head, region_reader(fast, records.tails))
 
 
@@ -139,9 +140,9 @@ def check_line(fast: ModuleType, line: bytes) -> bool:
     assert isinstance(head, tuple)
     decoded = parse_tail(head[5].decode("utf-8", "surrogateescape"))
     heads = fast.region(buf, 0, len(buf), 64 * 1024, {})[5]
-    assert heads == [(0, len(line), *head[:5], decoded, head[5])], line
+    assert heads == [(*head[:5], decoded, head[5])], line
     known = {head[5]: "known"}  # a tail the caller has: given back, not decoded again
-    assert fast.region(buf, 0, len(buf), 64 * 1024, known)[5][0][7:] == ("known", None)
+    assert fast.region(buf, 0, len(buf), 64 * 1024, known)[5][0][5:] == ("known", None)
     assert known == {head[5]: "known"}  # read only
     return True
 
@@ -506,6 +507,27 @@ def test_setup_refuses_incomplete_tables(fast: ModuleType) -> None:
     finally:
         fast.setup(TABLES)
     assert fast.tables() is TABLES
+
+
+def test_pure_python_switch_and_cli(tmp_path: Path) -> None:
+    """MONITORD_PURE_PYTHON=1 turns the leaf off; `monitord parse` prints the same bytes and
+    messages either way."""
+    if parser.ACCELERATOR_MODULE is None:
+        missing("the C leaf is not built (or MONITORD_PURE_PYTHON is set)")
+    log = tmp_path / "edge.log"
+    log.write_bytes(b"\n".join(edge_lines()) + b"\n" + b"".join(simulate.mixed_log(4, 5000)))
+    runs = []
+    for pure, path in (("", "c"), ("1", "python")):
+        env = {**os.environ, "MONITORD_PURE_PYTHON": pure}
+        code = "import sys; from monitord.commands.cli import main; sys.exit(main())"
+        version = subprocess.run(
+            [sys.executable, "-c", code, "--version"], capture_output=True, env=env, check=True
+        )
+        assert version.stdout.rstrip().endswith(f"(parser: {path})".encode())
+        parse = [sys.executable, "-c", code, "parse", str(log)]
+        runs.append(subprocess.run(parse, capture_output=True, env=env, cwd=ROOT, check=True))
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout
+    assert runs[0].stderr == runs[1].stderr and b"bad_uuid" in runs[0].stderr
 
 
 # ---- the daemon, with and without the leaf ----------------------------------------------------

@@ -33,12 +33,18 @@ from monitord.audit.parser import (
     PARSE_ERROR_REASONS,
     RecordLines,
     candidate_spans,
-    iter_records,
 )
 from monitord.audit.record import DOCUMENT_KEYS
 from tests.conftest import DATA, SAMPLES
 
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def iter_records(chunks: list[bytes]) -> list[AuditRecord]:
+    parser = StreamParser()
+    return [r for chunk in chunks for r in parser.feed(chunk)] + parser.finish()
+
+
 U = "c857b1ce-7157-4be5-ae36-29cf22a62ec8"
 HDR = "pid=1349 uid=0 auid=4294967295 ses=4294967295"
 TAIL = 'exe="/usr/sbin/libvirtd" hostname=? addr=? terminal=? res=success'
