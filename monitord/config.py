@@ -47,12 +47,12 @@ class SourceConfig:
 class StateConfig:
     dir: str = "/var/lib/monitord"
     # Commits to the state store (position, changed guests, counters, alerts, history).
-    checkpoint_interval: float = 5.0
+    checkpoint_interval: float = 1.0
     max_guests: int = 10_000
     forget_stopped_after: float = 7 * 86400.0
     # Distinct values kept per open-ended label (op, reason, resrc, model) before `other`.
     max_label_values: int = 100
-    # Records kept per guest for /api/v1/guests/{uuid} `events`.
+    # Events (from the history) in /api/v1/guests/{uuid} without `?events=N`.
     max_events: int = 50
     # How often the processes of this host's running guests are checked (a guest whose
     # QEMU died while libvirtd was down never gets a stop record).

@@ -1,9 +1,11 @@
 """`monitord run`: wire source -> parser -> state -> exporters/alerts, and run the loop.
 
 This module is the composition root: it builds each stage once, registers the
-stages' own metrics with the exporter, restores the checkpoint into them, and
-runs the loop. One thread ingests (source, parser, guest table, alert hand-off,
-checkpoint); the HTTP server and alert deliveries run in their own threads.
+stages' own metrics with the exporter, loads the state store into them, and
+runs the loop. One thread ingests (source, parser, guest table, alert hand-off)
+and hands what changed to the store's commit thread every
+`state.checkpoint_interval`; the HTTP server and alert deliveries run in their
+own threads.
 The loop sleeps in the source's poll until data arrives or a timer of the
 scheduler is due. Signal handlers only set flags and wake the loop through a
 pipe; the loop acts on them.
@@ -19,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
@@ -27,11 +28,12 @@ from monitord import __version__, privileges
 from monitord.alerts import AlertEngine, Identity
 from monitord.audit.parser import ParseError
 from monitord.config import Config, load_run_config
-from monitord.errors import ConfigError, RuntimeFailure
+from monitord.errors import ConfigError
 from monitord.logsetup import RateLimitedLog, setup_logging
 from monitord.notify import Notifier
 from monitord.pipeline import Pipeline
 from monitord.scheduler import Scheduler
+from monitord.serve import api
 from monitord.serve.exporter import make_registry
 from monitord.serve.server import WebServer
 from monitord.sources.audisp import AudispSource
@@ -39,7 +41,8 @@ from monitord.sources.base import Health, Source
 from monitord.sources.counters import SourceCounters
 from monitord.sources.file import FileSource, check_log_path
 from monitord.state import liveness
-from monitord.state.checkpoint import BackgroundSave, CheckpointStore
+from monitord.state.metrics import StoreCollector
+from monitord.state.store import CommitThread, Loaded, Store
 from monitord.state.table import GuestTable
 
 log = logging.getLogger("monitord")
@@ -47,7 +50,8 @@ log = logging.getLogger("monitord")
 EXPIRE_EVERY: Final = 60.0
 STATUS_EVERY: Final = 5.0
 STALL_AFTER: Final = 30.0
-BUSY_RETRY: Final = 0.1  # the previous background checkpoint is still being written
+BUSY_RETRY: Final = 0.05  # the previous commit is still being written
+COMMIT_WAIT: Final = 30.0  # at shutdown, for the commit in progress
 # The scheduler's tasks.
 CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG, RESCAN, PROCESSES = (
     "checkpoint", "alerts", "reload", "expire", "status", "watchdog", "rescan", "processes",
@@ -80,18 +84,18 @@ class Daemon:
         self.notifier = notifier if notifier is not None else Notifier()
         self.flags = Flags()
         self.source_factory = source_factory
-        # The stages, each built once: restoring a checkpoint loads into them, never
-        # replaces them, so whoever holds one (the exporter, the pipeline) keeps the live one.
+        # The stages, each built once: loading saved state fills them, never replaces
+        # them, so whoever holds one (the exporter, the pipeline) keeps the live one.
         self.table = (
             table
             if table is not None
             else GuestTable(config.state, clock=clock, host=config.identity.host)
         )
-        self.store = CheckpointStore(config.state.dir, clock)
-        self._background = BackgroundSave(self.store, clock)
+        self.store: Store | None = None  # opened by run()
+        self._commits: CommitThread | None = None
         self.source_counters = SourceCounters(config.source.kind)
         self.alerts = AlertEngine(config.alerts, Identity.from_config(config), clock=clock)
-        self.pipeline = Pipeline(self.table, self.alerts, clock=clock)
+        self.pipeline = Pipeline(self.table, self.alerts, clock=clock, keep_applied=True)
         self.scheduler = Scheduler()
         self.source: Source | None = None
         self.web: WebServer | None = None
@@ -124,105 +128,117 @@ class Daemon:
         source: Source = JournalSource(config.source, counters, self._on_parse_error)
         return source
 
-    def _restore(self) -> dict[str, Any] | None:
-        """Load the checkpoint into state, counters and alerts; return the source position."""
+    def _open_store(self) -> dict[str, Any] | None:
+        """Open the state store, load it into the stages; return the source position."""
+        state = self.config.state
+        self.store, loaded = Store.open(
+            state.dir,
+            retention=state.history_retention,
+            max_bytes=state.history_max_bytes,
+            grace=state.grace,
+            clock=self.clock,
+        )
         if self.config.source.start != "checkpoint":
+            # The saved state is replaced by what this run reads; the history stays.
+            self.store.needs_full_state = True
             return None
-        doc = self.store.load()
-        if doc is None:
-            log.info("no checkpoint in %s: building state from the log's start", self.store.dir)
+        if loaded.origin == "fresh":
+            log.info("no saved state in %s: building state from the log's start", state.dir)
             return None
         try:
-            telemetry = doc.get("telemetry") or {}
-            if not isinstance(telemetry, Mapping):
-                raise TypeError(f"telemetry is {type(telemetry).__name__}, not an object")
-            self.table.restore(doc["state"])
-            self.source_counters.restore(telemetry)
-            self.pipeline.restore(telemetry)
-            self.store.counters.restore(telemetry, saved_at=doc.get("saved_at"))
-            self.alerts.counters.restore(telemetry)
-            if doc.get("alerts"):
-                self.alerts.restore(doc["alerts"])
+            self._load(loaded)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            log.error("checkpoint %s does not fit (%s); starting fresh", self.store.path, err)
+            self.store.reject(str(err))
             self._start_fresh()
             return None
-        source_doc = doc.get("source") or {}
-        if source_doc.get("kind") != self.config.source.kind:
+        log.info(
+            "state loaded from %s: %d guests, saved at %s",
+            loaded.origin, self.table.guests_tracked,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loaded.saved_at or 0)),
+        )  # fmt: skip
+        if loaded.source_kind != self.config.source.kind:
             log.warning(
-                "checkpoint was written for source %r; keeping its state, reading %r afresh",
-                source_doc.get("kind"),
+                "the state was saved reading source %r; keeping it, reading %r afresh",
+                loaded.source_kind,
                 self.config.source.kind,
             )
             return None
-        position = source_doc.get("position")
-        return position if isinstance(position, dict) else None
+        return loaded.position
+
+    def _load(self, loaded: Loaded) -> None:
+        """Fill every stage from what the store loaded; ValueError and the like if it does
+        not fit (the caller empties the stages again)."""
+        assert self.store is not None
+        telemetry = loaded.counters.get("telemetry") or {}
+        if not isinstance(telemetry, Mapping):
+            raise TypeError(f"telemetry is {type(telemetry).__name__}, not an object")
+        # Saved by the store, so not changed: the first commit writes only what is new.
+        self.table.restore({**loaded.meta, "guests": list(loaded.guests)}, saved=True)
+        self.source_counters.restore(telemetry)
+        self.pipeline.restore(telemetry)
+        self.store.restore_counters(telemetry)
+        self.alerts.counters.restore(telemetry)
+        if loaded.alerts:
+            self.alerts.restore(loaded.alerts)
 
     def _start_fresh(self) -> None:
-        """Empty every stage a partial restore may have filled (in place: others hold them)."""
+        """Empty every stage a partial load may have filled (in place: others hold them)."""
         self.table.restore({})
         self.source_counters.restore({})
         self.pipeline.restore({})
-        self.store.counters.restore({})
         self.alerts.counters.restore({})
 
     def _telemetry_doc(self) -> dict[str, Any]:
-        """The checkpoint's `telemetry` object: each stage's counters, flat (format 1)."""
+        """Each stage's counters, flat: the store's `counters:telemetry` row."""
+        assert self.store is not None
         return {
             **self.source_counters.to_json(),
             **self.pipeline.to_json(),
-            **self.store.counters.to_json(),
+            **self.store.counters_json(),
             **self.alerts.counters.to_json(),
         }
 
-    def _checkpoint_doc(self) -> dict[str, Any]:
+    def _commit_batch(self) -> dict[str, Any]:
+        """Everything that changed since the last commit, with the position it ends at.
+
+        Taken in one go between two polls of the source: position, guests, counters,
+        alerts and history describe the same instant, so a restart from this commit
+        reads on from exactly where its state ends.
+        """
+        assert self.store is not None
         source = self.source
+        full = self.store.needs_full_state
+        upserted, deleted = self.table.take_changes(everything=full)
         return {
-            "source": {
-                "kind": self.config.source.kind,
-                "position": source.position() if source is not None else None,
-            },
-            "state": self.table.to_json(),
-            "telemetry": self._telemetry_doc(),
+            "source_kind": self.config.source.kind,
+            "position": source.position() if source is not None else None,
+            "upserted": upserted,
+            "deleted": deleted,
+            "meta": self.table.meta_json(),
+            "counters": {"telemetry": self._telemetry_doc()},
             "alerts": self.alerts.to_json(),
+            "events": self.pipeline.take_applied(),
+            "full": full,
         }
 
-    def checkpoint(self) -> None:
-        """Save position and state together, now, in this thread (start-up and shutdown)."""
-        self._background.wait()
-        try:
-            self.store.save(self._checkpoint_doc())
-        except OSError as err:
-            log.error("cannot write checkpoint %s: %s", self.store.path, err.strerror)
-            return
+    def commit_now(self) -> None:
+        """Save everything, now, in this thread (shutdown, reload)."""
+        if self._commits is not None:
+            self._commits.wait(COMMIT_WAIT)
+        assert self.store is not None
+        self.store.commit(**self._commit_batch())
         self._dirty = False
 
-    def checkpoint_in_background(self) -> bool:
-        """Snapshot by fork(): the child serialises and writes while ingestion goes on.
-
-        Serialising 10,000 guests takes seconds; a forked child sees a copy-on-write
-        image of the state and the position at one instant, so the ingestion thread
-        pauses only for the fork. Returns False while the previous one still runs.
-        """
-        started = self._background.start(self._checkpoint_doc, self._in_child)
-        if started:
-            self._dirty = False
-        return started
-
-    def _in_child(self) -> None:
-        # Only the forking thread lives on in the child: locks other threads held are void.
-        self.table.after_fork()
-        self.alerts.after_fork()
-        # The child may outlive a killed daemon while it writes: it must not keep the
-        # listening socket, or the restarted daemon cannot bind its port.
-        if self.web is not None:
-            self.web.release_listener()
-
-    def _reap_checkpoint(self) -> None:
-        outcome = self._background.poll()
-        if outcome is not None and not outcome[0]:
-            self._mark_dirty()  # try again at the next interval
-            log.error("the background checkpoint failed (see the error above); will retry")
+    def _commit_in_background(self) -> bool:
+        """Hand what changed to the commit thread; False while the previous one runs."""
+        commits = self._commits
+        assert commits is not None
+        if commits.busy:
+            return False
+        ok = commits.submit(**self._commit_batch())
+        assert ok, "only this thread submits, and the commit thread was idle"
+        self._dirty = False
+        return True
 
     def health(self) -> tuple[bool, str]:
         """What /healthz says: the source's health, and whether the loop is alive."""
@@ -233,6 +249,8 @@ class Daemon:
         stalled = time.monotonic() - self._last_loop
         if stalled > STALL_AFTER:
             return False, f"ingestion loop made no progress for {stalled:.0f} s"
+        if self.store is not None:
+            return self.store.healthy()
         return True, "ok"
 
     def _install_signals(self) -> None:
@@ -245,8 +263,6 @@ class Daemon:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, on_reload)
-        # A handler (doing nothing) makes a finished checkpoint child wake the loop to be reaped.
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     def _install_stop_signals(self) -> None:
@@ -262,12 +278,15 @@ class Daemon:
         config = self.config
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
-        position = self._restore()
+        position = self._open_store()
+        assert self.store is not None
+        self._commits = CommitThread(self.store)
         self.source = self._make_source(config)
         self.source.open(position)
-        stages = (self.source_counters, self.pipeline, self.store.counters, self.alerts)
+        stages = (self.source_counters, self.pipeline, StoreCollector(self.store), self.alerts)
         registry = make_registry(self.table, __version__, stages)
-        self.web = WebServer(config.http, registry, self.table, self.health)
+        history = api.History(self.store.history, config.identity.host, config.state.max_events)
+        self.web = WebServer(config.http, registry, self.table, self.health, history)
         if privileges.plugin_serves_http(config, self.overrides):
             self.web.start()
         # auditd starts the plugin as root: with stdin, state and listener open, become the
@@ -332,7 +351,6 @@ class Daemon:
             if source.take_switch():
                 self._mark_dirty()
                 sched.schedule(CHECKPOINT)  # checkpoint at once on rotation
-            self._reap_checkpoint()
             if self.flags.reload:
                 self.flags.reload = False
                 sched.schedule(RELOAD)
@@ -353,7 +371,7 @@ class Daemon:
             sched.schedule_at(CHECKPOINT, 0.0 if last is None else last + interval)
 
     def _checkpoint_task(self) -> None:
-        if self._dirty and not self.checkpoint_in_background():
+        if self._dirty and not self._commit_in_background():
             self.scheduler.schedule(CHECKPOINT, BUSY_RETRY)
 
     def _arm_alerts(self) -> None:
@@ -430,14 +448,13 @@ class Daemon:
             # A second reader on auditd's pipe would split the stream between two queues.
             log.warning("source settings of the audisp plugin change on restart only")
         elif new.source != old.source:
-            # Save where we are, then reopen the (new) source at that checkpoint.
-            self.checkpoint()
+            # Save where we are, then reopen the (new) source there.
+            self.commit_now()
             assert self.source is not None
-            self.source.close()
             position = None
             if new.source.kind == old.source.kind and new.source.path == old.source.path:
-                doc = self.store.load()
-                position = ((doc or {}).get("source") or {}).get("position")
+                position = self.source.position()
+            self.source.close()
             self.source_counters.kind = new.source.kind
             self.source = self._make_source(new)
             self.source.open(position)
@@ -448,13 +465,17 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        self.checkpoint()
+        self.commit_now()
         self.alerts.close(self.config.alerts.drain_timeout)
-        self.checkpoint()  # alerts delivered during the drain are no longer pending
+        self.commit_now()  # alerts delivered during the drain are no longer pending
+        if self._commits is not None:
+            self._commits.close(COMMIT_WAIT)
         if self.web is not None:
             self.web.stop()
         if self.source is not None:
             self.source.close()
+        if self.store is not None:
+            self.store.close()
         stats = self.source_counters.parse
         log.info(
             "stopped: %d lines, %d libvirt records, %d malformed, %d guests tracked",
@@ -473,12 +494,7 @@ def main(args: argparse.Namespace) -> int:
     if config.source.kind == "file":
         check_log_path(config.source.path)  # a FIFO, a symlink, ...: exit 2, not a hang
     setup_logging(config.logging, plugin=config.source.kind == "audisp")
-    state_dir = Path(config.state.dir)
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RuntimeFailure(f"cannot create state directory {state_dir}: {err.strerror}") from None
-    if not os.access(state_dir, os.W_OK):
-        raise RuntimeFailure(f"state directory {state_dir} is not writable")
+    # A state directory that cannot be written does not stop the daemon: the store runs
+    # from memory, retries, and /healthz says why after state.commit_grace.
     daemon = Daemon(config, overrides=args)
     return daemon.run()

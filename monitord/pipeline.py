@@ -1,7 +1,9 @@
 """Apply parsed records to the guest table and the alert engine, in log order.
 
 The pipeline also owns what it measures on the way: the newest record time
-and how late live records arrive (its self-metrics, saved with the checkpoint).
+and how late live records arrive (its self-metrics, saved with the state), and
+keeps the records applied since the state store's last commit, which become
+the history (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -84,12 +86,15 @@ class Pipeline:
         table: RecordConsumer,
         alerts: AlertObserver | None = None,
         clock: Callable[[], float] = time.time,
+        keep_applied: bool = False,
     ) -> None:
         self.table = table
         self.alerts = alerts
         self.clock = clock
         self.last_record_time: float | None = None  # record time, not arrival time
         self.lag = Histogram()
+        # The records applied since take_applied(), when a store wants them as history.
+        self._applied: list[AuditRecord] | None = [] if keep_applied else None
 
     def apply(self, records: Sequence[AuditRecord], live: bool) -> None:
         """Apply records in order; lag is observed only for live records (old ones are not late)."""
@@ -101,6 +106,8 @@ class Pipeline:
         last = self.last_record_time
         # The table takes its lock once per batch, not once per record.
         self.table.apply_many(records)
+        if self._applied is not None:
+            self._applied.extend(records)
         for record in records:
             if alerts is not None:
                 alerts.observe(record, live)
@@ -110,7 +117,14 @@ class Pipeline:
                 lag.observe(max(0.0, now - record.time))
         self.last_record_time = last
 
-    # -- self-metrics and checkpoint ----------------------------------------------------
+    def take_applied(self) -> list[AuditRecord]:
+        """The records applied since the last call, in order (empty unless keep_applied)."""
+        if not self._applied:
+            return []
+        applied, self._applied = self._applied, []
+        return applied
+
+    # -- self-metrics and saved state ---------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
         """Yield the newest record time and the lag histogram."""

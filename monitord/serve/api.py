@@ -48,6 +48,8 @@ class History:
 
     reader: HistoryReader
     host: str | None = None
+    # How many events a guest's document carries without `?events=N` (state.max_events).
+    default_events: int = DEFAULT_EVENTS
 
     @property
     def host_name(self) -> str:
@@ -133,7 +135,8 @@ def guest_answer(uuid: str, query: str, lookup: GuestLookup, history: History | 
         return error(400, f"not a UUID: {uuid[:64]!r}")
     try:
         p = _params(query, GUEST_PARAMS)
-        n = _count(p, "events", DEFAULT_EVENTS, MAX_LIMIT)
+        default = min(history.default_events, MAX_LIMIT) if history else DEFAULT_EVENTS
+        n = _count(p, "events", default, MAX_LIMIT)
     except QueryError as err:
         return error(400, str(err))
     node = p.get("node")
@@ -142,7 +145,7 @@ def guest_answer(uuid: str, query: str, lookup: GuestLookup, history: History | 
         where = f" on node {node}" if node else ""
         return error(404, f"no guest with UUID {uuid}{where} is tracked")
     if history is None:
-        return 200, doc  # no store: whatever the table keeps
+        return 200, {**doc, "events": []}  # no store, no history
     if node is None and "node" in doc:
         node = doc["node"] or ""
     try:

@@ -1,11 +1,12 @@
 """The state store's own metrics, read from `Store.stats()` at scrape time.
 
-Beside the existing `monitord_checkpoint_timestamp_seconds` and
-`monitord_checkpoint_errors_total` (which the daemon feeds from the same
-stats), these families describe the store:
+A commit is what the interface calls a checkpoint: position and state saved
+together. The families:
 
 | metric | type | labels |
 |---|---|---|
+| `monitord_checkpoint_timestamp_seconds` | gauge (the last successful commit) | |
+| `monitord_checkpoint_errors_total` | counter (commits that failed) | |
 | `monitord_state_set_aside_total` | counter | `reason` (see below) |
 | `monitord_state_store_bytes` | gauge | |
 | `monitord_state_commit_duration_seconds` | gauge (the last commit) | |
@@ -36,6 +37,18 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self.store.stats()
+        when = GaugeMetricFamily(
+            "monitord_checkpoint_timestamp_seconds",
+            "When the state was last saved (Unix seconds): a commit to the state store.",
+        )
+        if stats.last_commit is not None:
+            when.add_metric([], stats.last_commit)
+        yield when
+        yield CounterMetricFamily(
+            "monitord_checkpoint_errors_total",
+            "Commits to the state store that failed (each is retried at the next one).",
+            value=stats.commit_errors,
+        )
         set_aside = CounterMetricFamily(
             "monitord_state_set_aside_total",
             "State files set aside (renamed) because they could not be trusted, by reason.",

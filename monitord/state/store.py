@@ -324,6 +324,7 @@ class Store:
                 return Loaded(origin="fresh", set_aside=tuple(set_aside))
         if set_aside:
             loaded = dataclasses.replace(loaded, set_aside=tuple(set_aside))
+        self._last_commit = loaded.saved_at  # what the checkpoint timestamp shows until then
         return loaded
 
     def _take_lock(self) -> None:
@@ -1183,6 +1184,17 @@ class Store:
         log.debug("history pruned below id %d: %d by age, %d by size", bound, by_age, by_size)
 
     # -- health and numbers --------------------------------------------------------------
+
+    def counters_json(self) -> Doc:
+        """The store's counters that outlive a restart (saved with the other stages')."""
+        return {"checkpoint_errors": self._errors}
+
+    def restore_counters(self, doc: Mapping[str, Any]) -> None:
+        """Continue the counts of the run that saved `doc` (`counters_json` output)."""
+        errors = doc.get("checkpoint_errors", 0)
+        if not _count(errors):
+            raise ValueError(f"checkpoint_errors is not a count: {errors!r}")
+        self._errors = cast(int, errors)
 
     @property
     def last_success(self) -> float | None:

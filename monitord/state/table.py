@@ -55,47 +55,6 @@ class LabelBound:
         return value
 
 
-# Recent records kept per guest for its document, packed: AuditRecord's dicts would cost
-# ~1 KiB each. One flat tuple a record: a shared head (everything but time, serial and the
-# field values: the same for most records), then time, serial and the field values.
-_Head = tuple[
-    str, int, "str | None", "int | None", "int | None", "int | None", "int | None",
-    "str | None", tuple[str, ...], tuple[tuple[str, str], ...],
-]  # fmt: skip
-_Packed = tuple[Any, ...]  # (_Head, time, serial, *field values)
-_HEAD_LIMIT: Final = 4096
-
-
-class _Packer:
-    __slots__ = ("_heads",)
-
-    def __init__(self) -> None:
-        self._heads: dict[_Head, _Head] = {}
-
-    def pack(self, r: AuditRecord) -> _Packed:
-        fields = r.fields
-        enrichment = r.enrichment
-        head: _Head = (
-            r.type, r.type_id, r.node, r.pid, r.uid, r.auid, r.ses, r.subj, tuple(fields),
-            tuple(enrichment.items()) if enrichment else (),
-        )  # fmt: skip
-        shared = self._heads.get(head)
-        if shared is None:
-            if len(self._heads) >= _HEAD_LIMIT:
-                self._heads.clear()
-            self._heads[head] = shared = head
-        return (shared, r.time, r.serial, *fields.values())
-
-
-def _unpack(p: _Packed) -> AuditRecord:
-    head = p[0]
-    return AuditRecord(
-        type=head[0], type_id=head[1], time=p[1], serial=p[2], node=head[2], pid=head[3],
-        uid=head[4], auid=head[5], ses=head[6], subj=head[7],
-        fields=dict(zip(head[8], p[3:], strict=True)), enrichment=dict(head[9]),
-    )  # fmt: skip
-
-
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A consistent copy of the table for one scrape or API answer (never mutated).
@@ -148,8 +107,6 @@ class GuestTable:
         # What changed (or was forgotten) since the last take_changes().
         self._changed: set[GuestKey] = set()
         self._forgotten: set[GuestKey] = set()
-        self._events: dict[GuestKey, list[_Packed]] = {}
-        self._packer = _Packer()
         self._bound = LabelBound(config.max_label_values)
         self.records: dict[tuple[str, str, str], int] = {}
         self.operations: dict[tuple[str, str, str, str], int] = {}
@@ -205,7 +162,6 @@ class GuestTable:
             self._guests.move_to_end(key)
         self._copies.pop(key, None)
         self._changed.add(key)
-        self._keep_event(key, record)
         self._update(guest, record, result)
 
     def _add(self, key: GuestKey) -> Guest:
@@ -225,21 +181,9 @@ class GuestTable:
         del self._guests[key]
         self._stopped.pop(key, None)
         self._copies.pop(key, None)
-        self._events.pop(key, None)
         self._changed.discard(key)
         self._forgotten.add(key)
         self.evicted += 1
-
-    def _keep_event(self, key: GuestKey, record: AuditRecord) -> None:
-        max_events = self.config.max_events
-        if max_events <= 0:
-            self._events.pop(key, None)
-            return
-        events = self._events.setdefault(key, [])
-        events.append(self._packer.pack(record))
-        if len(events) > max_events:
-            # Also trims a history kept under a larger limit before a reload.
-            del events[: len(events) - max_events]
 
     def _update(self, g: Guest, record: AuditRecord, result: str) -> None:
         fields = record.fields
@@ -331,6 +275,7 @@ class GuestTable:
             if g is None or g.state != "running" or g.vm_pid != vm_pid or g.process_gone == gone:
                 return False
             g.process_gone = gone
+            self._guests.move_to_end(key)  # a change like any other: see take_changes
             self._copies.pop(key, None)
             self._changed.add(key)
             return True
@@ -392,7 +337,7 @@ class GuestTable:
         }
 
     def guest_document(self, uuid: str, node: str | None = None) -> dict[str, Any] | None:
-        """Return one guest's document with its recent `events` (newest last), None if unknown.
+        """Return one guest's document, None if unknown (its `events` come from the store).
 
         Without `node`, this host's own guest of that UUID, else the most recently active.
         """
@@ -407,76 +352,81 @@ class GuestTable:
             if key is None or g is None:
                 return None
             copy = self._copy(key, g)
-            packed = list(self._events.get(key, ()))
-        doc = copy.document(self.host)
-        doc["events"] = [_unpack(p).to_json() for p in packed]
-        return doc
+        return copy.document(self.host)
 
     # -- persistence -----------------------------------------------------------
 
-    def after_fork(self) -> None:
-        """In a forked child (the checkpoint writer): replace the lock a reader thread may hold."""
-        self._lock = threading.Lock()
+    def take_changes(
+        self, everything: bool = False
+    ) -> tuple[list[tuple[GuestKey, dict[str, Any]]], list[GuestKey]]:
+        """The guests changed and the keys forgotten since the last call (incremental saves);
+        with `everything`, every guest (for a store that replaces all it holds).
 
-    def take_changes(self) -> tuple[list[tuple[GuestKey, dict[str, Any]]], list[GuestKey]]:
-        """The guests changed and the keys forgotten since the last call (incremental saves)."""
+        Changed guests come least recently changed first: a store that keeps them in the
+        order of their last save gives the table's order back at the next start.
+        """
         with self._lock:
-            changed = [(k, self._guests[k].to_json()) for k in self._changed]
+            changed = self._guests.keys() if everything else self._changed
+            # Every change moves its guest to the end: the changed ones are the last ones.
+            keys: list[GuestKey] = []
+            for k in reversed(self._guests):
+                if len(keys) == len(changed):
+                    break
+                if k in changed:
+                    keys.append(k)
+            keys.reverse()
+            out = [(k, self._guests[k].to_json()) for k in keys]
             forgotten = list(self._forgotten)
-            self._changed.clear()
-            self._forgotten.clear()
-        return changed, forgotten
+            self._changed = set()
+            self._forgotten = set()
+        return out, forgotten
 
     def meta_json(self) -> dict[str, Any]:
-        """Everything but the guests: counters, label bounds, orders (small)."""
-        return {
-            "order": [list(k) for k in self._guests],
-            "stopped": [list(k) for k in self._stopped],
-            "records": [[*k, n] for k, n in self.records.items()],
-            "operations": [[*k, n] for k, n in self.operations.items()],
-            "resources": [[*k, n] for k, n in self.resources.items()],
-            "labels": [[*k, n] for k, n in self.labels.items()],
-            "label_values": {k: sorted(v) for k, v in self._bound.seen.items()},
-            "unmatched_detaches": dict(self.unmatched_detaches),
-            "evicted": self.evicted,
-        }
+        """Everything but the guests: counters and label bounds (small, bounded by the
+        label cardinality; the guests' order is theirs, not a list here)."""
+        with self._lock:
+            return {
+                "records": [[*k, n] for k, n in self.records.items()],
+                "operations": [[*k, n] for k, n in self.operations.items()],
+                "resources": [[*k, n] for k, n in self.resources.items()],
+                "labels": [[*k, n] for k, n in self.labels.items()],
+                "label_values": {k: sorted(v) for k, v in self._bound.seen.items()},
+                "unmatched_detaches": dict(self.unmatched_detaches),
+                "evicted": self.evicted,
+            }
 
     def to_json(self) -> dict[str, Any]:
-        """Return everything needed to restore this table exactly."""
+        """Return everything needed to restore this table exactly (guests in table order)."""
         with self._lock:
-            guests = []
-            for key, g in self._guests.items():
-                doc = g.to_json()
-                doc["events"] = [_unpack(p).to_json() for p in self._events.get(key, ())]
-                guests.append(doc)
-            return {"version": 2, "guests": guests, **self.meta_json()}
+            guests = [g.to_json() for g in self._guests.values()]
+        return {"version": 2, "guests": guests, **self.meta_json()}
 
-    def restore(self, doc: Mapping[str, Any]) -> None:
-        """Replace this table's content with saved state (`to_json` output, or version 1's).
+    def restore(self, doc: Mapping[str, Any], *, saved: bool = False) -> None:
+        """Replace this table's content with saved state (`to_json` output, or older ones).
 
-        Raises ValueError (nothing replaced) when the saved state is not what it should be.
+        `guests` are in table order (least recently changed first) unless an `order` list
+        says otherwise (version 1). `saved`: the guests are already in the store, so they
+        do not count as changed. Raises ValueError (nothing replaced) when the saved state
+        is not what it should be.
         """
         if not isinstance(doc, Mapping):
             raise ValueError("saved state is not an object")
         guests: OrderedDict[GuestKey, Guest] = OrderedDict()
-        events: dict[GuestKey, list[_Packed]] = {}
-        packer = _Packer()
         for gdoc in _list(doc, "guests"):
             g = Guest.from_json(gdoc)
             guests[g.key] = g
-            kept = gdoc.get("events") or [] if self.config.max_events > 0 else []
-            if not isinstance(kept, list):
-                raise ValueError("events: expected a list")
-            if kept:
-                records = (AuditRecord.from_json(e) for e in kept[-self.config.max_events :])
-                events[g.key] = [packer.pack(r) for r in records]
-        order = [_key(k) for k in _list(doc, "order")]
-        for k in order:
+        for k in map(_key, _list(doc, "order")):
             if k in guests:
                 guests.move_to_end(k)
-        stopped: OrderedDict[GuestKey, None] = OrderedDict(
-            (k, None) for k in map(_key, _list(doc, "stopped")) if k in guests
-        )
+        if "stopped" in doc:
+            stopped_keys = [k for k in map(_key, _list(doc, "stopped")) if k in guests]
+        else:
+            # Guests stop in log order: by stop time, ties in table order (sorted is stable).
+            stopped_keys = sorted(
+                (k for k, g in guests.items() if g.state == "stopped"),
+                key=lambda k: guests[k].stopped_at or 0.0,
+            )
+        stopped: OrderedDict[GuestKey, None] = OrderedDict((k, None) for k in stopped_keys)
         bound = doc.get("label_values") or {}
         if not isinstance(bound, Mapping) or not all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in bound.values()
@@ -490,10 +440,8 @@ class GuestTable:
             self._guests = guests
             self._stopped = stopped
             self._copies = {}
-            self._changed = set(guests)
+            self._changed = set() if saved else set(guests)
             self._forgotten = set()
-            self._events = events
-            self._packer = packer
             self.records = counts["records"]
             self.operations = counts["operations"]
             self.resources = counts["resources"]

@@ -53,7 +53,7 @@ def test_follows_log_and_serves_state(tmp_path: Path) -> None:
         assert d.get("/healthz").strip() == b"ok"
         assert d.stop() == 0
     assert guests_without_time(live) == guests_without_time(replay_json([log]))
-    assert (tmp_path / "state" / "checkpoint.json").exists()
+    assert (tmp_path / "state" / "state.db").exists()
 
 
 def test_restart_counts_nothing_twice(tmp_path: Path) -> None:
@@ -113,9 +113,10 @@ def test_audisp_stdin_until_eof(tmp_path: Path) -> None:
     os.close(w)
     assert d.proc is not None
     assert d.proc.wait(timeout=20) == 0
-    doc = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
-    assert doc["source"]["kind"] == "audisp"
-    assert doc["telemetry"]["parse"]["records"] == 120
+    store, saved = Store.open(str(tmp_path / "state"))
+    store.close()
+    assert saved.source_kind == "audisp"
+    assert saved.counters["telemetry"]["parse"]["records"] == 120
 
 
 def test_bad_flag_is_a_one_line_error(tmp_path: Path) -> None:
