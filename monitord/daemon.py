@@ -14,6 +14,7 @@ pipe; the loop acts on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -60,10 +61,11 @@ CHECKPOINT, ALERTS, RELOAD, EXPIRE, STATUS, WATCHDOG, RESCAN, PROCESSES = (
 
 @dataclass
 class Flags:
-    """Set by signal handlers, read by the loop."""
+    """Set by signal handlers and the commit thread, read by the loop."""
 
     stop: bool = False
     reload: bool = False
+    commit_failed: bool = False  # set by the commit thread: retry at the next interval
 
 
 class Daemon:
@@ -229,6 +231,12 @@ class Daemon:
         self.store.commit(**self._commit_batch())
         self._dirty = False
 
+    def _commit_failed(self) -> None:
+        """In the commit thread: wake the loop to schedule the retry."""
+        self.flags.commit_failed = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"c")
+
     def _commit_in_background(self) -> bool:
         """Hand what changed to the commit thread; False while the previous one runs."""
         commits = self._commits
@@ -280,7 +288,7 @@ class Daemon:
             self._install_signals()
         position = self._open_store()
         assert self.store is not None
-        self._commits = CommitThread(self.store)
+        self._commits = CommitThread(self.store, on_failure=self._commit_failed)
         self.source = self._make_source(config)
         self.source.open(position)
         stages = (self.source_counters, self.pipeline, StoreCollector(self.store), self.alerts)
@@ -354,6 +362,9 @@ class Daemon:
             if self.flags.reload:
                 self.flags.reload = False
                 sched.schedule(RELOAD)
+            if self.flags.commit_failed:
+                self.flags.commit_failed = False
+                self._mark_dirty()  # the store kept the batch; try again in an interval
             sched.run_due()
             if source.finished:
                 log.info("the plugin pipe was closed: stopping")

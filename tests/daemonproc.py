@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -164,3 +165,13 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
     return waiting.wait_until(
         predicate, timeout, interval, ignore=(OSError, ValueError, KeyError, AssertionError)
     )
+
+
+def saved_telemetry(state: Path) -> dict[str, Any]:
+    """The counters of the last commit, read as `monitord history` reads: read-only, no lock."""
+    conn = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM state WHERE name = 'counters:telemetry'").fetchone()
+    finally:
+        conn.close()
+    return dict(json.loads(row[0])) if row else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,17 @@ def read_v1(path: str | Path) -> V1Doc:
     from monitord.state.store import position_problem
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except IsADirectoryError:
-        raise CheckpointError("is a directory") from None
+        # O_NONBLOCK: a FIFO put in its place must not block the start-up (it is refused).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise CheckpointError(f"cannot read: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError("not a regular file")
+        try:
+            raw = f.read(MAX_BYTES + 1)
+        except OSError as err:
+            raise CheckpointError(f"cannot read: {err.strerror}") from None
     if len(raw) > MAX_BYTES:
         raise CheckpointError(f"larger than {MAX_BYTES} bytes")
     if not _depth_ok(raw):

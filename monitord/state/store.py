@@ -845,7 +845,17 @@ class Store:
             log.error("%s was deleted or replaced while in use; writing a new one", self.path)
             self._close()
         if not Path(self.dir).is_dir():
-            raise OSError(errno.ENOENT, f"state directory {self.dir} does not exist")
+            # Deleted under us (the directory is ours, as StateDirectory= makes it): make it
+            # again, with a lock of its own; the next commit writes the whole state.
+            try:
+                Path(self.dir).mkdir(mode=0o700, parents=True)
+            except OSError as err:
+                why = f"state directory {self.dir} is gone and cannot be created: {err.strerror}"
+                raise OSError(err.errno, why) from None
+            log.warning("state directory %s was missing (deleted?); created it again", self.dir)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         self._take_lock()
         if os.path.lexists(self.path) and self._unread:
             # Not read at start-up: the daemon started from the log's beginning without it.
@@ -1241,8 +1251,11 @@ class CommitThread:
     handed over must not be changed afterwards (take_changes() gives new objects).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_failure: Callable[[], None] | None = None) -> None:
         self.store = store
+        # Called (in the commit thread) after a commit that did not land: its batch is kept
+        # by the store, and the owner schedules the retry.
+        self.on_failure = on_failure
         self._cond = threading.Condition()
         self._job: dict[str, Any] | None = None
         self._running = False
@@ -1294,6 +1307,8 @@ class CommitThread:
                 with self._cond:
                     self._running = False
                     self._cond.notify_all()
+            if not self.last_ok and self.on_failure is not None:
+                self.on_failure()
 
 
 _encode = Encoder()

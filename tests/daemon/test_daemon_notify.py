@@ -16,7 +16,8 @@ from monitord.config import AlertsConfig, Config, HttpConfig, SourceConfig, Stat
 from monitord.daemon import Daemon
 from monitord.notify import Notifier
 from monitord.sources.base import Health, Position
-from tests.daemonproc import MonitordProcess, free_port, wait_until
+from monitord.state.store import Store
+from tests.daemonproc import MonitordProcess, free_port
 
 
 @pytest.fixture
@@ -130,4 +131,6 @@ def test_stalled_pipeline_stops_watchdog(
         source.release.set()
         runner.join(timeout=20)
     assert not runner.is_alive()
-    wait_until(lambda: (tmp_path / "state" / "checkpoint.json").exists())
+    store, saved = Store.open(str(tmp_path / "state"))  # the shutdown commit landed
+    store.close()
+    assert saved.origin == "store" and saved.saved_at is not None

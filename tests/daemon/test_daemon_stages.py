@@ -1,5 +1,5 @@
 """The daemon's stages own their counters: what /metrics shows after a restore, an old
-checkpoint, a checkpoint that does not fit, and an idle loop with alerts firing."""
+checkpoint.json, saved state that does not fit, and an idle loop with alerts firing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 
 from monitord.config import AlertsConfig, Config, HttpConfig, SourceConfig, StateConfig
 from monitord.daemon import Daemon
-from tests.daemonproc import MonitordProcess, free_port, wait_until
+from monitord.state.store import Store
+from tests.daemonproc import MonitordProcess, free_port, saved_telemetry, wait_until
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "checkpoint-v1.json"
 
@@ -75,18 +76,21 @@ def config_file(tmp_path: Path, body: str) -> Path:
     return conf
 
 
-def test_alert_counters_after_a_checkpoint_that_does_not_fit(tmp_path: Path, hook: Hook) -> None:
-    """After a checkpoint that does not fit, /metrics shows the counters the alert engine writes."""
+def test_alert_counters_after_saved_state_that_does_not_fit(tmp_path: Path, hook: Hook) -> None:
+    """After saved state that does not fit, /metrics shows the counters the alert engine writes."""
     log = tmp_path / "audit.log"
     log.write_bytes(b"")
     state = tmp_path / "state"
     state.mkdir()
-    # Well-formed JSON of the right version whose guest table cannot be restored.
-    misfit = {"version": 1, "saved_at": 1.0, "state": {"guests": [{"no": "uuid"}]}}
-    (state / "checkpoint.json").write_text(json.dumps(misfit))
+    # A sound store whose guest the table cannot load (a count that is text).
+    store, _ = Store.open(str(state))
+    guest = str(uuid.UUID(int=99))
+    assert store.commit(source_kind="file", position=None,
+                        upserted=[(("", guest), {"uuid": guest, "vcpus": "many"})])  # fmt: skip
+    store.close()
     conf = config_file(tmp_path, f'[alerts]\njournal = false\nwebhook = [{{url = "{hook.url}"}}]\n')
     with MonitordProcess(state, ["--config", str(conf), "--audit-log", str(log)]) as d:
-        wait_until(lambda: "does not fit" in d.log())
+        wait_until(lambda: "loaded content rejected" in d.log())
         with open(log, "ab") as f:
             f.write(failed_start(1))
         wait_until(lambda: hook.alerts == 1)
@@ -96,7 +100,8 @@ def test_alert_counters_after_a_checkpoint_that_does_not_fit(tmp_path: Path, hoo
 
 
 def test_checkpoint_of_the_previous_version_loads(tmp_path: Path) -> None:
-    """A checkpoint.json written before the counters were split restores every counter."""
+    """A checkpoint.json written before the counters were split is imported into the store
+    with every counter."""
     old = json.loads(OLD_CHECKPOINT.read_text())
     log = tmp_path / "audit.log"
     log.write_bytes(b"")
@@ -119,15 +124,18 @@ def test_checkpoint_of_the_previous_version_loads(tmp_path: Path) -> None:
         assert m("monitord_alerts_total", sink="webhook", outcome="sent") == 2
         assert m("monitord_guests_tracked") == 3
         assert d.stop() == 0
-    new = json.loads((state / "checkpoint.json").read_text())
-    assert new["telemetry"].keys() == old["telemetry"].keys()
-    assert new["telemetry"]["parse"] == old["telemetry"]["parse"]
-    assert new["telemetry"]["alerts"] == old["telemetry"]["alerts"]
+    assert list(state.glob("checkpoint.json.imported-*"))
+    store, saved = Store.open(str(state))
+    store.close()
+    new = saved.counters["telemetry"]
+    assert new.keys() == old["telemetry"].keys()
+    assert new["parse"] == old["telemetry"]["parse"]
+    assert new["alerts"] == old["telemetry"]["alerts"]
 
 
 def test_partial_restore_leaves_nothing_behind(tmp_path: Path) -> None:
-    """A checkpoint whose table fits but whose counters do not: every stage starts empty,
-    and the exporter still reads the objects the stages write."""
+    """Saved state whose table fits but whose counters do not: every stage starts empty (the
+    store is set aside), and the exporter still reads the objects the stages write."""
     doc = json.loads(OLD_CHECKPOINT.read_text())
     doc["telemetry"]["alerts"] = "bogus"  # restored after the table and the source counters
     state = tmp_path / "state"
@@ -142,13 +150,14 @@ def test_partial_restore_leaves_nothing_behind(tmp_path: Path) -> None:
     daemon = Daemon(config)
     source_counters, pipeline = daemon.source_counters, daemon.pipeline
     alert_counters = daemon.alerts.counters
-    assert daemon._restore() is None
+    assert daemon._open_store() is None
     assert daemon.table.guests_tracked == 0
     assert daemon.source_counters is source_counters and source_counters.parse.lines == 0
     assert daemon.pipeline is pipeline and pipeline.last_record_time is None
     assert daemon.pipeline.table is daemon.table
     assert daemon.alerts.counters is alert_counters and not alert_counters.snapshot()
-    assert daemon.store.counters.time is None
+    assert daemon.store is not None and daemon.store.stats().set_aside == {"rejected": 1}
+    daemon.store.close()
 
 
 @pytest.mark.slow
@@ -171,9 +180,8 @@ def test_idle_loop_with_alerts_firing_does_not_tick(tmp_path: Path) -> None:
                     return int(line.split()[1])
             raise AssertionError("no voluntary_ctxt_switches")
 
-        checkpoint = tmp_path / "state" / "checkpoint.json"
-        # The checkpoint after the records (up to checkpoint_interval later), its child reaped.
-        wait_until(lambda: json.loads(checkpoint.read_text())["telemetry"]["parse"]["records"])
+        # The commit after the records (up to checkpoint_interval later).
+        wait_until(lambda: saved_telemetry(tmp_path / "state").get("parse", {}).get("records"))
         time.sleep(0.5)
         before = wakeups()
         time.sleep(4.0)

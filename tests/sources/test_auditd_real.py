@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, need_root
-from tests.daemonproc import MonitordProcess, free_port, monitord_cmd, wait_until
+from tests.daemonproc import MonitordProcess, free_port, monitord_cmd, saved_telemetry, wait_until
 from tests.realstack import lines_of_type, running_auditd
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_audisp_plugin_receives_every_record(tmp_path: Path) -> None:
         auditd.inject([control(1)] + [disk(i) for i in range(25)])
         wait_until(lambda: _metric(port, "libvirt_audit_records_total") == 26, timeout=20)
         auditd.stop()  # SIGTERM to auditd ends the plugin: a final checkpoint is written
-        wait_until(lambda: (state / "checkpoint.json").exists(), timeout=10)
+        wait_until(lambda: saved_telemetry(state).get("parse", {}).get("records") == 26, timeout=10)
 
 
 def _healthz(port: int) -> bool:

@@ -182,6 +182,18 @@ def symlink_instead(directory: Path) -> None:
     db(directory).symlink_to("/etc/hostname")
 
 
+def fifo_instead(directory: Path) -> None:
+    db(directory).unlink()
+    os.mkfifo(db(directory))
+
+
+def json_fifo(directory: Path) -> None:
+    """A FIFO nobody writes where checkpoint.json is: reading it would block for ever."""
+    for p in [*directory.glob(schema.DB_NAME + "*"), directory / "checkpoint.json"]:
+        p.unlink(missing_ok=True)
+    os.mkfifo(directory / "checkpoint.json")
+
+
 def wal_directory(directory: Path) -> None:
     (directory / (schema.DB_NAME + "-wal")).mkdir()
 
@@ -267,6 +279,7 @@ WAYS: dict[str, tuple[Damage, str | None]] = {
     "the last page overwritten": (flip_page(lambda pages: pages - 1), "corrupt"),
     "a directory instead of state.db": (directory_instead, "not_a_file"),
     "a symlink instead of state.db": (symlink_instead, "not_a_file"),
+    "a FIFO instead of state.db": (fifo_instead, "not_a_file"),
     "a directory instead of state.db-wal": (wal_directory, "not_a_file"),
     "a foreign SQLite database": (foreign_database, "foreign"),
     "our id, schema version 0": (lambda d: sql(d, "PRAGMA user_version = 0"), "corrupt"),
@@ -363,6 +376,7 @@ WAYS: dict[str, tuple[Damage, str | None]] = {
     "checkpoint.json newer version": (json_file(b'{"version": 2, "state": {}}'), "checkpoint_json"),
     "checkpoint.json offset -100": (json_bad_offset, "checkpoint_json"),
     "checkpoint.json an event without fields": (json_bad_event, "checkpoint_json"),
+    "checkpoint.json a FIFO": (json_fifo, "checkpoint_json"),
 }
 
 

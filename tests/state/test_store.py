@@ -327,8 +327,9 @@ def test_deleted_database_is_rewritten_from_the_full_state(tmp_path: Path) -> No
 
 
 def test_deleted_state_directory_is_unhealthy_after_the_grace(tmp_path: Path) -> None:
-    """Commits into a removed directory fail and are counted; healthy() turns false after the
-    grace, with the reason; once the directory is back, the next commits hold everything."""
+    """Commits into a removed directory that cannot be made again fail and are counted;
+    healthy() turns false after the grace, with the reason; once the directory can be
+    made, the store makes it and the next commits hold everything."""
     import shutil
 
     state = tmp_path / "state"
@@ -337,15 +338,17 @@ def test_deleted_state_directory_is_unhealthy_after_the_grace(tmp_path: Path) ->
     recs = c.records()
     assert store.commit(source_kind=None, position=None, events=recs[:10])
     shutil.rmtree(state)
+    state.write_text("a file where the directory was")
     assert not store.commit(source_kind=None, position=None, events=recs[10:20])
     assert store.healthy() == (True, "ok")
     mono.t += 5.0
     assert not store.commit(source_kind=None, position=None, events=recs[20:30])
     ok, reason = store.healthy()
-    assert not ok and "does not exist" in reason
+    assert not ok and "is gone and cannot be created" in reason
     assert store.stats().commit_errors == 2
-    state.mkdir()
+    state.unlink()
     assert not store.commit(source_kind=None, position=None, events=recs[30:])  # needs full
+    assert state.is_dir()
     assert store.commit(source_kind=None, position=None, full=True)
     assert store.healthy() == (True, "ok")
     got = [e.record for e in store.history.iter_events(EventQuery())]
