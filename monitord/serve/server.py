@@ -638,18 +638,11 @@ class WebServer:
             status, doc = api.events_answer(query, self.history)
             return Answer(status, json_bytes(doc) + b"\n", "application/json")
         if path.startswith(GUEST_PREFIX):
+            # Cheap (one guest, the table's lock for a moment, one indexed read of the
+            # history): answered here, never queued behind a render.
             uuid = path[len(GUEST_PREFIX) :]
-            if self.history is not None:
-                status, doc = api.guest_answer(uuid, query, self.table.guest_document, self.history)
-                return Answer(status, json_bytes(doc) + b"\n", "application/json")
-            if not UUID_RE.match(uuid):
-                return error_answer(400, f"not a UUID: {uuid[:64]!r}")
-            # Cheap (one guest, the table's lock for a moment): answered here, never queued
-            # behind a render.
-            guest = self._guest_document(uuid, request.query.get("node"))
-            if guest is None:
-                return error_answer(404, f"no guest with UUID {uuid} is tracked")
-            return Answer(200, guest + b"\n")
+            status, doc = api.guest_answer(uuid, query, self.table.guest_document, self.history)
+            return Answer(status, json_bytes(doc) + b"\n", "application/json")
         if path == "/healthz":
             ok, reason = self.health()
             text = "ok" if ok else (reason or "unhealthy")
@@ -662,10 +655,6 @@ class WebServer:
             )
             return Answer(200, page.encode(), "text/html; charset=utf-8")
         return error_answer(404, f"no such path: {path[:200]}")
-
-    def _guest_document(self, uuid: str, node: str | None) -> bytes | None:
-        doc = self.table.guest_document(uuid.lower(), node) or self.table.guest_document(uuid, node)
-        return None if doc is None else json_bytes(doc)
 
     async def _authorize(self, request: Request, conn: Connection) -> Answer | None:
         """None when the request may go on, else the 401 or 429 to send."""

@@ -119,9 +119,10 @@ def test_bad_queries_are_400_with_the_reason(
 def test_guest_document_gets_its_events_from_the_store(
     history: tuple[api.History, list[AuditRecord]],
 ) -> None:
-    """?events=N: the guest's N latest events, newest last; unknown guests 404; no store: as is."""
+    """?events=N: the guest's N latest events, newest last (default: the History's
+    default_events, state.max_events); unknown guests 404; no store: no events."""
     h, recs = history
-    doc_of = {WEB01: {"uuid": WEB01, "name": "web01", "node": None, "events": ["from RAM"]}}
+    doc_of: dict[str, dict[str, Any]] = {WEB01: {"uuid": WEB01, "name": "web01", "node": None}}
 
     def lookup(uuid: str, node: str | None) -> dict[str, Any] | None:
         return doc_of.get(uuid)
@@ -135,7 +136,11 @@ def test_guest_document_gets_its_events_from_the_store(
     assert api.guest_answer(WEB01, "events=x", lookup, h)[0] == 400
     assert api.guest_answer("nope", "", lookup, h)[0] == 400
     assert api.guest_answer("0e4a9d2f-6c1b-4f3e-8d7a-5b9c2e1f3a45", "", lookup, h)[0] == 404
-    assert api.guest_answer(WEB01, "", lookup, None) == (200, doc_of[WEB01])
+    assert api.guest_answer(WEB01, "", lookup, None) == (200, {**doc_of[WEB01], "events": []})
+    two = api.History(h.reader, h.host, default_events=2)
+    assert [e["serial"] for e in api.guest_answer(WEB01, "", lookup, two)[1]["events"]] == [
+        r.serial for r in mine[-2:]
+    ]
 
 
 def test_events_over_http(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,7 +14,8 @@ from monitord.config import AlertmanagerConfig, AlertsConfig, StateConfig
 from monitord.pipeline import Pipeline
 from monitord.serve.exporter import MonitordRegistry, StageMetrics, make_registry, render
 from monitord.sources.counters import SourceCounters
-from monitord.state.checkpoint import CheckpointCounters
+from monitord.state.metrics import StoreCollector
+from monitord.state.store import Store
 from monitord.state.table import GuestTable
 from tests.conftest import need_tool
 from tests.state.test_state import UUID, UUID2, Log, feed
@@ -53,7 +55,13 @@ def populated() -> tuple[GuestTable, list[StageMetrics]]:
     pipeline.last_record_time = log.t
     pipeline.lag.observe(0.02)
     pipeline.lag.observe(7.0)
-    checkpoint = CheckpointCounters(time=1_700_000_500.0, errors=1)
+    store, _ = Store.open(
+        tempfile.mkdtemp(prefix="monitord-exporter-"), clock=lambda: 1_700_000_500.0
+    )
+    store.restore_counters({"checkpoint_errors": 1})
+    assert store.commit(source_kind="file", position=None)
+    store.close()  # its numbers stay readable
+    checkpoint = StoreCollector(store)
     # Not started: the two failures stay queued for the Alertmanager sink.
     config = AlertsConfig(
         journal=False, alertmanager=(AlertmanagerConfig(url="http://127.0.0.1:9/"),)
