@@ -20,14 +20,13 @@ import json
 import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from monitord.audit.record import AuditRecord
+from monitord.commands.status import get_document
 from monitord.errors import InputError, RuntimeFailure, UserError
 from monitord.state.effects import effect, subject
 from monitord.state.history import (
@@ -41,7 +40,6 @@ from monitord.state.history import (
     parse_time,
 )
 
-TIMEOUT: Final = 10.0
 PAGE: Final = 1000
 
 
@@ -182,9 +180,6 @@ def log_records(names: Sequence[str]) -> Iterator[AuditRecord]:
 
 
 def _from_url(url: str, q: EventQuery) -> Iterator[dict[str, Any]]:
-    base = url.rstrip("/")
-    if "://" not in base:
-        base = "http://" + base
     params: dict[str, str] = {"limit": str(PAGE)}
     for key, value in (("uuid", q.uuid), ("name", q.name), ("op", q.op), ("result", q.result)):
         if value is not None:
@@ -195,37 +190,11 @@ def _from_url(url: str, q: EventQuery) -> Iterator[dict[str, Any]]:
     after: str | None = None
     while True:
         query = dict(params, **({"after": after} if after else {}))
-        target = f"{base}/api/v1/events?{urllib.parse.urlencode(query)}"
-        doc = _get(target, url)
+        doc = get_document(url, f"/api/v1/events?{urllib.parse.urlencode(query)}", "events")
         yield from doc["events"]
         after = doc.get("next")
         if not after:
             return
-
-
-def _get(target: str, url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(target, timeout=TIMEOUT) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as err:
-        detail = ""
-        try:
-            detail = ": " + str(json.loads(err.read())["error"])
-        except (ValueError, KeyError, TypeError, OSError):
-            pass
-        raise RuntimeFailure(f"{target} answered HTTP {err.code}{detail}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise RuntimeFailure(f"cannot reach {url}: {reason} (is monitord running?)") from None
-    except ValueError as err:
-        raise UserError(f"bad URL {url!r}: {err}") from None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise RuntimeFailure(f"{target} did not answer JSON: is it monitord?") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
-        raise RuntimeFailure(f"{target} did not answer an events document: is it monitord?")
-    return doc
 
 
 # -- the terminal table ------------------------------------------------------------------------
