@@ -188,7 +188,8 @@ class AlertEngine:
         """Raise an alert for a failed record, resolve one for a success; never blocks."""
         result = record.result
         if self._gone and record.type_id == VIRT_CONTROL and record.op in ("start", "stop"):
-            self._end_process_gone(record)
+            if not record.node:  # only this host's own guests are checked
+                self._resolve(process_gone_key(record.uuid or ""), record.time)
         if result == "failed":
             if not live and not self.config.on_catch_up:
                 return
@@ -204,22 +205,12 @@ class AlertEngine:
                     self._over_limit()
                     return
                 alert = Alert.from_record(record, self.identity)
-                active = self._active[key] = _Active(alert, last_seen=now, last_sent=now)
-                self._note_due(self._due(key, active))
+                self._fire(alert, now)
             for worker in self._all:
                 worker.put(alert)
         elif result == "success":
-            if not self._active:
-                return  # the common case: nothing is firing
-            key = alert_key(record)
-            with self._lock:
-                ended = self._active.pop(key, None)
-                if ended is None:
-                    return
-                resolved = ended.alert.resolved(record.time)
-                self._retain(resolved, self.clock())
-            for worker in self._all:
-                worker.put(resolved)
+            if self._active:  # commonly nothing is firing: no key to make
+                self._resolve(alert_key(record), record.time)
 
     def process_gone(self, uuid: str, name: str | None, virt: str | None, vm_pid: int) -> None:
         """Raise VirtGuestProcessGone for a running guest of this host whose process is gone
@@ -228,23 +219,24 @@ class AlertEngine:
         with self._lock:
             if alert.key in self._active:
                 return
-            now = self.clock()
-            active = self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
             self._gone.add(alert.key)
-            self._note_due(self._due(alert.key, active))
+            self._fire(alert, self.clock())
         for worker in self._all:
             worker.put(alert)
 
-    def _end_process_gone(self, record: AuditRecord) -> None:
-        if record.node:
-            return  # only this host's own guests are checked
-        key = process_gone_key(record.uuid or "")
+    def _fire(self, alert: Alert, now: float) -> None:
+        """Keep `alert` as firing from `now` (under the lock)."""
+        active = self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
+        self._note_due(self._due(alert.key, active))
+
+    def _resolve(self, key: AlertKey, at: float) -> None:
+        """Resolve the firing alert of `key`, if any, as of `at`; tell every sink."""
         with self._lock:
             self._gone.discard(key)
             ended = self._active.pop(key, None)
             if ended is None:
                 return
-            resolved = ended.alert.resolved(record.time)
+            resolved = ended.alert.resolved(at)
             self._retain(resolved, self.clock())
         for worker in self._all:
             worker.put(resolved)
