@@ -188,8 +188,7 @@ class AlertEngine:
         """Raise an alert for a failed record, resolve one for a success; never blocks."""
         result = record.result
         if self._gone and record.type_id == VIRT_CONTROL and record.op in ("start", "stop"):
-            if not record.node:  # only this host's own guests are checked
-                self._resolve(process_gone_key(record.uuid or ""), record.time)
+            self._end_process_gone(record)
         if result == "failed":
             if not live and not self.config.on_catch_up:
                 return
@@ -223,6 +222,10 @@ class AlertEngine:
             self._fire(alert, self.clock())
         for worker in self._all:
             worker.put(alert)
+
+    def _end_process_gone(self, record: AuditRecord) -> None:
+        if not record.node:  # only this host's own guests are checked
+            self._resolve(process_gone_key(record.uuid or ""), record.time)
 
     def _fire(self, alert: Alert, now: float) -> None:
         """Keep `alert` as firing from `now` (under the lock)."""

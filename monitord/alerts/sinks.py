@@ -36,7 +36,6 @@ JOURNAL_MESSAGE_ID: Final = "0eb15ecc7dee4e43823235d95cb95ec9"
 JOURNAL_RESOLVED_MESSAGE_ID: Final = "84f0cbbac1454254b44401985be3bbfc"
 JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
 
-HTTP_TIMEOUT: Final = 10.0
 ZERO_TIME: Final = "0001-01-01T00:00:00Z"  # Go's zero time: how Alertmanager writes "no endsAt"
 USER_AGENT: Final = "monitord-alerts"
 
