@@ -28,7 +28,6 @@ from monitord.textout import printable
 
 __all__ = ["GUEST_FAMILIES", "MonitordRegistry", "StageMetrics", "make_registry", "render"]
 
-GUEST_LABELS: Final = ("uuid", "domain", "virt", "node")
 # A guest's samples in one family: (extra label text, already escaped and comma-led; value).
 _Samples = list[tuple[str, float]]
 
