@@ -29,7 +29,6 @@ import functools
 import html
 import logging
 import os
-import re
 import socket
 import ssl
 import threading
@@ -67,9 +66,6 @@ log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], tuple[bool, str]]
 
-UUID_RE: Final = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
-)
 GUEST_PREFIX: Final = "/api/v1/guests/"
 READ_SIZE: Final = 16 * 1024
 # An answer goes out in blocks of this size (a transport buffers at most one): large while
@@ -634,22 +630,14 @@ class WebServer:
         if path in ("/api/v1/guests", "/api/v1/guests/"):
             return await self._guests(request)
         query = request.target.split("#", 1)[0].partition("?")[2]
+        # One guest or one page of events: answered here, never queued behind a render.
         if path == "/api/v1/events":
             status, doc = api.events_answer(query, self.history)
-            return Answer(status, json_bytes(doc) + b"\n", "application/json")
+            return Answer(status, json_bytes(doc) + b"\n")
         if path.startswith(GUEST_PREFIX):
-            uuid = path[len(GUEST_PREFIX) :]
-            if self.history is not None:
-                status, doc = api.guest_answer(uuid, query, self.table.guest_document, self.history)
-                return Answer(status, json_bytes(doc) + b"\n", "application/json")
-            if not UUID_RE.match(uuid):
-                return error_answer(400, f"not a UUID: {uuid[:64]!r}")
-            # Cheap (one guest, the table's lock for a moment): answered here, never queued
-            # behind a render.
-            guest = self._guest_document(uuid, request.query.get("node"))
-            if guest is None:
-                return error_answer(404, f"no guest with UUID {uuid} is tracked")
-            return Answer(200, guest + b"\n")
+            uuid, lookup = path[len(GUEST_PREFIX) :], self.table.guest_document
+            status, doc = api.guest_answer(uuid, query, lookup, self.history)
+            return Answer(status, json_bytes(doc) + b"\n")
         if path == "/healthz":
             ok, reason = self.health()
             text = "ok" if ok else (reason or "unhealthy")
@@ -662,10 +650,6 @@ class WebServer:
             )
             return Answer(200, page.encode(), "text/html; charset=utf-8")
         return error_answer(404, f"no such path: {path[:200]}")
-
-    def _guest_document(self, uuid: str, node: str | None) -> bytes | None:
-        doc = self.table.guest_document(uuid.lower(), node) or self.table.guest_document(uuid, node)
-        return None if doc is None else json_bytes(doc)
 
     async def _authorize(self, request: Request, conn: Connection) -> Answer | None:
         """None when the request may go on, else the 401 or 429 to send."""

@@ -103,6 +103,18 @@ def test_bad_uuid_is_400(server: WebServer, path: str) -> None:
     assert status == 400 and "not a UUID" in json.loads(body)["error"]
 
 
+def test_guest_parameters_are_checked_without_a_store(server: WebServer) -> None:
+    """Without a state store, /api/v1/guests/{uuid} checks its parameters as with one: an
+    unknown or malformed one is a 400; `node` selects the guest (404 names the node)."""
+    for query, reason in (("colour=red", "unknown parameter"), ("events=x", "whole number")):
+        status, _, body = get(server, f"/api/v1/guests/{UUID}?{query}")
+        assert status == 400 and reason in json.loads(body)["error"], query
+    status, _, body = get(server, f"/api/v1/guests/{UUID}?node=elsewhere&events=3")
+    assert status == 404 and "on node elsewhere" in json.loads(body)["error"]
+    status, _, body = get(server, f"/api/v1/guests/{UUID}?events=3")
+    assert status == 200 and json.loads(body)["uuid"] == UUID
+
+
 def test_unknown_paths_and_methods(server: WebServer) -> None:
     """Unknown paths are 404, other methods 405 with Allow, HEAD has headers but no body."""
     for path in ("/nope", "/api/v2/guests", "/metrics/x", "/../etc/passwd"):
