@@ -15,15 +15,16 @@ Times (`--since`, `--until`) are epoch seconds (`1700000000`), ISO 8601
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import json
 import socket
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from monitord.audit.record import AuditRecord
 from monitord.commands.status import get_document
@@ -41,6 +42,7 @@ from monitord.state.history import (
 )
 
 PAGE: Final = 1000
+T = TypeVar("T")
 
 
 class HistoryArgs:
@@ -73,36 +75,23 @@ class HistoryArgs:
             q = EventQuery(name=self.name, limit=PAGE)
             found = {d.get("uuid") for d in _from_url(args.url, q)}
         else:
-            reader = open_store(args)
-            try:
+            with open_store(args) as reader:
                 found = {u for (_, _, u, _) in reader.subjects(name=self.name)}
-            except HistoryError as err:
-                raise RuntimeFailure(str(err)) from None
-            finally:
-                reader.close()
         return list[str | None](sorted(x for x in found if x is not None))
 
-    def all_documents(self, **filters: Any) -> Iterator[dict[str, Any]]:
+    def all_documents(self, **filters: Any) -> Iterable[dict[str, Any]]:
         """Event documents of the selected guests and times, oldest first."""
-        guests = self.guests()
         streams = [
             self.documents(EventQuery(uuid=u, since=self.since, until=self.until, limit=PAGE,
                                       **filters))
-            for u in guests
+            for u in self.guests()
         ]  # fmt: skip
-        if len(streams) == 1:
-            yield from streams[0]
-        else:
-            yield from heapq.merge(*streams, key=lambda d: (d["time"], d["serial"]))
+        return _merged(streams, lambda d: (d["time"], d["serial"]))
 
-    def all_records(self) -> Iterator[AuditRecord]:
+    def all_records(self) -> Iterable[AuditRecord]:
         """Every record of the selected guests (whole history: runs need all their records)."""
-        guests = self.guests()
-        streams = [self.records(EventQuery(uuid=u, limit=PAGE)) for u in guests]
-        if len(streams) == 1:
-            yield from streams[0]
-        else:
-            yield from heapq.merge(*streams, key=lambda r: (r.time, r.serial))
+        streams = [self.records(EventQuery(uuid=u, limit=PAGE)) for u in self.guests()]
+        return _merged(streams, lambda r: (r.time, r.serial))
 
     def documents(self, q: EventQuery) -> Iterator[dict[str, Any]]:
         """Event documents (the API's shape) the query selects, oldest first."""
@@ -117,15 +106,10 @@ class HistoryArgs:
                     doc["host"] = record.node or host
                     yield doc
         else:
-            reader = open_store(args)
             host = socket.gethostname()
-            try:
+            with open_store(args) as reader:
                 for event in reader.iter_events(q, page=PAGE):
                     yield event_document(event, host)
-            except HistoryError as err:
-                raise RuntimeFailure(str(err)) from None
-            finally:
-                reader.close()
 
     def records(self, q: EventQuery) -> Iterator[AuditRecord]:
         """The records the query selects, oldest first (for sessions)."""
@@ -136,18 +120,20 @@ class HistoryArgs:
             for doc in _from_url(args.url, q):
                 yield AuditRecord.from_json(doc)
         else:
-            reader = open_store(args)
-            try:
-                for event in reader.iter_events(q, page=PAGE):
-                    yield event.record
-            except HistoryError as err:
-                raise RuntimeFailure(str(err)) from None
-            finally:
-                reader.close()
+            with open_store(args) as reader:
+                yield from (event.record for event in reader.iter_events(q, page=PAGE))
 
 
-def open_store(args: argparse.Namespace) -> HistoryReader:
-    """The store of `--state-dir`, else of the configured state directory, read-only."""
+def _merged(streams: list[Iterator[T]], key: Callable[[T], Any]) -> Iterable[T]:
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=key)
+
+
+@contextlib.contextmanager
+def open_store(args: argparse.Namespace) -> Iterator[HistoryReader]:
+    """The store of `--state-dir`, else of the configured state directory, read-only; an
+    error reading it is a RuntimeFailure."""
     directory = args.state_dir
     if directory is None:
         from monitord.config import load_config
@@ -156,11 +142,17 @@ def open_store(args: argparse.Namespace) -> HistoryReader:
     if not Path(directory).is_dir():
         raise InputError(f"cannot read {directory}: no such directory")
     try:
-        return HistoryReader.open(directory)
+        reader = HistoryReader.open(directory)
     except HistoryError as err:
         if "not found" in str(err):
             raise InputError(f"{err} (is --state-dir right?)") from None
         raise RuntimeFailure(str(err)) from None
+    try:
+        yield reader
+    except HistoryError as err:
+        raise RuntimeFailure(str(err)) from None
+    finally:
+        reader.close()
 
 
 def log_records(names: Sequence[str]) -> Iterator[AuditRecord]:
