@@ -377,10 +377,6 @@ class AlertEngine:
         for worker in self._all:
             worker.after_fork()
 
-    def firing_count(self) -> int:
-        """Return how many alerts are firing (cheap; the daemon loop asks often)."""
-        return len(self._active)
-
     def firing(self) -> list[Alert]:
         """Return the alerts firing now (oldest first)."""
         with self._lock:
