@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from monitord.audit.record import AuditRecord
+from monitord.commands.guesttable import table
 from monitord.commands.status import get_document
 from monitord.errors import InputError, RuntimeFailure, UserError
 from monitord.state.effects import effect, subject
@@ -244,17 +245,6 @@ def render_events(docs: Sequence[dict[str, Any]]) -> str:
     return table(("TIME", "GUEST", "EVENT", "RESULT", "DETAIL"), rows) + (
         f"{len(docs)} event{'s' if len(docs) != 1 else ''}\n"
     )
-
-
-def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(c) for c in columns]
-    for r in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, r, strict=True)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    return "".join(fmt(r) + "\n" for r in (columns, *rows))
 
 
 def main(args: argparse.Namespace) -> int:
