@@ -352,23 +352,22 @@ class AlertEngine:
 
     def collect(self) -> Iterator[Metric]:
         """Yield deliveries by sink and outcome, and the queue length of each sink."""
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+        from monitord.serve.exporter import family
 
-        alerts = CounterMetricFamily(
+        yield family(
+            "counter",
             "monitord_alerts_total",
             "Alert deliveries by sink and outcome (sent, failed, dropped).",
-            labels=["sink", "outcome"],
+            ["sink", "outcome"],
+            self.counters.snapshot(),
         )
-        for (sink, outcome), n in sorted(self.counters.snapshot().items()):
-            alerts.add_metric([sink, outcome], n)
-        yield alerts
-        queue = GaugeMetricFamily(
-            "monitord_alert_queue_length", "Alerts waiting to be delivered, by sink.",
-            labels=["sink"],
-        )  # fmt: skip
-        for sink, n in sorted(self.queue_lengths().items()):
-            queue.add_metric([sink], n)
-        yield queue
+        yield family(
+            "gauge",
+            "monitord_alert_queue_length",
+            "Alerts waiting to be delivered, by sink.",
+            ["sink"],
+            self.queue_lengths(),
+        )
 
     def after_fork(self) -> None:
         """In a forked child (the checkpoint writer): replace the locks other threads may hold."""
