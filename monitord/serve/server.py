@@ -629,7 +629,7 @@ class WebServer:
             return await self._metrics(request)
         if path in ("/api/v1/guests", "/api/v1/guests/"):
             return await self._guests(request)
-        query = request.target.split("#", 1)[0].partition("?")[2]
+        query = request.query
         # One guest or one page of events: answered here, never queued behind a render.
         if path == "/api/v1/events":
             status, doc = api.events_answer(query, self.history)
