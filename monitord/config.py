@@ -372,7 +372,6 @@ _VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (PluginConfig, "user"): _check_nonempty,
     (PluginConfig, "group"): _check_nonempty,
 }
-_ELEMENT_CHECKS: dict[tuple[type, str], Callable[[Any], Any]] = {}
 # Array elements that may be written as a bare string: the string is this key of the table
 # (`alertmanager = ["http://am:9093"]` or `[[alerts.alertmanager]] url = ...`).
 _FROM_STRING: dict[type, str] = {AlertmanagerConfig: "url"}
@@ -537,7 +536,7 @@ class _Builder:
             if not isinstance(value, list):
                 raise self.fail(path, f"expected an array, got {_kind(value)}")
             return tuple(
-                self.element(owner, name, args[0], item, (*path, i)) for i, item in enumerate(value)
+                self.element(owner, args[0], item, (*path, i)) for i, item in enumerate(value)
             )
         if dataclasses.is_dataclass(hint):
             return self.table(hint, value, path)  # type: ignore[arg-type]
@@ -546,7 +545,7 @@ class _Builder:
         except ValueError as err:
             raise self.fail(path, str(err)) from None
 
-    def element(self, owner: type, name: str, hint: Any, item: object, path: Path_) -> Any:
+    def element(self, owner: type, hint: Any, item: object, path: Path_) -> Any:
         if isinstance(item, str) and hint in _FROM_STRING:
             key = _FROM_STRING[hint]
             try:
@@ -557,9 +556,7 @@ class _Builder:
         if dataclasses.is_dataclass(hint):
             return self.table(hint, item, path)  # type: ignore[arg-type]
         try:
-            converted = self.scalar(owner, "", hint, item)
-            check = _ELEMENT_CHECKS.get((owner, name))
-            return check(converted) if check else converted
+            return self.scalar(owner, "", hint, item)
         except ValueError as err:
             raise self.fail(path, str(err)) from None
 
@@ -646,19 +643,12 @@ class _Builder:
 T = TypeVar("T")
 
 
+_KINDS: Final = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+                 list: "an array", dict: "a table"}  # fmt: skip
+
+
 def _kind(value: object) -> str:
-    names = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }
-    for kind, name in names.items():
-        if type(value) is kind:
-            return name
-    return type(value).__name__
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def parse_config(text: str, source: str | None = None) -> Config:

@@ -126,18 +126,13 @@ class RateLimitFilter(logging.Filter):
     """
 
     def __init__(
-        self,
-        burst: int,
-        interval: float,
-        clock: Callable[[], float] = time.monotonic,
-        min_level: int = logging.WARNING,
+        self, burst: int, interval: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         super().__init__()
         self.limiter = RateLimiter(burst, interval, clock)
-        self.min_level = min_level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < self.min_level:
+        if record.levelno < logging.WARNING:
             return True
         key = (record.name, record.levelno, str(record.msg))
         admitted, suppressed = self.limiter.admit(key)
@@ -175,12 +170,6 @@ class RateLimitedLogger:
                 level, "%s", text + (_suppressed_note(suppressed) if suppressed else "")
             )
         return admitted
-
-    def debug(self, msg: str, *args: Any) -> bool:
-        return self.log(logging.DEBUG, msg, *args)
-
-    def info(self, msg: str, *args: Any) -> bool:
-        return self.log(logging.INFO, msg, *args)
 
     def warning(self, msg: str, *args: Any) -> bool:
         return self.log(logging.WARNING, msg, *args)

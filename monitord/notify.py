@@ -2,8 +2,8 @@
 
 Everything here is a no-op when the daemon is not started by systemd with
 `Type=notify` (no `NOTIFY_SOCKET`), so the daemon calls it unconditionally.
-The watchdog ping is the caller's decision: the main loop pings only while
-the pipeline makes progress, so a stuck stage makes systemd restart us.
+The watchdog ping is the caller's decision: the main loop pings every
+`ping_interval` itself, so a stuck stage makes systemd restart us.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,7 @@ def watchdog_interval(env: Mapping[str, str] | None = None, pid: int | None = No
 class Notifier:
     """Send READY/STATUS/RELOADING/STOPPING/WATCHDOG to systemd, or nothing outside it."""
 
-    def __init__(
-        self,
-        env: Mapping[str, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        pid: int | None = None,
-    ) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, pid: int | None = None) -> None:
         env = os.environ if env is None else env
         self.socket = env.get("NOTIFY_SOCKET") or None
         self.enabled = self.socket is not None and _sd_daemon is not None
@@ -62,8 +57,6 @@ class Notifier:
         timeout = watchdog_interval(env, pid)
         # Ping at half the timeout, as sd_watchdog_enabled(3) recommends.
         self.ping_interval = timeout / 2 if timeout is not None and self.enabled else None
-        self._clock = clock
-        self._last_ping: float | None = None
         self._failed = False
 
     def _send(self, message: str) -> bool:
@@ -101,32 +94,11 @@ class Notifier:
         """Shutdown starts (checkpoint flush and alert drain follow)."""
         return self._send("STOPPING=1" + (f"\nSTATUS={_one_line(status)}" if status else ""))
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for more time for a slow start-up or shutdown step."""
-        return self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
-
     def watchdog(self) -> bool:
         """Ping the watchdog now."""
-        self._last_ping = self._clock()
         return self._send("WATCHDOG=1")
-
-    def watchdog_due(self) -> bool:
-        """True when the watchdog is on and half its timeout passed since the last ping."""
-        if self.ping_interval is None:
-            return False
-        return self._last_ping is None or self._clock() - self._last_ping >= self.ping_interval
-
-    def maybe_watchdog(self) -> bool:
-        """Ping if due; the main loop calls this after each round that made progress."""
-        return self.watchdog() if self.watchdog_due() else False
 
 
 def _one_line(text: str) -> str:
     # A newline would start a new assignment in the notify datagram.
     return " ".join(text.split())
-
-
-def status_line(records_per_second: float, guests: int, lag_seconds: float | None) -> str:
-    """The STATUS= one-liner: throughput, guests tracked, and how far behind the log we are."""
-    lag = "n/a" if lag_seconds is None else f"{lag_seconds:.1f}s"
-    return f"{records_per_second:.1f} records/s, {guests} guests, lag {lag}"

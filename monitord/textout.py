@@ -68,14 +68,10 @@ def printable_doc(doc: Any) -> Any:
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def json_bytes(doc: Any, indent: int | None = None) -> bytes:
-    """Encode a document as UTF-8 JSON (no trailing newline), escaped bytes as `\\xHH`.
+def json_bytes(doc: Any) -> bytes:
+    """Encode a document as compact UTF-8 JSON (no trailing newline), escaped bytes as `\\xHH`.
 
     Characters go out as UTF-8 rather than `\\u` escapes, so the error handler
     sees every lone surrogate and nothing else needs a second pass.
     """
-    if indent is None:
-        text = _COMPACT.encode(doc)
-    else:
-        text = json.dumps(doc, indent=indent, ensure_ascii=False)
-    return text.encode("utf-8", JSON_ERRORS)
+    return _COMPACT.encode(doc).encode("utf-8", JSON_ERRORS)

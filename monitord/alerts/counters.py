@@ -34,10 +34,6 @@ class AlertCounters:
         with self._lock:
             return dict(self._counts)
 
-    def after_fork(self) -> None:
-        """In a forked child: a lock held by a thread that did not survive the fork is void."""
-        self._lock = threading.Lock()
-
     def to_json(self) -> dict[str, Any]:
         """Return this part of the checkpoint's `telemetry` object."""
         with self._lock:

@@ -99,10 +99,6 @@ class DeliveryWorker:
         if dropped:
             self._count("dropped", dropped)
 
-    def after_fork(self) -> None:
-        """In a forked child: replace the lock another thread may have held at the fork."""
-        self._cond = threading.Condition(threading.Lock())
-
     def take_all(self) -> list[Alert]:
         """Remove and return what is queued (a reconfigured sink hands it to its successor)."""
         with self._cond:

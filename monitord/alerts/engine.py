@@ -204,22 +204,12 @@ class AlertEngine:
                     self._over_limit()
                     return
                 alert = Alert.from_record(record, self.identity)
-                active = self._active[key] = _Active(alert, last_seen=now, last_sent=now)
-                self._note_due(self._due(key, active))
+                self._fire(alert, now)
             for worker in self._all:
                 worker.put(alert)
         elif result == "success":
-            if not self._active:
-                return  # the common case: nothing is firing
-            key = alert_key(record)
-            with self._lock:
-                ended = self._active.pop(key, None)
-                if ended is None:
-                    return
-                resolved = ended.alert.resolved(record.time)
-                self._retain(resolved, self.clock())
-            for worker in self._all:
-                worker.put(resolved)
+            if self._active:  # commonly nothing is firing: no key to make
+                self._resolve(alert_key(record), record.time)
 
     def process_gone(self, uuid: str, name: str | None, virt: str | None, vm_pid: int) -> None:
         """Raise VirtGuestProcessGone for a running guest of this host whose process is gone
@@ -228,23 +218,28 @@ class AlertEngine:
         with self._lock:
             if alert.key in self._active:
                 return
-            now = self.clock()
-            active = self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
             self._gone.add(alert.key)
-            self._note_due(self._due(alert.key, active))
+            self._fire(alert, self.clock())
         for worker in self._all:
             worker.put(alert)
 
     def _end_process_gone(self, record: AuditRecord) -> None:
-        if record.node:
-            return  # only this host's own guests are checked
-        key = process_gone_key(record.uuid or "")
+        if not record.node:  # only this host's own guests are checked
+            self._resolve(process_gone_key(record.uuid or ""), record.time)
+
+    def _fire(self, alert: Alert, now: float) -> None:
+        """Keep `alert` as firing from `now` (under the lock)."""
+        active = self._active[alert.key] = _Active(alert, last_seen=now, last_sent=now)
+        self._note_due(self._due(alert.key, active))
+
+    def _resolve(self, key: AlertKey, at: float) -> None:
+        """Resolve the firing alert of `key`, if any, as of `at`; tell every sink."""
         with self._lock:
             self._gone.discard(key)
             ended = self._active.pop(key, None)
             if ended is None:
                 return
-            resolved = ended.alert.resolved(record.time)
+            resolved = ended.alert.resolved(at)
             self._retain(resolved, self.clock())
         for worker in self._all:
             worker.put(resolved)
@@ -357,34 +352,22 @@ class AlertEngine:
 
     def collect(self) -> Iterator[Metric]:
         """Yield deliveries by sink and outcome, and the queue length of each sink."""
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+        from monitord.serve.exporter import family
 
-        alerts = CounterMetricFamily(
+        yield family(
+            "counter",
             "monitord_alerts_total",
             "Alert deliveries by sink and outcome (sent, failed, dropped).",
-            labels=["sink", "outcome"],
+            ["sink", "outcome"],
+            self.counters.snapshot(),
         )
-        for (sink, outcome), n in sorted(self.counters.snapshot().items()):
-            alerts.add_metric([sink, outcome], n)
-        yield alerts
-        queue = GaugeMetricFamily(
-            "monitord_alert_queue_length", "Alerts waiting to be delivered, by sink.",
-            labels=["sink"],
-        )  # fmt: skip
-        for sink, n in sorted(self.queue_lengths().items()):
-            queue.add_metric([sink], n)
-        yield queue
-
-    def after_fork(self) -> None:
-        """In a forked child (the checkpoint writer): replace the locks other threads may hold."""
-        self._lock = threading.Lock()
-        self.counters.after_fork()
-        for worker in self._all:
-            worker.after_fork()
-
-    def firing_count(self) -> int:
-        """Return how many alerts are firing (cheap; the daemon loop asks often)."""
-        return len(self._active)
+        yield family(
+            "gauge",
+            "monitord_alert_queue_length",
+            "Alerts waiting to be delivered, by sink.",
+            ["sink"],
+            self.queue_lengths(),
+        )
 
     def firing(self) -> list[Alert]:
         """Return the alerts firing now (oldest first)."""

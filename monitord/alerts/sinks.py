@@ -36,7 +36,6 @@ JOURNAL_MESSAGE_ID: Final = "0eb15ecc7dee4e43823235d95cb95ec9"
 JOURNAL_RESOLVED_MESSAGE_ID: Final = "84f0cbbac1454254b44401985be3bbfc"
 JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
 
-HTTP_TIMEOUT: Final = 10.0
 ZERO_TIME: Final = "0001-01-01T00:00:00Z"  # Go's zero time: how Alertmanager writes "no endsAt"
 USER_AGENT: Final = "monitord-alerts"
 
@@ -272,16 +271,7 @@ class AlertmanagerSink:
     def payload(self, alerts: Sequence[Alert]) -> list[dict[str, Any]]:
         """Return the API v2 body; a firing alert ends after 4 missed re-sends (as Prometheus)."""
         valid_until = rfc3339(self.clock() + 4 * self.resend_interval)
-        return [
-            {
-                "labels": dict(a.labels),
-                "annotations": dict(a.annotations),
-                "startsAt": rfc3339(a.starts_at),
-                "endsAt": valid_until if a.ends_at is None else rfc3339(a.ends_at),
-                "generatorURL": a.generator_url,
-            }
-            for a in alerts
-        ]
+        return [_alert_document(a, valid_until) for a in alerts]
 
     def deliver(self, alerts: Sequence[Alert]) -> int:
         body = json.dumps(self.payload(alerts)).encode()
@@ -346,11 +336,7 @@ class WebhookSink:
         items = [
             {
                 "status": a.status,
-                "labels": dict(a.labels),
-                "annotations": dict(a.annotations),
-                "startsAt": rfc3339(a.starts_at),
-                "endsAt": ZERO_TIME if a.ends_at is None else rfc3339(a.ends_at),
-                "generatorURL": a.generator_url,
+                **_alert_document(a, ZERO_TIME),
                 "fingerprint": fingerprint(a.labels),
             }
             for a in alerts
@@ -372,6 +358,17 @@ class WebhookSink:
     def deliver(self, alerts: Sequence[Alert]) -> int:
         self.receiver.post(json.dumps(self.payload(alerts)).encode())
         return 0
+
+
+def _alert_document(a: Alert, open_end: str) -> dict[str, Any]:
+    """An alert as Alertmanager's API and webhook write it; `open_end`: a firing one's endsAt."""
+    return {
+        "labels": dict(a.labels),
+        "annotations": dict(a.annotations),
+        "startsAt": rfc3339(a.starts_at),
+        "endsAt": open_end if a.ends_at is None else rfc3339(a.ends_at),
+        "generatorURL": a.generator_url,
+    }
 
 
 def _common(maps: Sequence[Mapping[str, str]]) -> dict[str, str]:

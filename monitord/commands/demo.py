@@ -28,7 +28,7 @@ from typing import Any, Final, TextIO
 
 from monitord.commands.guesttable import render
 from monitord.commands.simulate import AuditClock, Fleet, noise_lines
-from monitord.commands.status import fetch
+from monitord.commands.status import get_document
 from monitord.config import parse_listen
 from monitord.errors import RuntimeFailure, UserError
 
@@ -130,7 +130,7 @@ class StreamWriter:
 def _guests(base: str) -> dict[str, Any] | None:
     """The daemon's guest document, None while it does not answer (the table waits)."""
     try:
-        return fetch(base, timeout=2)
+        return get_document(base, "/api/v1/guests", "guests", timeout=2)
     except RuntimeFailure:
         return None
 

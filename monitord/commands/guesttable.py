@@ -1,8 +1,9 @@
-"""The guest table as text for a terminal (`replay`, `status`, and the demo's live view)."""
+"""Tables as text for a terminal: the guest table (`replay`, `status`, the demo's live view)
+and the plain tables of `history` and `sessions`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 COLUMNS: Final = ("NAME", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "FAILURES", "LAST OP")
@@ -56,22 +57,29 @@ def render(guests: Sequence[Mapping[str, Any]], max_rows: int | None = None) -> 
     columns = (COLUMNS[0], "HOST", *COLUMNS[1:]) if with_host else COLUMNS
     rows = [row(g, with_host) for g in guests]
     shown = rows if max_rows is None else rows[:max_rows]
+    text = table(columns, shown, _RIGHT)
+    if len(shown) < len(rows):
+        text += f"... {len(rows) - len(shown)} more\n"
+    return text + summary(guests) + "\n"
+
+
+def table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[str] = ()
+) -> str:
+    """Lines of cells as wide as their column's widest, two spaces apart; the columns named
+    in `right` right-aligned."""
     widths = [len(c) for c in columns]
-    for r in shown:
+    for r in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, r, strict=True)]
 
     def fmt(cells: Sequence[str]) -> str:
         out = [
-            cell.rjust(w) if col in _RIGHT else cell.ljust(w)
+            cell.rjust(w) if col in right else cell.ljust(w)
             for col, cell, w in zip(columns, cells, widths, strict=True)
         ]
         return "  ".join(out).rstrip()
 
-    lines = [fmt(columns), *(fmt(r) for r in shown)]
-    if len(shown) < len(rows):
-        lines.append(f"... {len(rows) - len(shown)} more")
-    lines.append(summary(guests))
-    return "\n".join(lines) + "\n"
+    return "".join(fmt(r) + "\n" for r in (columns, *rows))
 
 
 def summary(guests: Sequence[Mapping[str, Any]]) -> str:

@@ -15,19 +15,20 @@ Times (`--since`, `--until`) are epoch seconds (`1700000000`), ISO 8601
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import json
 import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from monitord.audit.record import AuditRecord
+from monitord.commands.guesttable import table
+from monitord.commands.status import get_document
 from monitord.errors import InputError, RuntimeFailure, UserError
 from monitord.state.effects import effect, subject
 from monitord.state.history import (
@@ -41,8 +42,8 @@ from monitord.state.history import (
     parse_time,
 )
 
-TIMEOUT: Final = 10.0
 PAGE: Final = 1000
+T = TypeVar("T")
 
 
 class HistoryArgs:
@@ -75,36 +76,23 @@ class HistoryArgs:
             q = EventQuery(name=self.name, limit=PAGE)
             found = {d.get("uuid") for d in _from_url(args.url, q)}
         else:
-            reader = open_store(args)
-            try:
+            with open_store(args) as reader:
                 found = {u for (_, _, u, _) in reader.subjects(name=self.name)}
-            except HistoryError as err:
-                raise RuntimeFailure(str(err)) from None
-            finally:
-                reader.close()
         return list[str | None](sorted(x for x in found if x is not None))
 
-    def all_documents(self, **filters: Any) -> Iterator[dict[str, Any]]:
+    def all_documents(self, **filters: Any) -> Iterable[dict[str, Any]]:
         """Event documents of the selected guests and times, oldest first."""
-        guests = self.guests()
         streams = [
             self.documents(EventQuery(uuid=u, since=self.since, until=self.until, limit=PAGE,
                                       **filters))
-            for u in guests
+            for u in self.guests()
         ]  # fmt: skip
-        if len(streams) == 1:
-            yield from streams[0]
-        else:
-            yield from heapq.merge(*streams, key=lambda d: (d["time"], d["serial"]))
+        return _merged(streams, lambda d: (d["time"], d["serial"]))
 
-    def all_records(self) -> Iterator[AuditRecord]:
+    def all_records(self) -> Iterable[AuditRecord]:
         """Every record of the selected guests (whole history: runs need all their records)."""
-        guests = self.guests()
-        streams = [self.records(EventQuery(uuid=u, limit=PAGE)) for u in guests]
-        if len(streams) == 1:
-            yield from streams[0]
-        else:
-            yield from heapq.merge(*streams, key=lambda r: (r.time, r.serial))
+        streams = [self.records(EventQuery(uuid=u, limit=PAGE)) for u in self.guests()]
+        return _merged(streams, lambda r: (r.time, r.serial))
 
     def documents(self, q: EventQuery) -> Iterator[dict[str, Any]]:
         """Event documents (the API's shape) the query selects, oldest first."""
@@ -119,15 +107,10 @@ class HistoryArgs:
                     doc["host"] = record.node or host
                     yield doc
         else:
-            reader = open_store(args)
             host = socket.gethostname()
-            try:
+            with open_store(args) as reader:
                 for event in reader.iter_events(q, page=PAGE):
                     yield event_document(event, host)
-            except HistoryError as err:
-                raise RuntimeFailure(str(err)) from None
-            finally:
-                reader.close()
 
     def records(self, q: EventQuery) -> Iterator[AuditRecord]:
         """The records the query selects, oldest first (for sessions)."""
@@ -138,18 +121,20 @@ class HistoryArgs:
             for doc in _from_url(args.url, q):
                 yield AuditRecord.from_json(doc)
         else:
-            reader = open_store(args)
-            try:
-                for event in reader.iter_events(q, page=PAGE):
-                    yield event.record
-            except HistoryError as err:
-                raise RuntimeFailure(str(err)) from None
-            finally:
-                reader.close()
+            with open_store(args) as reader:
+                yield from (event.record for event in reader.iter_events(q, page=PAGE))
 
 
-def open_store(args: argparse.Namespace) -> HistoryReader:
-    """The store of `--state-dir`, else of the configured state directory, read-only."""
+def _merged(streams: list[Iterator[T]], key: Callable[[T], Any]) -> Iterable[T]:
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=key)
+
+
+@contextlib.contextmanager
+def open_store(args: argparse.Namespace) -> Iterator[HistoryReader]:
+    """The store of `--state-dir`, else of the configured state directory, read-only; an
+    error reading it is a RuntimeFailure."""
     directory = args.state_dir
     if directory is None:
         from monitord.config import load_config
@@ -158,11 +143,17 @@ def open_store(args: argparse.Namespace) -> HistoryReader:
     if not Path(directory).is_dir():
         raise InputError(f"cannot read {directory}: no such directory")
     try:
-        return HistoryReader.open(directory)
+        reader = HistoryReader.open(directory)
     except HistoryError as err:
         if "not found" in str(err):
             raise InputError(f"{err} (is --state-dir right?)") from None
         raise RuntimeFailure(str(err)) from None
+    try:
+        yield reader
+    except HistoryError as err:
+        raise RuntimeFailure(str(err)) from None
+    finally:
+        reader.close()
 
 
 def log_records(names: Sequence[str]) -> Iterator[AuditRecord]:
@@ -182,9 +173,6 @@ def log_records(names: Sequence[str]) -> Iterator[AuditRecord]:
 
 
 def _from_url(url: str, q: EventQuery) -> Iterator[dict[str, Any]]:
-    base = url.rstrip("/")
-    if "://" not in base:
-        base = "http://" + base
     params: dict[str, str] = {"limit": str(PAGE)}
     for key, value in (("uuid", q.uuid), ("name", q.name), ("op", q.op), ("result", q.result)):
         if value is not None:
@@ -195,37 +183,11 @@ def _from_url(url: str, q: EventQuery) -> Iterator[dict[str, Any]]:
     after: str | None = None
     while True:
         query = dict(params, **({"after": after} if after else {}))
-        target = f"{base}/api/v1/events?{urllib.parse.urlencode(query)}"
-        doc = _get(target, url)
+        doc = get_document(url, f"/api/v1/events?{urllib.parse.urlencode(query)}", "events")
         yield from doc["events"]
         after = doc.get("next")
         if not after:
             return
-
-
-def _get(target: str, url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(target, timeout=TIMEOUT) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as err:
-        detail = ""
-        try:
-            detail = ": " + str(json.loads(err.read())["error"])
-        except (ValueError, KeyError, TypeError, OSError):
-            pass
-        raise RuntimeFailure(f"{target} answered HTTP {err.code}{detail}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise RuntimeFailure(f"cannot reach {url}: {reason} (is monitord running?)") from None
-    except ValueError as err:
-        raise UserError(f"bad URL {url!r}: {err}") from None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise RuntimeFailure(f"{target} did not answer JSON: is it monitord?") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
-        raise RuntimeFailure(f"{target} did not answer an events document: is it monitord?")
-    return doc
 
 
 # -- the terminal table ------------------------------------------------------------------------
@@ -283,17 +245,6 @@ def render_events(docs: Sequence[dict[str, Any]]) -> str:
     return table(("TIME", "GUEST", "EVENT", "RESULT", "DETAIL"), rows) + (
         f"{len(docs)} event{'s' if len(docs) != 1 else ''}\n"
     )
-
-
-def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(c) for c in columns]
-    for r in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, r, strict=True)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    return "".join(fmt(r) + "\n" for r in (columns, *rows))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Any
 
-from monitord.commands.guesttable import human_bytes
-from monitord.commands.history import HistoryArgs, table, when
+from monitord.commands.guesttable import human_bytes, table
+from monitord.commands.history import HistoryArgs, when
 from monitord.state.sessions import Session, SessionBuilder
 
 END_TEXT = {"stopped": "stopped", "running": "running", "no_record": "no record",

@@ -92,19 +92,19 @@ class Guest:
     uuid: str
     virt: str
     index: int
-    disks: list[str]
-    cdrom: str | None
     nics: list[str]
     fss: list[str]
-    chardevs: list[str]
-    rngs: list[str]
     hostdevs: list[tuple[str, str]]  # (bus, device)
-    tpm: tuple[str, str] | None  # (resrc, device)
-    shmems: list[tuple[int, str]]  # (size, path)
-    evdevs: list[str]
     mem_kib: int
     vcpus: int
-    iothreads: int
+    disks: list[str] = field(default_factory=list)
+    cdrom: str | None = None
+    chardevs: list[str] = field(default_factory=list)
+    rngs: list[str] = field(default_factory=list)
+    tpm: tuple[str, str] | None = None  # (resrc, device)
+    shmems: list[tuple[int, str]] = field(default_factory=list)  # (size, path)
+    evdevs: list[str] = field(default_factory=list)
+    iothreads: int = 0
     state: str = "stopped"  # stopped | running | saved | away
     pid: int = 0
     domid: int = 0
@@ -168,19 +168,11 @@ class Fleet:
                 uuid=uid,
                 virt=virt,
                 index=index,
-                disks=[],
-                cdrom=None,
                 nics=[self._mac()],
                 fss=[f"/var/lib/lxc/{safe}/rootfs"],
-                chardevs=[],
-                rngs=[],
                 hostdevs=[("disk", "/dev/sdb")] if rng.random() < 0.3 else [],
-                tpm=None,
-                shmems=[],
-                evdevs=[],
                 mem_kib=rng.choice((262144, 524288, 1048576)),
                 vcpus=rng.choice((1, 2)),
-                iothreads=0,
             )
         hostdevs: list[tuple[str, str]] = []
         if rng.random() < 0.25:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gzip
 import json
 import ssl
@@ -85,13 +86,16 @@ def _failure_hint(err: object, https: bool, creds: Credentials) -> str:
     return "is monitord running?"
 
 
-def fetch(url: str, timeout: float = TIMEOUT, creds: Credentials | None = None) -> dict[str, Any]:
-    """GET `{url}/api/v1/guests`; a RuntimeFailure with one clear line if that fails."""
+def get_document(
+    url: str, path: str, key: str, creds: Credentials | None = None, timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """GET `{url}{path}`, a JSON object with a `key` list; one clear line if that fails: a
+    RuntimeFailure, or a UserError for a URL that is not one."""
     creds = creds or Credentials()
     base = url.rstrip("/")
     if "://" not in base:
         base = "http://" + base
-    target = base + "/api/v1/guests"
+    target = base + path
     headers = {"Accept-Encoding": "gzip"}
     if creds.user is not None:
         token = base64.b64encode(f"{creds.user}:{creds.password or ''}".encode()).decode()
@@ -105,6 +109,8 @@ def fetch(url: str, timeout: float = TIMEOUT, creds: Credentials | None = None) 
                 body = gzip.decompress(body)
     except urllib.error.HTTPError as err:
         hint = ""
+        with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
+            hint = ": " + str(json.loads(err.read())["error"])  # the daemon says what is wrong
         if err.code == 401:
             hint = ": give --user and --password-file" if creds.user is None else ": wrong user"
         elif err.code == 429:
@@ -115,19 +121,19 @@ def fetch(url: str, timeout: float = TIMEOUT, creds: Credentials | None = None) 
         hint = _failure_hint(reason, target.startswith("https:"), creds)
         raise RuntimeFailure(f"cannot reach {target}: {reason} ({hint} ({url}))") from None
     except ValueError as err:
-        raise RuntimeFailure(f"bad URL {url!r}: {err}") from None
+        raise UserError(f"bad URL {url!r}: {err}") from None
     try:
         doc = json.loads(body)
     except ValueError:
         raise RuntimeFailure(f"{target} did not answer JSON: is it monitord?") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("guests"), list):
-        raise RuntimeFailure(f"{target} did not answer a guest document: is it monitord?")
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+        raise RuntimeFailure(f"{target} did not answer a {key} document: is it monitord?")
     return doc
 
 
 def main(args: argparse.Namespace) -> int:
     # An older daemon may send names with bytes that are not UTF-8 as `\udcXX` escapes.
-    doc = printable_doc(fetch(args.url, creds=credentials(args)))
+    doc = printable_doc(get_document(args.url, "/api/v1/guests", "guests", credentials(args)))
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")

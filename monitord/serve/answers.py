@@ -10,18 +10,17 @@ import asyncio
 import ctypes
 import gc
 import itertools
-import json
 import mmap
 import time
 import weakref
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
-from monitord.textout import JSON_ERRORS
+from monitord.textout import json_bytes
 
 # Bodies at least this large live in their own memory map (returned to the system when
 # freed, whatever glibc's malloc thresholds have become); smaller ones are plain bytes.
@@ -29,7 +28,6 @@ MAP_AT_LEAST: Final = 256 * 1024
 GZIP_LEVEL: Final = 1
 # Renders of one kind alive at once (being sent to slow clients); see RenderCache.
 MAX_GENERATIONS: Final = 3
-_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -68,18 +66,23 @@ class Body:
     gzip: bool = False
 
 
+def _blocks(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """The parts joined a few thousand at a time (in C), never into one big string."""
+    pieces = iter(parts)
+    while block := b"".join(itertools.islice(pieces, 2048)):
+        yield block
+
+
 def collect(parts: Iterable[bytes], size: int) -> bytes | memoryview:
     """Join parts: small results as bytes, large ones in a memory map of their own.
 
     A map is unmapped when its last reader lets go, so the memory of a large
     answer goes back to the system at once, whatever malloc would have kept.
-    Parts are joined a few thousand at a time (in C), never into one big string.
     """
     if size < MAP_AT_LEAST:
         return b"".join(parts)
     area = mmap.mmap(-1, size)
-    pieces = iter(parts)
-    while block := b"".join(itertools.islice(pieces, 2048)):
+    for block in _blocks(parts):
         area.write(block)
     return memoryview(area).toreadonly()
 
@@ -91,32 +94,24 @@ def make_body(parts: Iterable[bytes], content_type: str, made: float, packed: bo
         parts = list(parts)
         return Body(collect(parts, sum(map(len, parts))), content_type, made)
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    pieces = iter(parts)
-    out = []
-    while block := b"".join(itertools.islice(pieces, 2048)):
-        out.append(packer.compress(block))
-    out.append(packer.flush())
+    out = [*map(packer.compress, _blocks(parts)), packer.flush()]
     return Body(collect(out, sum(map(len, out))), content_type, made, gzip=True)
 
 
 def document_parts(doc: dict[str, Any]) -> list[bytes]:
     """Encode a guest list document guest by guest: the same bytes as one `json_bytes`,
     without a multi-MiB string for 10,000 guests."""
-    dumps = _JSON.encode
     parts: list[bytes] = []
     sep = b"{"
     for key, value in doc.items():
-        parts.append(sep + dumps(key).encode("utf-8", JSON_ERRORS) + b":")
+        parts.append(sep + json_bytes(key) + b":")
         sep = b","
         if key == "guests" and isinstance(value, list):
             parts.append(b"[")
-            parts.extend(
-                (b"," if i else b"") + dumps(item).encode("utf-8", JSON_ERRORS)
-                for i, item in enumerate(value)
-            )
+            parts.extend((b"," if i else b"") + json_bytes(item) for i, item in enumerate(value))
             parts.append(b"]")
         else:
-            parts.append(dumps(value).encode("utf-8", JSON_ERRORS))
+            parts.append(json_bytes(value))
     parts.append(b"}\n" if doc else b"{}\n")
     return parts
 

@@ -10,8 +10,8 @@ times more per scrape.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -26,11 +26,28 @@ from monitord.state.guest import DEVICE_LISTS, METRIC_FIELDS, STATES, Guest, Gue
 from monitord.state.table import GuestTable, Snapshot
 from monitord.textout import printable
 
-__all__ = ["GUEST_FAMILIES", "MonitordRegistry", "StageMetrics", "make_registry", "render"]
+__all__ = ["GUEST_FAMILIES", "MonitordRegistry", "StageMetrics", "family", "make_registry",
+           "render"]  # fmt: skip
 
-GUEST_LABELS: Final = ("uuid", "domain", "virt", "node")
 # A guest's samples in one family: (extra label text, already escaped and comma-led; value).
 _Samples = list[tuple[str, float]]
+
+
+def family(
+    kind: Literal["counter", "gauge"],
+    name: str,
+    help_text: str,
+    labels: Sequence[str],
+    values: Mapping[Any, float],  # keyed by a label value (str) or a tuple of them
+    always: Iterable[str] = (),
+) -> Metric:
+    """A family with a sample per key of `values` (a label value, or a tuple of them), in
+    order; the keys in `always` appear even at 0. Stages use it at scrape time."""
+    make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    metric = make(name, help_text, labels=labels)
+    for key in sorted({*always, *values}):
+        metric.add_metric(list(key) if isinstance(key, tuple) else [key], values.get(key, 0))
+    return metric
 
 
 def _escape(value: str) -> str:
@@ -171,15 +188,12 @@ def table_families(snap: Snapshot) -> Iterator[Metric]:
          ["virt", "model", "result"], snap.labels),
     )  # fmt: skip
     for name, help_text, label_names, values in counters:
-        family = CounterMetricFamily(name, help_text, labels=label_names)
         # Printable values may coincide (a byte, and `\xHH` spelt out): one series, counts added.
-        shown: dict[tuple[str, ...], int] = {}
+        shown: dict[tuple[str, ...], float] = {}
         for key, n in values.items():
             label_values = tuple(map(printable, key))
             shown[label_values] = shown.get(label_values, 0) + n
-        for label_values, n in sorted(shown.items()):
-            family.add_metric(list(label_values), n)
-        yield family
+        yield family("counter", name, help_text, label_names, shown)
     counts: dict[tuple[str, str], int] = {}
     for g in snap.guests:
         k = (printable(g.virt or ""), g.state)
@@ -193,15 +207,14 @@ def table_families(snap: Snapshot) -> Iterator[Metric]:
         for state in STATES:
             domains.add_metric([virt, state], counts.get((virt, state), 0))
     yield domains
-    unmatched = CounterMetricFamily(
+    yield family(
+        "counter",
         "libvirt_audit_unmatched_detaches_total",
         "Detach records for a device the guest was not known to hold (they change nothing), "
         "by device kind.",
-        labels=["kind"],
+        ["kind"],
+        snap.unmatched_detaches,
     )
-    for kind, n in sorted(snap.unmatched_detaches.items()):
-        unmatched.add_metric([kind], n)
-    yield unmatched
 
 
 class StageMetrics(Protocol):
@@ -228,22 +241,18 @@ class DaemonCollector(Collector):
         self.version = version
 
     def collect(self) -> Iterator[Metric]:
-        build = GaugeMetricFamily(
-            "monitord_build_info", "Always 1; the version label names the running monitord.",
-            labels=["version"],
-        )  # fmt: skip
-        build.add_metric([self.version], 1)
-        yield build
-        tracked = GaugeMetricFamily("monitord_guests_tracked", "Guests currently tracked.")
-        tracked.add_metric([], self.table.guests_tracked)
-        yield tracked
-        evicted = CounterMetricFamily(
+        yield family("gauge", "monitord_build_info",
+                     "Always 1; the version label names the running monitord.",
+                     ["version"], {self.version: 1})  # fmt: skip
+        yield GaugeMetricFamily(
+            "monitord_guests_tracked", "Guests currently tracked.", self.table.guests_tracked
+        )
+        yield CounterMetricFamily(
             "monitord_guests_evicted_total",
             "Guests forgotten: stopped longer than state.forget_stopped_after, or beyond "
             "state.max_guests.",
+            self.table.guests_evicted,
         )
-        evicted.add_metric([], self.table.guests_evicted)
-        yield evicted
 
 
 class MonitordRegistry(CollectorRegistry):

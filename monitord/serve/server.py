@@ -28,8 +28,6 @@ import email.utils
 import functools
 import html
 import logging
-import os
-import re
 import socket
 import ssl
 import threading
@@ -67,9 +65,6 @@ log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], tuple[bool, str]]
 
-UUID_RE: Final = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
-)
 GUEST_PREFIX: Final = "/api/v1/guests/"
 READ_SIZE: Final = 16 * 1024
 # An answer goes out in blocks of this size (a transport buffers at most one): large while
@@ -198,12 +193,6 @@ class WebServer:
         host, port = self.address
         scheme = "https" if self.config.tls_cert else "http"
         return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-    def release_listener(self) -> None:
-        """In a forked child: close this process's copy of the listening socket (the
-        parent's stays open and serving)."""
-        if self._sock is not None:
-            os.close(self._sock.detach())
 
     def start(self) -> None:
         """Bind and serve from a background thread.
@@ -633,16 +622,15 @@ class WebServer:
             return await self._metrics(request)
         if path in ("/api/v1/guests", "/api/v1/guests/"):
             return await self._guests(request)
-        query = request.target.split("#", 1)[0].partition("?")[2]
+        query = request.query
+        # One guest or one page of events: answered here, never queued behind a render.
         if path == "/api/v1/events":
             status, doc = api.events_answer(query, self.history)
-            return Answer(status, json_bytes(doc) + b"\n", "application/json")
+            return Answer(status, json_bytes(doc) + b"\n")
         if path.startswith(GUEST_PREFIX):
-            # Cheap (one guest, the table's lock for a moment, one indexed read of the
-            # history): answered here, never queued behind a render.
-            uuid = path[len(GUEST_PREFIX) :]
-            status, doc = api.guest_answer(uuid, query, self.table.guest_document, self.history)
-            return Answer(status, json_bytes(doc) + b"\n", "application/json")
+            uuid, lookup = path[len(GUEST_PREFIX) :], self.table.guest_document
+            status, doc = api.guest_answer(uuid, query, lookup, self.history)
+            return Answer(status, json_bytes(doc) + b"\n")
         if path == "/healthz":
             ok, reason = self.health()
             text = "ok" if ok else (reason or "unhealthy")

@@ -44,15 +44,9 @@ class Request:
         return target.split("?", 1)[0].split("#", 1)[0]
 
     @property
-    def query(self) -> dict[str, str]:
-        """The query parameters (the first of a repeated name wins)."""
-        from urllib.parse import parse_qsl
-
-        query = self.target.split("#", 1)[0].partition("?")[2]
-        out: dict[str, str] = {}
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            out.setdefault(name, value)
-        return out
+    def query(self) -> str:
+        """The query string: after `?`, before any `#`."""
+        return self.target.split("#", 1)[0].partition("?")[2]
 
     def tokens(self, name: str) -> set[str]:
         return {t.strip().lower() for t in self.headers.get(name, "").split(",") if t.strip()}

@@ -161,10 +161,6 @@ class AudispSource:
     def finished(self) -> bool:
         return self._drained
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
     def take_switch(self) -> bool:
         return False  # a pipe has no files to switch between
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from monitord.audit.record import AuditRecord
+from monitord.config import SourceConfig
+from monitord.sources.counters import SourceCounters
 
 Position = dict[str, Any]
 """A JSON-able place in the source (file: dev/inode/offset/fingerprint; journal: cursor)."""
@@ -55,3 +57,23 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release files and descriptors."""
+
+
+class LogSource:
+    """What the file and journal sources share: their counters, and a log that never ends."""
+
+    name: str
+
+    def __init__(self, config: SourceConfig, counters: SourceCounters | None) -> None:
+        self.config = config
+        self.counters = counters if counters is not None else SourceCounters(self.name)
+        self.stats = self.counters.parse
+        self._caught_up = False
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up
+
+    @property
+    def finished(self) -> bool:
+        return False

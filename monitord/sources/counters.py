@@ -33,41 +33,42 @@ class SourceCounters:
 
     def collect(self) -> Iterator[Metric]:
         """Yield the source's metric families (docs/INTERFACE.md, daemon self-metrics)."""
-        from prometheus_client.metrics_core import CounterMetricFamily
+        from monitord.serve.exporter import family
 
-        stats = self.parse
-        lines = CounterMetricFamily(
-            "monitord_lines_read_total", "Lines read from the record source.", labels=["source"]
-        )
-        lines.add_metric([self.kind], stats.lines)
-        yield lines
-        nbytes = CounterMetricFamily(
-            "monitord_bytes_read_total", "Bytes read from the record source.", labels=["source"]
-        )
-        nbytes.add_metric([self.kind], stats.bytes)
-        yield nbytes
-        yield _by_reason(
+        stats, source, reason = self.parse, ["source"], ["reason"]
+        yield family("counter", "monitord_lines_read_total", "Lines read from the record source.",
+                     source, {self.kind: stats.lines})  # fmt: skip
+        yield family("counter", "monitord_bytes_read_total", "Bytes read from the record source.",
+                     source, {self.kind: stats.bytes})  # fmt: skip
+        yield family(
+            "counter",
             "monitord_parse_errors_total",
             "VIRT_* lines that could not be parsed and were skipped, by reason.",
+            reason,
             stats.errors,
             PARSE_ERROR_REASONS,
         )
-        yield _by_reason(
+        yield family(
+            "counter",
             "monitord_records_ignored_total",
             "Lines read but not used: not a VIRT_* record (not_virt) or not libvirt's "
             "(not_libvirt).",
+            reason,
             stats.ignored,
             IGNORED_REASONS,
         )
-        yield _by_reason(
+        yield family(
+            "counter",
             "monitord_records_dropped_total",
             "Lines lost before parsing, e.g. when the audisp input queue was full.",
+            reason,
             self.dropped,
-            (),
         )
-        yield _by_reason(
+        yield family(
+            "counter",
             "monitord_log_reopens_total",
             "Times the followed log was reopened: rotated, truncated or created.",
+            reason,
             self.reopens,
             REOPEN_REASONS,
         )
@@ -111,15 +112,3 @@ def _counts(value: object) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected an object of counts, got {type(value).__name__}")
     return {str(k): int(n) for k, n in value.items()}
-
-
-def _by_reason(
-    name: str, help_text: str, counts: Mapping[str, int], always: tuple[str, ...]
-) -> Metric:
-    """A counter family labelled `reason`; the reasons in `always` appear even at 0."""
-    from prometheus_client.metrics_core import CounterMetricFamily
-
-    family = CounterMetricFamily(name, help_text, labels=["reason"])
-    for reason in sorted(set(always) | set(counts)):
-        family.add_metric([reason], counts.get(reason, 0))
-    return family

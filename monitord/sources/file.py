@@ -29,7 +29,7 @@ from monitord.audit.parser import ErrorHandler, StreamParser
 from monitord.audit.record import AuditRecord
 from monitord.config import SourceConfig
 from monitord.errors import ConfigError
-from monitord.sources.base import Health, Position
+from monitord.sources.base import Health, LogSource, Position
 from monitord.sources.counters import SourceCounters
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class _OpenFile:
     head_len: int = 0
 
 
-class FileSource:
+class FileSource(LogSource):
     """The `file` source: follows one audit log across rotation and truncation."""
 
     name = "file"
@@ -123,10 +123,9 @@ class FileSource:
         on_error: ErrorHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(config, counters)
         self.path = Path(config.path)
-        self.config = config
-        self.counters = counters if counters is not None else SourceCounters(self.name)
-        self.stats, self.reopens = self.counters.parse, self.counters.reopens
+        self.reopens = self.counters.reopens
         self.clock = clock
         self.parser = StreamParser(self.counters.parse, config.max_line_length, on_error)
         self._file: _OpenFile | None = None
@@ -136,10 +135,8 @@ class FileSource:
         self._carry: list[AuditRecord] = []  # the last line of a finished file, if unterminated
         self._inotify: INotify | None = None
         self._watching: Path | None = None
-        self._caught_up = False
         self._health = Health(False, f"{self.path}: not opened yet")
         self._problem_logged: str | None = None
-        self._last_check = 0.0
         self._switched = False  # set on every switch of file; the daemon checkpoints then
 
     # -- Source protocol ------------------------------------------------------------
@@ -190,14 +187,6 @@ class FileSource:
             "fingerprint": fingerprint(f.fd, fp_len),
             "fingerprint_length": fp_len,
         }
-
-    @property
-    def caught_up(self) -> bool:
-        return self._caught_up
-
-    @property
-    def finished(self) -> bool:
-        return False
 
     def take_switch(self) -> bool:
         switched, self._switched = self._switched, False

@@ -32,7 +32,7 @@ from monitord.audit.record import AuditRecord
 from monitord.audit.types import VIRT_FIRST, VIRT_LAST, type_name
 from monitord.config import SourceConfig
 from monitord.errors import UserError
-from monitord.sources.base import Health, Position
+from monitord.sources.base import Health, LogSource, Position
 from monitord.sources.counters import SourceCounters
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _int_field(reader: journal._Reader, name: str) -> int | None:
         return None
 
 
-class JournalSource:
+class JournalSource(LogSource):
     """The `journal` source: VIRT audit entries of the systemd journal, checkpointed by cursor."""
 
     name = "journal"
@@ -102,15 +102,11 @@ class JournalSource:
         on_error: ErrorHandler | None = None,
         max_entries_per_poll: int = MAX_ENTRIES_PER_POLL,
     ) -> None:
-        self.config = config
-        self.counters = counters if counters is not None else SourceCounters(self.name)
-        self.stats = self.counters.parse
+        super().__init__(config, counters)
         self.on_error = on_error
         self.max_entries_per_poll = max_entries_per_poll
-        self.cursor_lost = 0  # checkpointed cursors that no longer existed (journal vacuumed)
         self._reader: journal._Reader | None = None
         self._cursor: str | None = None
-        self._caught_up = False
         self._open_error: str | None = None
 
     # -- Source protocol ------------------------------------------------------------
@@ -121,7 +117,12 @@ class JournalSource:
         if isinstance(cursor, str) and cursor:
             if self._resume(cursor):
                 return
-            self._count_lost(cursor)
+            self.counters.reopens["cursor_lost"] += 1
+            log.warning(
+                "checkpointed journal cursor no longer exists (journal vacuumed or replaced): "
+                "reading from the oldest entry; cursor was %s",
+                cursor,
+            )
             self._reader.seek_head()
             return
         if position is None and self.config.start == "end":
@@ -142,14 +143,6 @@ class JournalSource:
 
     def position(self) -> Position | None:
         return {"cursor": self._cursor}
-
-    @property
-    def caught_up(self) -> bool:
-        return self._caught_up
-
-    @property
-    def finished(self) -> bool:
-        return False
 
     def take_switch(self) -> bool:
         return False  # the cursor covers every journal file: nothing to checkpoint early
@@ -241,15 +234,6 @@ class JournalSource:
             return False
         self._cursor = cursor
         return True
-
-    def _count_lost(self, cursor: str) -> None:
-        self.cursor_lost += 1
-        self.counters.reopens["cursor_lost"] += 1
-        log.warning(
-            "checkpointed journal cursor no longer exists (journal vacuumed or replaced): "
-            "reading from the oldest entry; cursor was %s",
-            cursor,
-        )
 
     # -- reading ----------------------------------------------------------------------
 

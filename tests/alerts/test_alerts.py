@@ -495,12 +495,12 @@ def test_firing_alerts_are_bounded_by_max_firing(receiver: Receiver) -> None:
     try:
         for i in range(5):
             engine.observe(record(serial=i, uuid=f"00000000-0000-0000-0000-{i:012d}"), live=True)
-        assert engine.firing_count() == 3
+        assert len(engine.firing()) == 3
         assert counters.get("webhook", "dropped") == 2
         # A resolution makes room again.
         engine.observe(record(res="success", uuid="00000000-0000-0000-0000-000000000000"), True)
         engine.observe(record(serial=9, uuid="00000000-0000-0000-0000-000000000009"), live=True)
-        assert engine.firing_count() == 3
+        assert len(engine.firing()) == 3
         wait_for(lambda: len(receiver.alerts()) == 5, what="3 firing, 1 resolved, 1 new")
     finally:
         engine.close(2.0)

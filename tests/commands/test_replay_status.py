@@ -188,9 +188,16 @@ def test_status_wrong_peer(capsys: pytest.CaptureFixture[str]) -> None:
     web = served(table)
     try:
         code, _, err = run_cli(capsys, "status", "--url", web.url + "/prefix")
-        assert code == 1 and "HTTP 404" in err
+        assert code == 1 and "HTTP 404" in err and "no such path" in err  # the daemon's reason
     finally:
         web.stop()
+
+
+def test_status_and_history_bad_url_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A --url that is no URL is a user error (exit 2, one line) for status as for history."""
+    for command in ("status", "history"):
+        code, out, err = run_cli(capsys, command, "--url", "http://[not-an-address")
+        assert code == 2 and out == "" and err.count("\n") == 1 and "bad URL" in err, command
 
 
 def _tricky_log(path: Path) -> None:

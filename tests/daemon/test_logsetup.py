@@ -152,12 +152,12 @@ def test_rate_limited_logger(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     limited = RateLimitedLogger(logging.getLogger("monitord.rl"), burst=1, interval=5, clock=clock)
     with caplog.at_level(logging.INFO, logger="monitord.rl"):
-        assert limited.info("file %s missing, waiting", "/a")
-        assert not limited.info("file %s missing, waiting", "/b")
-        assert not limited.info("file %s missing, waiting", "/c")
-        assert not limited.debug("below the level")
+        assert limited.log(logging.INFO, "file %s missing, waiting", "/a")
+        assert not limited.log(logging.INFO, "file %s missing, waiting", "/b")
+        assert not limited.log(logging.INFO, "file %s missing, waiting", "/c")
+        assert not limited.log(logging.DEBUG, "below the level")
         clock.now = 5
-        assert limited.info("file %s missing, waiting", "/d")
+        assert limited.log(logging.INFO, "file %s missing, waiting", "/d")
     assert [r.getMessage() for r in caplog.records] == [
         "file /a missing, waiting",
         "file /d missing, waiting (suppressed 2 similar)",

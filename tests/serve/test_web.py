@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -102,6 +100,18 @@ def test_bad_uuid_is_400(server: WebServer, path: str) -> None:
     """A malformed UUID gets a 400 JSON answer."""
     status, _, body = get(server, path)
     assert status == 400 and "not a UUID" in json.loads(body)["error"]
+
+
+def test_guest_parameters_are_checked_without_a_store(server: WebServer) -> None:
+    """Without a state store, /api/v1/guests/{uuid} checks its parameters as with one: an
+    unknown or malformed one is a 400; `node` selects the guest (404 names the node)."""
+    for query, reason in (("colour=red", "unknown parameter"), ("events=x", "whole number")):
+        status, _, body = get(server, f"/api/v1/guests/{UUID}?{query}")
+        assert status == 400 and reason in json.loads(body)["error"], query
+    status, _, body = get(server, f"/api/v1/guests/{UUID}?node=elsewhere&events=3")
+    assert status == 404 and "on node elsewhere" in json.loads(body)["error"]
+    status, _, body = get(server, f"/api/v1/guests/{UUID}?events=3")
+    assert status == 200 and json.loads(body)["uuid"] == UUID
 
 
 def test_unknown_paths_and_methods(server: WebServer) -> None:
@@ -628,26 +638,3 @@ def test_renders_alive_at_once_are_bounded() -> None:
         loop.run_until_complete(asyncio.sleep(1.1))  # its expiry timer (real time) fires
         assert not cache._bodies
     loop.close()
-
-
-def test_a_forked_child_releases_the_listener() -> None:
-    """A forked checkpoint writer that outlives the daemon holds no listening socket, so a
-    restarted daemon can bind the same port."""
-    web, _ = make_server()
-    web.start()
-    host, port = web.address
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            web.release_listener()
-            time.sleep(3)
-        finally:
-            os._exit(0)
-    try:
-        web.stop()
-        again, _ = make_server(listen=f"{host}:{port}")
-        again.start()  # EADDRINUSE while the child still held the socket
-        again.stop()
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
