@@ -241,6 +241,10 @@ class FileSource(LogSource):
         except OSError:
             return False
         if (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            if os.fstat(f.fd).st_size > f.offset and self._health.ok:
+                # Written to after our read to EOF, then rotated: finish it first (unless
+                # reading it failed: then go on rather than retry it on every poll).
+                return True
             # Our file is no longer audit.log, and we are at its end: go to its successor.
             return self._advance(f)
         size = os.fstat(f.fd).st_size
@@ -293,7 +297,21 @@ class FileSource(LogSource):
         return False
 
     def _rotation_chain(self) -> list[tuple[Path, int, int]]:
-        """Return (path, dev, ino) of audit.log.N ... audit.log.1, audit.log: oldest first."""
+        """Return (path, dev, ino) of audit.log.N ... audit.log.1, audit.log: oldest first.
+
+        A directory scan is not atomic: a name listed before auditd shifts the names is
+        stat'ed after, under its new owner, so a file can be seen twice or not at all,
+        and a rotated file would be skipped whole. Scan until two scans in a row agree.
+        """
+        chain = self._scan_chain()
+        for _ in range(20):
+            again = self._scan_chain()
+            if again == chain:
+                break
+            chain = again
+        return chain
+
+    def _scan_chain(self) -> list[tuple[Path, int, int]]:
         pattern = re.compile(re.escape(self.path.name) + r"(?:\.(\d+))?\Z")
         found: list[tuple[int, Path, int, int]] = []
         try:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,98 @@ def test_three_quick_rotations_lose_nothing(tmp_path: Path) -> None:
         log.write_bytes(line(serial))
         serial += 1
     assert serials(collect(src, serial - 2)) == list(range(2, serial))
+    src.close()
+
+
+def auditd_rotate(log: Path) -> None:
+    """Rotate as auditd does: shift audit.log.N up by one, oldest first, then audit.log to .1."""
+    n = 1
+    while log.with_name(f"{log.name}.{n}").exists():
+        n += 1
+    for i in range(n - 1, 0, -1):
+        log.with_name(f"{log.name}.{i}").rename(log.with_name(f"{log.name}.{i + 1}"))
+    log.rename(log.with_name(f"{log.name}.1"))
+
+
+class LateStatEntry:
+    """A directory entry whose stat runs a hook first: a rename lands between list and stat."""
+
+    def __init__(self, entry: os.DirEntry[str], before_stat: Callable[[], None]) -> None:
+        self.name, self.path, self.before_stat = entry.name, entry.path, before_stat
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        self.before_stat()
+        return Path(self.path).stat(follow_symlinks=follow_symlinks)
+
+
+@pytest.mark.parametrize(
+    ("rotations_before", "stats_before"),
+    [(1, 0), (2, 1)],
+    ids=["old-file-moved-out-of-scan", "successor-moved-mid-scan"],
+)
+def test_rotation_during_directory_scan_skips_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rotations_before: int, stats_before: int
+) -> None:
+    """auditd shifting names while the follower scans the directory skips no rotated file."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(1))
+    src, _ = make_source(log)
+    src.open(None)
+    assert serials(collect(src, 1)) == [1]
+    serial = 2
+
+    def rotate_and_write() -> None:
+        nonlocal serial
+        auditd_rotate(log)
+        log.write_bytes(line(serial))
+        serial += 1
+
+    for _ in range(rotations_before):
+        rotate_and_write()
+    # The follower's next scan lists the names, then auditd rotates once more after
+    # `stats_before` of them were stat'ed: the rest are stat'ed under their new owners.
+    real_scandir = os.scandir
+    stats = 0
+
+    def before_stat() -> None:
+        nonlocal stats
+        if stats == stats_before:
+            rotate_and_write()
+        stats += 1
+
+    def scandir(path: str | Path) -> list[LateStatEntry] | Iterator[os.DirEntry[str]]:
+        if Path(path) != tmp_path or stats > 0:
+            return real_scandir(path)
+        listed = sorted(real_scandir(path), key=lambda e: e.name, reverse=True)  # oldest first
+        return [LateStatEntry(e, before_stat) for e in listed]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert serials(collect(src, rotations_before + 1)) == list(range(2, serial))
+    assert stats > stats_before  # the rotation did land inside a scan
+    src.close()
+
+
+def test_lines_written_just_before_rotation_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines written then rotated away between the read to EOF and the rotation check are read."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(1))
+    src, reopens = make_source(log)
+    src.open(None)
+    assert serials(collect(src, 1)) == [1]
+    check_switch = src._check_switch
+
+    def write_and_rotate_first() -> bool:
+        monkeypatch.setattr(src, "_check_switch", check_switch)  # only this once
+        append(log, line(2))
+        auditd_rotate(log)
+        log.write_bytes(line(3))
+        return check_switch()
+
+    monkeypatch.setattr(src, "_check_switch", write_and_rotate_first)
+    assert serials(collect(src, 2)) == [2, 3]
+    assert reopens["rotated"] == 1
     src.close()
 
 
