@@ -34,7 +34,6 @@ from monitord.state.guest import DEVICE_LISTS
 # Resource records that are plumbing around a run's real changes: the tap opened for a
 # NIC (`resrc=net reason=open`) and cgroup device ACLs.
 _PLUMBING: Final = ("net", "cgroup")
-ENDS: Final = ("stopped", "running", "no_record", "failed")
 
 GuestKey = tuple[str, str | None]  # (node or "", uuid)
 

@@ -1206,11 +1206,6 @@ class Store:
             raise ValueError(f"checkpoint_errors is not a count: {errors!r}")
         self._errors = cast(int, errors)
 
-    @property
-    def last_success(self) -> float | None:
-        """Wall-clock time of the last successful commit (None before the first)."""
-        return self._last_commit
-
     def healthy(self, now: float | None = None) -> tuple[bool, str]:
         """(ok, reason): not ok once commits have failed for longer than the grace.
 
