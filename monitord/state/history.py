@@ -429,12 +429,7 @@ class HistoryReader:
             where.append("res = 0")
         elif q.result == "success":
             where.append("res = 1")
-        if q.since is not None:
-            where.append("tms >= ?")
-            params.append(time_to_db(q.since))
-        if q.until is not None:
-            where.append("tms <= ?")
-            params.append(time_to_db(q.until))
+        _time_window(q, "tms", "tms", where, params)
         desc = q.order == "desc"
         if q.after is not None:
             where.append("id < ?" if desc else "id > ?")
@@ -445,14 +440,9 @@ class HistoryReader:
             sql = f"{cols} {'WHERE ' + ' AND '.join(where) if where else ''} {order} LIMIT ?"
             return conn.execute(sql, [*params, limit]).fetchall()
         # By bucket: those whose time span meets the window (all of them for a guest alone).
-        span_where = []
+        span_where: list[str] = []
         span_params: list[Any] = []
-        if q.since is not None:
-            span_where.append("hi >= ?")
-            span_params.append(time_to_db(q.since))
-        if q.until is not None:
-            span_where.append("lo <= ?")
-            span_params.append(time_to_db(q.until))
+        _time_window(q, "hi", "lo", span_where, span_params)
         if q.after is not None:
             span_where.append("b <= ?" if desc else "b >= ?")
             span_params.append(q.after >> BUCKET)
@@ -507,3 +497,14 @@ def _quote(path: str) -> str:
     from urllib.parse import quote
 
     return quote(str(Path(path).absolute()))
+
+
+def _time_window(q: EventQuery, newest: str, oldest: str, where: list[str],
+                 params: list[Any]) -> None:  # fmt: skip
+    """Add the conditions of `since` (on column `newest`) and `until` (on `oldest`)."""
+    if q.since is not None:
+        where.append(f"{newest} >= ?")
+        params.append(time_to_db(q.since))
+    if q.until is not None:
+        where.append(f"{oldest} <= ?")
+        params.append(time_to_db(q.until))

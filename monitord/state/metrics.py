@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from monitord.serve.exporter import family
 from monitord.state.store import SET_ASIDE_REASONS, Store
 
 
@@ -49,14 +50,11 @@ class StoreCollector(Collector):
             "Commits to the state store that failed (each is retried at the next one).",
             value=stats.commit_errors,
         )
-        set_aside = CounterMetricFamily(
-            "monitord_state_set_aside_total",
+        yield family(
+            "counter", "monitord_state_set_aside_total",
             "State files set aside (renamed) because they could not be trusted, by reason.",
-            labels=["reason"],
-        )
-        for reason in sorted({*SET_ASIDE_REASONS, "checkpoint_json", *stats.set_aside}):
-            set_aside.add_metric([reason], stats.set_aside.get(reason, 0))
-        yield set_aside
+            ["reason"], stats.set_aside, always=(*SET_ASIDE_REASONS, "checkpoint_json"),
+        )  # fmt: skip
         yield GaugeMetricFamily(
             "monitord_state_store_bytes",
             "Size of the state store (state.db and its write-ahead log).",
@@ -72,15 +70,12 @@ class StoreCollector(Collector):
             "History events held in the state store.",
             value=stats.events,
         )
-        pruned = CounterMetricFamily(
-            "monitord_history_pruned_total",
+        yield family(
+            "counter", "monitord_history_pruned_total",
             "History events deleted by retention: age (history_retention) or size "
             "(history_max_bytes).",
-            labels=["reason"],
-        )
-        for reason in ("age", "size"):
-            pruned.add_metric([reason], stats.pruned.get(reason, 0))
-        yield pruned
+            ["reason"], stats.pruned, always=("age", "size"),
+        )  # fmt: skip
         yield CounterMetricFamily(
             "monitord_history_dropped_total",
             "History events lost because commits failed for so long that too many waited.",
