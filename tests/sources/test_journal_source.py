@@ -568,7 +568,11 @@ def test_daemon_sigkill_restart_resumes_at_cursor_with_exact_counts(tmp_path: Pa
         thread.join()
         raw = [raw_line(line) for line in lines]
         virt = [line for line in raw if _is_virt(line)]
-        wait_until(lambda: d.metric("monitord_lines_read_total") >= len(virt), timeout=60)
+        try:
+            wait_until(lambda: d.metric("monitord_lines_read_total") >= len(virt), timeout=60)
+        except AssertionError:
+            got = d.metric("monitord_lines_read_total")
+            raise AssertionError(f"read {got} of {len(virt)}: {d.log()[-3000:]}") from None
         assert d.metric("monitord_lines_read_total") == len(virt)
         records = [r for r in map(parse_line, raw) if isinstance(r, AuditRecord)]
         assert d.metric("libvirt_audit_records_total") == len(records)
