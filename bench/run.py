@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -45,7 +46,24 @@ def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text().split("\n")
     cores = sum(1 for ln in cpuinfo if ln.startswith("processor"))
     system = f"{platform.system()} {platform.release()}"
-    return f"{cores} cores, {model}, {system}, Python {platform.python_version()}"
+    python = f"Python {platform.python_version()} ({sys.base_prefix})"
+    return f"{cores} cores, {model}, {system}, {python}"
+
+
+# The interpreter ./bootstrap builds the venv from. Pure-Python speed depends on its build:
+# Debian's python3 (PGO, LTO, libpython linked in) ran `monitord parse` ~25% faster than
+# pyenv's default build of 3.11.7 (--enable-shared, no PGO) on the same machine.
+DEBIAN_PREFIX: Final = "/usr"
+
+
+def warn_interpreter() -> None:
+    if sys.base_prefix != DEBIAN_PREFIX:
+        print(
+            f"bench: this venv runs {sys.base_prefix}'s Python {platform.python_version()}, not "
+            "Debian's /usr/bin/python3 that ./bootstrap uses: pure-Python rows are not comparable "
+            "(recreate .venv with /usr/bin/python3 -m venv)",
+            file=sys.stderr,
+        )
 
 
 def collect() -> None:
@@ -78,6 +96,7 @@ def main() -> int:
         ap.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(ORDER)})")
     failed = []
     if not args.collect:
+        warn_interpreter()
         for name in args.names or ORDER:
             script = BENCH / f"bench_{name}.py"
             print(f"== {script.name}", flush=True)
