@@ -106,8 +106,8 @@ def bench_replay(lines: int) -> list[str]:
         if theirs:
             ours, ours_pure = times[rows[0][0]], times[rows[1][0]]
             out.append("")
-            out.append(f"monitord is **{theirs / ours:.1f}x** as fast as aureport (target >= 2x), "
-                       f"{theirs / ours_pure:.1f}x without the C leaf.")  # fmt: skip
+            out.append(f"monitord is **{theirs / ours:.2f}x** as fast as aureport (target >= 2x), "
+                       f"{theirs / ours_pure:.2f}x without the C leaf.")  # fmt: skip
     return out
 
 
