@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from monitord.audit.parser import iter_records
+from monitord.audit.parser import StreamParser
 from monitord.commands.simulate import AuditClock, Fleet, noise_lines
 from monitord.config import StateConfig
 from monitord.state.table import GuestTable
@@ -72,7 +72,8 @@ def aggregate(logs: dict[str, list[bytes]], seed: int = 7) -> list[bytes]:
 
 def replay(lines: Iterable[bytes], host: str) -> GuestTable:
     table = GuestTable(StateConfig(), clock=lambda: 1_800_000_000.0, host=host)
-    table.apply_many(list(iter_records([b"".join(lines)])))
+    parser = StreamParser()
+    table.apply_many(parser.feed(b"".join(lines)) + parser.finish())
     return table
 
 
