@@ -105,7 +105,10 @@ def machine() -> str:
         pass
     cpu = model or platform.processor()
     system = f"{platform.system()} {platform.release()}"
-    return f"{os.cpu_count()} cores (nproc), {cpu}, Python {platform.python_version()}, {system}"
+    # The interpreter's build matters as much as the CPU for the pure-Python rows: its prefix
+    # tells Debian's python3 (/usr, what ./bootstrap uses) from a plain source build.
+    python = f"Python {platform.python_version()} ({sys.base_prefix})"
+    return f"{os.cpu_count()} cores (nproc), {cpu}, {python}, {system}"
 
 
 def main() -> int:
