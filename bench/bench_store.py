@@ -32,6 +32,7 @@ import sqlite3
 import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -42,15 +43,14 @@ sys.path.insert(0, str(ROOT))
 from monitord.audit.parser import StreamParser  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
 from monitord.commands.simulate import Fleet  # noqa: E402
-from monitord.config import StateConfig  # noqa: E402
+from monitord.config import AlertsConfig, Config, IdentityConfig, StateConfig  # noqa: E402
+from monitord.daemon import Daemon  # noqa: E402
 from monitord.state import schema  # noqa: E402
-from monitord.state.checkpoint import CheckpointStore  # noqa: E402
 from monitord.state.eventcodec import time_to_db  # noqa: E402
 from monitord.state.history import EventQuery, HistoryReader  # noqa: E402
 from monitord.state.sessions import sessions  # noqa: E402
 from monitord.state.store import CommitThread, Store, encode_event  # noqa: E402
 from monitord.state.table import GuestTable  # noqa: E402
-from monitord.telemetry import Telemetry  # noqa: E402
 
 OUT: Final = ROOT / "bench" / "out"
 KiB: Final = 1024
@@ -89,80 +89,126 @@ def machine() -> str:
 
 
 def records(guests: int, seed: int) -> Iterator[AuditRecord]:
-    """Parsed libvirt records of a simulated host with `guests` guests, forever."""
+    """Parsed libvirt records of a simulated host with `guests` guests, forever.
+
+    They start a day ago (history retention keeps them; alerts fire for the failures)."""
     parser = StreamParser()
     batch: list[bytes] = []
-    for event in Fleet(seed, guests=guests, virt="kvm").events():
+    fleet = Fleet(seed, guests=guests, virt="kvm", start_time=time.time() - 86400)
+    for event in fleet.events():
         batch.append(event.line)
         if len(batch) >= 512:
             yield from parser.feed(b"".join(batch))
             batch.clear()
 
 
-class Host:
-    """The table side of the daemon, as the store sees it: changes, meta, counters."""
+class Position:
+    """The file source's position, as the daemon's source reports it (offset moves on)."""
 
-    def __init__(self, max_events: int = 0) -> None:
-        self.table = GuestTable(StateConfig(max_events=max_events, max_guests=20_000))
-        self.telemetry = Telemetry()
-        self.dirty: dict[str, None] = {}
-        self.pending: list[AuditRecord] = []
+    def __init__(self) -> None:
         self.offset = 0
 
-    def apply(self, batch: list[AuditRecord]) -> None:
-        self.table.apply_many(batch)
-        now = time.time()
-        for r in batch:
-            self.telemetry.parse.records += 1
-            self.telemetry.lag.observe(max(0.0, now - r.time))
-            uuid = r.fields.get("uuid")
-            if uuid is not None:
-                self.dirty.pop(uuid, None)
-                self.dirty[uuid] = None
-        self.pending.extend(batch)
-        self.offset += 300 * len(batch)
-
-    def take(self) -> dict[str, Any]:
-        """What one commit carries (take_changes + meta_json + counters + events)."""
-        upserted = []
-        for uuid in self.dirty:
-            doc = self.table.guest_document(uuid)
-            if doc is not None:
-                doc.pop("events", None)
-                doc["phase_open"] = False
-                upserted.append((("", uuid), doc))
-        self.dirty = {}
-        t = self.table
-        meta = {
-            "records": [[*k, n] for k, n in t.records.items()],
-            "operations": [[*k, n] for k, n in t.operations.items()],
-            "resources": [[*k, n] for k, n in t.resources.items()],
-            "labels": [[*k, n] for k, n in t.labels.items()],
-            "label_values": {k: sorted(v) for k, v in t._bound.seen.items()},
-            "evicted": t.evicted,
-        }
-        tel = self.telemetry.to_json()
-        counters = {k: v if isinstance(v, dict) else {"value": v} for k, v in tel.items()}
-        events, self.pending = self.pending, []
-        position = {
+    def position(self) -> dict[str, Any]:
+        return {
             "path": "/var/log/audit/audit.log", "dev": 2049, "ino": 1234, "offset": self.offset,
             "fingerprint": "a" * 64, "fingerprint_length": 1024,
         }  # fmt: skip
-        return {
-            "source_kind": "file", "position": position, "upserted": upserted, "deleted": [],
-            "meta": meta, "counters": counters, "alerts": {"version": 1, "active": []},
-            "events": events,
-        }  # fmt: skip
+
+
+class Host:
+    """The daemon's stages, those of a real `Daemon` that is never run.
+
+    Records go through its pipeline (guest table, alert engine, lag, the records kept
+    for the history), and `take()` is the daemon's own commit batch (take_changes,
+    meta, counters, alerts, applied records). The source is replaced by its position
+    (records come parsed) and the parse counters are advanced as the source would.
+    With `keep_events`, the last records of each guest are kept as well, for the
+    snapshot design that held them in memory.
+    """
+
+    def __init__(self, keep_events: int = 0) -> None:
+        config = Config(
+            identity=IdentityConfig(host="bench"),
+            state=StateConfig(max_guests=20_000),
+            alerts=AlertsConfig(journal=False),  # no sink: nothing is delivered here
+        )
+        self.daemon = Daemon(config)
+        self.source = Position()
+        self.daemon.source = self.source  # type: ignore[assignment]
+        self.table = self.daemon.table
+        self.keep_events = keep_events
+        self.events: dict[tuple[str, str], deque[AuditRecord]] = {}
+
+    def apply(self, batch: list[AuditRecord]) -> None:
+        parse = self.daemon.source_counters.parse
+        parse.lines += len(batch)
+        parse.records += len(batch)
+        self.source.offset += 300 * len(batch)
+        self.daemon.pipeline.apply(batch, True)
+        if self.keep_events:
+            for r in batch:
+                uuid = r.fields.get("uuid")
+                if isinstance(uuid, str):
+                    key = (r.node or "", uuid)
+                    kept = self.events.get(key)
+                    if kept is None:
+                        kept = self.events[key] = deque(maxlen=self.keep_events)
+                    kept.append(r)
+
+    def attach(self, store: Store) -> None:
+        self.daemon.store = store
+
+    def take(self) -> dict[str, Any]:
+        """What the daemon hands the commit thread (Daemon._commit_batch)."""
+        return self.daemon._commit_batch()
+
+
+# -- the snapshot design (monitord before the store), kept here as the baseline -------------
 
 
 def snapshot_doc(host: Host) -> dict[str, Any]:
-    """The checkpoint.json document of the snapshot design (Daemon._checkpoint_doc)."""
-    return {
-        "source": {"kind": "file", "position": {"offset": host.offset}},
-        "state": host.table.to_json(),
-        "telemetry": host.telemetry.to_json(),
-        "alerts": {"version": 1, "active": []},
+    """checkpoint.json as the snapshot design wrote it: the whole table, each guest with
+    its last 50 records, the counters and the alerts."""
+    d = host.daemon
+    state = d.table.to_json()
+    for g in state["guests"]:
+        kept = host.events.get((g.get("node") or "", g["uuid"]), ())
+        g["events"] = [r.to_json() for r in kept]
+    telemetry = {
+        **d.source_counters.to_json(),
+        **d.pipeline.to_json(),
+        **d.alerts.counters.to_json(),
     }
+    return {
+        "version": 1,
+        "saved_at": time.time(),
+        "source": {"kind": "file", "position": host.source.position()},
+        "state": state,
+        "telemetry": telemetry,
+        "alerts": d.alerts.to_json(),
+    }
+
+
+def save_snapshot(directory: Path, doc: dict[str, Any]) -> int:
+    """Write checkpoint.json atomically (temp file, fsync, rename, fsync dir); its size."""
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+    path = directory / "checkpoint.json"
+    tmp = directory / f".checkpoint.json.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return len(data)
 
 
 class TimedStore(Store):
@@ -201,6 +247,7 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
     directory = fresh_dir("store-small")
     store, _ = Store.open(str(directory))
     host = Host()
+    host.attach(store)
     stream = records(500, seed=7)
     # Warm-up: 30,000 records (60 a guest on average), committed 1,000 at a time.
     for _ in range(30):
@@ -234,8 +281,7 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
 def small_host_snapshot(records_after: int) -> dict[str, Any]:
     """The snapshot design on the same workload: checkpoint.json rewritten every 5 s."""
     directory = fresh_dir("snapshot-small")
-    saver = CheckpointStore(directory)
-    host = Host(max_events=50)
+    host = Host(keep_events=50)
     stream = records(500, seed=7)
     for _ in range(30):
         host.apply([next(stream) for _ in range(1000)])
@@ -243,7 +289,7 @@ def small_host_snapshot(records_after: int) -> dict[str, Any]:
     for i in range(records_after):
         host.apply([next(stream)])
         if i % 10 == 9:  # 10 records = 5 s
-            saver.save(snapshot_doc(host))
+            save_snapshot(directory, snapshot_doc(host))
     w1, b1 = io_counters()
     return {
         "wchar_per_record": (w1 - w0) / records_after,
@@ -260,6 +306,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
     directory = fresh_dir("store-big")
     store, _ = TimedStore.open(str(directory))
     host = Host()
+    host.attach(store)
     stream = records(10_000, seed=11)
     warm = [next(stream) for _ in range(150_000)]  # every guest started at least once
     warm_commits = range(0, len(warm), 10_000)
@@ -337,8 +384,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
 def big_host_snapshot(seconds: int, rate: int, every: float = 5.0) -> dict[str, Any]:
     """The snapshot design: checkpoint.json (50 events a guest) written every 5 s."""
     directory = fresh_dir("snapshot-big")
-    saver = CheckpointStore(directory)
-    host = Host(max_events=50)
+    host = Host(keep_events=50)
     stream = records(10_000, seed=11)
     for _ in range(15):
         host.apply([next(stream) for _ in range(10_000)])
@@ -350,7 +396,7 @@ def big_host_snapshot(seconds: int, rate: int, every: float = 5.0) -> dict[str, 
         host.apply([next(stream) for _ in range(1000)])
         if (i + 1000) % per_save == 0:
             t0 = time.perf_counter()
-            saver.save(snapshot_doc(host))
+            save_snapshot(directory, snapshot_doc(host))
             save_times.append(time.perf_counter() - t0)
     w1, b1 = io_counters()
     return {
@@ -383,6 +429,7 @@ def build_big_store(path: Path, guests: int, events: int) -> None:
     path.mkdir(parents=True)
     store, _ = Store.open(str(path))
     host = Host()
+    host.attach(store)
     stream = records(guests, seed=3)
     sample: list[AuditRecord] = []
     while len(host.table.snapshot().guests) < guests or len(sample) < 200_000:
