@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,7 +50,6 @@ from monitord.state.eventcodec import time_to_db  # noqa: E402
 from monitord.state.history import EventQuery, HistoryReader  # noqa: E402
 from monitord.state.sessions import sessions  # noqa: E402
 from monitord.state.store import CommitThread, Store, encode_event  # noqa: E402
-from monitord.state.table import GuestTable  # noqa: E402
 
 OUT: Final = ROOT / "bench" / "out"
 KiB: Final = 1024
@@ -567,6 +566,142 @@ def big_store(events: int, guests: int = 10_000) -> dict[str, Any]:
     }
 
 
+# -- 4. restart of `monitord run` to READY ---------------------------------------------------
+
+
+def monitord_cmd() -> list[str]:
+    exe = ROOT / ".venv" / "bin" / "monitord"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "monitord"]
+
+
+def small_log(path: Path, lines: int = 1000) -> None:
+    """An audit log of `lines` libvirt records (what the daemon reads after READY)."""
+    fleet = Fleet(5, guests=50, virt="kvm", start_time=time.time() - 3600)
+    events = fleet.events()
+    path.write_bytes(b"".join(next(events).line for _ in range(lines)))
+
+
+def time_to_ready(
+    state: Path, work: Path, prefix: Sequence[str] = (), timeout: float = 120.0
+) -> float:
+    """Seconds from exec of `monitord run` to its READY=1 on a NOTIFY_SOCKET; then SIGTERM."""
+    import socket
+    import subprocess
+
+    sock_path = work / "notify.sock"
+    sock_path.unlink(missing_ok=True)
+    log = work / "audit.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+        env.pop("WATCHDOG_USEC", None)
+        cmd = [
+            *(prefix or monitord_cmd()), "run", "--audit-log", str(log), "--state-dir",
+            str(state), "--listen", "127.0.0.1:0", "--log-level", "info",
+        ]  # fmt: skip
+        with open(work / "monitord.log", "ab") as out:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+            try:
+                sock.settimeout(1.0)
+                ready = None
+                while ready is None:
+                    try:
+                        msg = sock.recv(4096)
+                    except TimeoutError:
+                        if proc.poll() is not None or time.perf_counter() - t0 > timeout:
+                            raise RuntimeError(f"no READY=1 (exit {proc.returncode})") from None
+                        continue
+                    if b"READY=1" in msg.split(b"\n"):
+                        ready = time.perf_counter() - t0
+                proc.terminate()
+                if proc.wait(60) != 0:
+                    raise RuntimeError(f"monitord run exited with {proc.returncode}")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return ready
+
+
+def restart(events: int, runs: int = 5, guests: int = 10_000) -> dict[str, Any]:
+    """`monitord run` restarted on the big store (a copy): exec to READY=1, and its parts."""
+    import pstats
+    import tempfile
+
+    cached = OUT / f"store-{guests}-{events}"
+    assert (cached / "complete").exists(), "build it first: --only store"
+    work = fresh_dir("restart")
+    small_log(work / "audit.log")
+    # The fixed part: interpreter, imports, config, listener, an empty store.
+    empty = [time_to_ready(work / f"empty-{i}", work) for i in range(3)]
+    state = work / "state"
+    shutil.copytree(cached, state)
+    (state / "complete").unlink()
+    times = [time_to_ready(state, work) for _ in range(runs)]
+    # The same start in this process, in its two parts: Store.open, then the stages' load.
+    split: list[tuple[float, float]] = []
+    for _ in range(3):
+        d = Daemon(Config(state=StateConfig(dir=str(state)), alerts=AlertsConfig(journal=False)))
+        t0 = time.perf_counter()
+        store, loaded = Store.open(str(state))
+        t1 = time.perf_counter()
+        d.store = store
+        d._load(loaded)
+        t2 = time.perf_counter()
+        assert loaded.origin == "store" and d.table.guests_tracked == len(loaded.guests)
+        n_guests = d.table.guests_tracked
+        store.close()
+        split.append((t1 - t0, t2 - t1))
+    # Where the time goes in the real process (cProfile, so slower than the runs above).
+    with tempfile.NamedTemporaryFile(suffix=".prof", dir=work, delete=False) as f:
+        prof = Path(f.name)
+    profiled = time_to_ready(
+        state, work, [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "monitord"]
+    )
+    st = pstats.Stats(str(prof))
+    cumulative: dict[str, float] = {}
+    wanted = {
+        ("daemon.py", "_open_store"), ("store.py", "open"), ("store.py", "_quick_check"),
+        ("store.py", "_read_state"), ("store.py", "_guest_doc"), ("daemon.py", "_load"),
+        ("table.py", "restore"), ("guest.py", "from_json"), ("alerts/engine.py", "restore"),
+        ("store.py", "_check_history_rows"), ("store.py", "_load_existing"),
+        ("store.py", "_take_lock"), ("daemon.py", "run"), ("daemon.py", "_make_source"),
+        ("server.py", "start"),
+    }  # fmt: skip
+    for (file, _line, func), row in st.stats.items():  # type: ignore[attr-defined]
+        for suffix, name in wanted:
+            if func == name and file.endswith(suffix) and "monitord" in file:
+                cumulative[f"{suffix}:{name}"] = cumulative.get(f"{suffix}:{name}", 0.0) + row[3]
+    return {
+        "guests": n_guests,
+        "ready_s": times,
+        "empty_s": empty,
+        "split_s": split,
+        "profiled_s": profiled,
+        "profile": dict(sorted(cumulative.items(), key=lambda kv: -kv[1])),
+        "prof_path": prof,
+    }
+
+
+def report_restart(events: int) -> None:
+    r = restart(events)
+    print(f"### 4. `monitord run` restarted on {r['guests']:,} guests, {events:,} events\n")
+    print("Exec of `monitord run --audit-log (1,000 records) --state-dir (a copy of the store) "
+          "--listen 127.0.0.1:0` to `READY=1` on its NOTIFY_SOCKET, then SIGTERM.\n")  # fmt: skip
+    ms = ", ".join(f"{t * 1000:.0f}" for t in r["ready_s"])
+    print(f"- exec to READY=1: {ms} ms (median {statistics.median(r['ready_s']) * 1000:.0f} ms)")
+    ms = ", ".join(f"{t * 1000:.0f}" for t in r["empty_s"])
+    print(f"- the same with an empty state directory (interpreter, imports, listener): {ms} ms")
+    parts = "; ".join(f"{a * 1000:.0f} + {b * 1000:.0f} ms" for a, b in r["split_s"])
+    print(f"- in process, `Store.open` + loading the stages (`Daemon._load`): {parts}")
+    print(f"- under cProfile: {r['profiled_s'] * 1000:.0f} ms to READY; cumulative seconds "
+          f"(the whole run, READY then SIGTERM):\n")  # fmt: skip
+    for name, secs in r["profile"].items():
+        print(f"  - `{name}`: {secs * 1000:.0f} ms")
+    print()
+
+
 def report_small(quick: bool) -> None:
     after = 200 if quick else 1200
     snap = small_host_snapshot(after // 4)
@@ -656,7 +791,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (no 10M store)")
     ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--only", choices=("small", "big", "store"), help="run one part")
+    ap.add_argument("--only", choices=("small", "big", "store", "restart"), help="run one part")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     print("## State store benchmark (`bench/bench_store.py`)\n")
@@ -669,6 +804,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "store") and not args.quick:
         report_store(args.events)
+        sys.stdout.flush()
+    if args.only in (None, "restart") and not args.quick:
+        report_restart(args.events)
     return 0
 
 
