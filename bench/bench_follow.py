@@ -28,6 +28,7 @@ Prints a Markdown report (bench/results/follow.md is a copy of one run).
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import itertools
 import json
@@ -822,10 +823,64 @@ def collector_latency(tmp: Path, rate: float, seconds: float) -> dict[str, Any]:
     d.start(timeout=600)
     stamps_path = run / "stamps.json"
     writer = Writer("lines", str(src), str(log), str(rate), str(stamps_path))
-    doc = paced_writing(d, writer, stamps_path, seconds)
+    with Pauses(d.daemon) as pauses:
+        doc = paced_writing(d, writer, stamps_path, seconds)
     result = latency_result(d, keys, doc, rate)
     result["check"] = node_check(d.table, virt_log)
+    result["pauses"] = pauses
     return result
+
+
+class Pauses:
+    """What stops the ingestion thread while records arrive (where the slow records come
+    from): full (generation 2) garbage collections, and `Daemon._commit_batch`, the part
+    of each periodic commit that runs in the ingestion thread."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.gc_full: list[float] = []
+        self.take: list[float] = []
+        self._gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_full.append(time.perf_counter() - self._gc_start)
+
+    def __enter__(self) -> Pauses:
+        take = self.daemon._commit_batch
+
+        def timed() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            try:
+                return take()
+            finally:
+                self.take.append(time.perf_counter() - t0)
+
+        self.daemon._commit_batch = timed  # type: ignore[method-assign]
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+        del self.daemon._commit_batch  # the class's again
+
+    def summary(self) -> str:
+        def ms(xs: list[float]) -> str:
+            if not xs:
+                return "none"
+            return (
+                f"{len(xs)}, median {statistics.median(xs) * 1000:.0f} ms, "
+                f"max {max(xs) * 1000:.0f} ms"
+            )
+
+        return (
+            f"full garbage collections: {ms(self.gc_full)}; `Daemon._commit_batch` "
+            f"(ingestion thread): {ms(self.take)}"
+        )
 
 
 def bench_collector(tmp: Path, quick: bool) -> list[str]:
@@ -877,6 +932,8 @@ def bench_collector(tmp: Path, quick: bool) -> list[str]:
         f"| {lat['rate']:,.0f}/s ({lat['achieved']:,.0f}) | {lat['tracked']:,} "
         f"| {lat['records']:,} | {lat['p50']:.2f} | {lat['p99']:.2f} | {lat['p999']:.1f} "
         f"| {lat['max']:.1f} | {lat['over5']:,} |",
+        "",
+        f"Ingestion-thread pauses while it ran: {lat['pauses'].summary()}.",
         "",
         "Nodes kept apart: after each run, every node's libvirt lines without `node=` are "
         "replayed through a table of their own; each collector guest document must name its "

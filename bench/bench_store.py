@@ -1,6 +1,12 @@
 """Benchmarks of the SQLite state store (issue 13) against the checkpoint.json snapshot design.
 
-    .venv/bin/python bench/bench_store.py [--quick] [--events 10000000]
+    .venv/bin/python bench/bench_store.py [--quick] [--events 10000000] [--only PART]
+
+The host is the daemon's own stages (a `Daemon` that is never run: its pipeline, guest
+table, alert engine and counters) and each commit is its `_commit_batch()`. The snapshot
+design the store replaced (checkpoint.json of the whole table, each guest with its last
+50 records, written atomically every 5 s) no longer exists in monitord; it is
+reimplemented here (`snapshot_doc`, `save_snapshot`) as the baseline of parts 1 and 2.
 
 1. Write cost, small host: 500 guests with 60 records of history each, then one record
    every 0.5 s (commits every `checkpoint_interval`): bytes written per record.
@@ -11,6 +17,9 @@
 3. A store of 10,000 guests and 10 million history events (generated straight into
    SQLite, cached in bench/out/): restart to loaded, `history` of one guest, `sessions`
    of one guest, an events page of 100, bytes per event on disk.
+4. `monitord run` restarted on (a copy of) that store: exec to READY=1 on a real
+   NOTIFY_SOCKET, 5 times; the same with an empty state directory; `Store.open` and the
+   stages' load timed apart in this process; a cProfile of one start.
 
 Bytes written are the process's `wchar` (bytes handed to write(2)/pwrite(2)) and
 `write_bytes` (bytes sent towards the block layer) from /proc/self/io, taken
