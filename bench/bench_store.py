@@ -276,7 +276,10 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
     n = (records_after // per_commit) * per_commit
     stats = store.stats()
     store.close()
+    alerts = host.daemon.alerts.to_json()
     return {
+        "alerts_firing": len(alerts.get("active") or ()),
+        "alerts_bytes": len(json.dumps(alerts, separators=(",", ":"))),
         "interval": interval,
         "records": n,
         "wchar_per_record": (w1 - w0) / n,
@@ -330,6 +333,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
     batch = 100  # what one poll of the source hands the pipeline at this rate
     w0, b0 = io_counters()
     apply_times: list[float] = []
+    take_times: list[float] = []
     committer = CommitThread(store)
     submitted = skipped = 0
     started = time.perf_counter()
@@ -350,7 +354,10 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
             if committer.busy:
                 skipped += 1
             else:
-                assert committer.submit(**host.take())
+                t0 = time.perf_counter()
+                taken = host.take()  # the ingestion thread's part of a commit
+                take_times.append(time.perf_counter() - t0)
+                assert committer.submit(**taken)
                 submitted += 1
     committer.wait()
     assert committer.submit(**host.take())
@@ -371,7 +378,10 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
         base.append(time.perf_counter() - t0)
     stats = store.stats()
     store.close()
+    alerts = host.daemon.alerts.to_json()
     return {
+        "alerts_firing": len(alerts.get("active") or ()),
+        "alerts_bytes": len(json.dumps(alerts, separators=(",", ":"))),
         "interval": interval,
         "records": total,
         "wchar": w1 - w0,
@@ -383,6 +393,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
         "commit_ms_median": statistics.median(durations) * 1000,
         "commit_ms_max": max(durations) * 1000,
         "apply_p99_ms": percentile(apply_times, 99) * 1000,
+        "take_ms": (statistics.median(take_times) * 1000, max(take_times) * 1000),
         "apply_p99_base_ms": percentile(base, 99) * 1000,
         "file_bytes": stats.file_bytes,
         "events": stats.events,
@@ -590,10 +601,23 @@ def small_log(path: Path, lines: int = 1000) -> None:
     path.write_bytes(b"".join(next(events).line for _ in range(lines)))
 
 
+def proc_rss(pid: int) -> int:
+    """Resident set size of a process, bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 def time_to_ready(
-    state: Path, work: Path, prefix: Sequence[str] = (), timeout: float = 120.0
+    state: Path,
+    work: Path,
+    prefix: Sequence[str] = (),
+    timeout: float = 120.0,
+    rss: list[int] | None = None,
 ) -> float:
-    """Seconds from exec of `monitord run` to its READY=1 on a NOTIFY_SOCKET; then SIGTERM."""
+    """Seconds from exec of `monitord run` to its READY=1 on a NOTIFY_SOCKET; then SIGTERM
+    (with `rss`, 2 s after READY, its resident set size is appended to it first)."""
     import socket
     import subprocess
 
@@ -623,6 +647,9 @@ def time_to_ready(
                         continue
                     if b"READY=1" in msg.split(b"\n"):
                         ready = time.perf_counter() - t0
+                if rss is not None:
+                    time.sleep(2.0)  # the log read, the first commit
+                    rss.append(proc_rss(proc.pid))
                 proc.terminate()
                 if proc.wait(60) != 0:
                     raise RuntimeError(f"monitord run exited with {proc.returncode}")
@@ -648,6 +675,8 @@ def restart(events: int, runs: int = 5, guests: int = 10_000) -> dict[str, Any]:
     shutil.copytree(cached, state)
     (state / "complete").unlink()
     times = [time_to_ready(state, work) for _ in range(runs)]
+    rss: list[int] = []
+    time_to_ready(state, work, rss=rss)
     # The same start in this process, in its two parts: Store.open, then the stages' load.
     split: list[tuple[float, float]] = []
     for _ in range(3):
@@ -685,6 +714,7 @@ def restart(events: int, runs: int = 5, guests: int = 10_000) -> dict[str, Any]:
     return {
         "guests": n_guests,
         "ready_s": times,
+        "rss": rss[0],
         "empty_s": empty,
         "split_s": split,
         "profiled_s": profiled,
@@ -702,6 +732,8 @@ def report_restart(events: int) -> None:
     print(f"- exec to READY=1: {ms} ms (median {statistics.median(r['ready_s']) * 1000:.0f} ms)")
     ms = ", ".join(f"{t * 1000:.0f}" for t in r["empty_s"])
     print(f"- the same with an empty state directory (interpreter, imports, listener): {ms} ms")
+    print(f"- resident set size 2 s after READY (log read, first commit): "
+          f"{r['rss'] / MiB:.0f} MiB")  # fmt: skip
     parts = "; ".join(f"{a * 1000:.0f} + {b * 1000:.0f} ms" for a, b in r["split_s"])
     print(f"- in process, `Store.open` + loading the stages (`Daemon._load`): {parts}")
     print(f"- under cProfile: {r['profiled_s'] * 1000:.0f} ms to READY; cumulative seconds "
@@ -743,9 +775,10 @@ def report_big(quick: bool) -> None:
     snap = big_host_snapshot(seconds, 5000)
     print(
         "| design | bytes written (wchar) | to block layer | vs snapshot "
-        "| commits | commit median / max | apply p99 (no commits) | file |"
+        "| commits | commit median / max | apply p99 (no commits) "
+        "| commit batch taken (ingestion thread) median / max | file |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for interval in (1.0, 2.0, 5.0):
         r = big_host(interval, seconds, 5000)
         cells = [
@@ -756,9 +789,11 @@ def report_big(quick: bool) -> None:
             f"{r['commits']} ({r['skipped']} skipped: busy; {r['behind']} batches late)",
             f"{r['commit_ms_median']:.0f} / {r['commit_ms_max']:.0f} ms",
             f"{r['apply_p99_ms']:.2f} ms ({r['apply_p99_base_ms']:.2f} ms)",
+            f"{r['take_ms'][0]:.1f} / {r['take_ms'][1]:.1f} ms",
             f"{r['file_bytes'] / MiB:.0f} MiB",
         ]
         print("| " + " | ".join(cells) + " |")
+        last = r
     cells = [
         "checkpoint.json every 5 s",
         f"{snap['wchar'] / MiB:.0f} MiB",
@@ -767,9 +802,13 @@ def report_big(quick: bool) -> None:
         f"{snap['saves']} saves",
         f"{snap['save_s_median']:.1f} s each",
         "",
+        "",
         f"{snap['file_bytes'] / MiB:.0f} MiB",
     ]
     print("| " + " | ".join(cells) + " |\n")
+    print(f"At the end, {last['alerts_firing']:,} alerts were firing: the alert engine's "
+          f"document is {last['alerts_bytes'] / KiB:.0f} KiB, rewritten by each commit "
+          "in which it changed.\n")  # fmt: skip
 
 
 def report_store(events: int) -> None:
