@@ -834,7 +834,8 @@ def report_store(events: int) -> None:
     print(f"- store: {r['db_bytes'] / MiB:.0f} MiB, **{per_event:.0f} bytes per event**")
     print(f"  ({r['built']})")
     opens = ", ".join(f"{t * 1000:.0f} ms" for t in r["open_s"])
-    print(f"- restart to loaded (Store.open: checks, {r['guests']:,} guests loaded): {opens}")
+    print(f"- `Store.open` (checks, {r['guests']:,} guest rows read; the whole start: part 4): "
+          f"{opens}")  # fmt: skip
     h, s, p = r["history_ms"], r["sessions_ms"], r["page_ms"]
     n = r["history_events"]
     print(f"- `history` of one guest (~{n:.0f} events; 20 guests): median {h[0]:.1f} ms, "
