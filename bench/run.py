@@ -21,6 +21,8 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 OUT = BENCH / "out"
 ORDER = ("parse", "follow", "state", "alerts", "journal", "idle", "scrape_storm", "store")
+# Sections of results/ that no benchmark here writes.
+RECORDS = ("readme_summary", "debian")
 ISSUE = {
     "parse": 2,
     "follow": 3,
@@ -56,7 +58,11 @@ def collect() -> None:
         "Run them all with `./bootstrap bench`, one with `./bootstrap bench NAME`.\n",
         f"Last collected on {time.strftime('%Y-%m-%d')} on: {machine()}.\n",
     ]
-    for name in ORDER:
+    # Results without a benchmark of their own (written by hand or by a test) go where they
+    # were; any other file of results/ at the end: collecting never drops a section.
+    names = [*ORDER[:5], *RECORDS, *ORDER[5:]]
+    names += sorted(p.stem for p in RESULTS.glob("*.md") if p.stem not in names)
+    for name in names:
         path = RESULTS / f"{name}.md"
         if not path.exists():
             parts.append(f"## {name} (issue {ISSUE[name]})\n\nNot run yet: bench/bench_{name}.py\n")
