@@ -1,11 +1,11 @@
-"""Follow benchmarks (issue 3): latency, sustained throughput, idle cost, checkpoint cost.
+"""Follow benchmarks (issue 3): latency, sustained throughput, idle cost, commit cost.
 
     .venv/bin/python bench/bench_follow.py [--quick] [--collector] [--out FILE]
 
 1. End-to-end latency, append -> record applied to the guest table, at 100 and
-   5,000 records/s, and at 5,000/s with 10,000 guests tracked (so the periodic
-   checkpoint is full size). The real `Daemon` runs in a thread of this process
-   (same FileSource, StreamParser, Pipeline, GuestTable, checkpointing and HTTP
+   5,000 records/s, and at 5,000/s with 10,000 guests tracked (so the state store
+   holds them all). The real `Daemon` runs in a thread of this process
+   (same FileSource, StreamParser, Pipeline, GuestTable, state store commits and HTTP
    listener as `monitord run`); the only change is a GuestTable subclass that
    notes when each record was applied. A writer in a separate process appends
    simulator records one write each at the given rate and notes when it wrote
@@ -16,7 +16,7 @@
 3. Idle cost of a real `monitord run` process (HTTP listener on) over 60 s
    without writes: CPU from /proc/PID/stat and per-thread schedstat, and
    voluntary context switches of every thread.
-4. Checkpoint cost with 10,000 guests: `Daemon.checkpoint()` and its steps.
+4. State store commits with 10,000 guests: the first, the periodic one, the load.
 5. Central collector (`--collector` runs only this): the aggregated log of 100 nodes x 100
    guests (`node=` on every line, noise as in 2.) followed by the daemon with all 10,000
    guests tracked: throughput as in 2., latency at 5,000 records/s as in 1., and a check
@@ -28,6 +28,7 @@ Prints a Markdown report (bench/results/follow.md is a copy of one run).
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import itertools
 import json
@@ -69,6 +70,7 @@ from monitord.config import (  # noqa: E402
     StateConfig,
 )
 from monitord.daemon import Daemon  # noqa: E402
+from monitord.state.store import Store  # noqa: E402
 from monitord.state.table import GuestTable  # noqa: E402
 from tests.daemonproc import free_port  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
@@ -257,7 +259,7 @@ class InProcessDaemon:
     def stop(self) -> None:
         self.daemon.flags.stop = True
         os.write(self.daemon._wake_w, b"x")  # what a signal handler's wakeup fd does
-        # Shutdown writes two synchronous checkpoints (seconds each at 10,000 guests).
+        # Shutdown commits twice, synchronously.
         self.thread.join(timeout=300)
         if self.thread.is_alive():
             raise RuntimeError("daemon thread did not stop")
@@ -332,7 +334,8 @@ def bench_latency(tmp: Path, quick: bool) -> list[str]:
         "",
         "Writer process: one `write()` per record (simulator VIRT records, 12 guests), paced "
         "on CLOCK_MONOTONIC. Daemon: the real `Daemon` in a thread (FileSource with inotify, "
-        "StreamParser, Pipeline with alerts, GuestTable, checkpoint every 5 s with fsync, "
+        "StreamParser, Pipeline with alerts, GuestTable, state store commits every 1 s in "
+        "their thread, "
         "HTTP listener up); latency = monotonic time after `GuestTable.apply_many` returned "
         "for its batch minus time just before the writer's `write()`.",
         "",
@@ -522,7 +525,7 @@ def bench_idle(tmp: Path, quick: bool) -> list[str]:
         f"## 3. Idle cost of `monitord run` over {elapsed:.0f} s without writes",
         "",
         "A real `monitord run` process (file source on a 10,000-line log it has read, HTTP "
-        "listener on 127.0.0.1, default config: rescan_interval 5 s, checkpoint_interval 5 s, "
+        "listener on 127.0.0.1, default config: rescan_interval 5 s, checkpoint_interval 1 s, "
         "journal alerts on), measured after 6 s of settling.",
         "",
         "| measure | value |",
@@ -543,111 +546,82 @@ def bench_idle(tmp: Path, quick: bool) -> list[str]:
     ]
 
 
-# -- 4. checkpoint ----------------------------------------------------------------------
+# -- 4. state store commits ------------------------------------------------------------
 
 
 def bench_checkpoint(tmp: Path, guests: int = 10_000) -> list[str]:
+    """What the state store costs the daemon at 10,000 guests: the first commit (every
+    guest and its records), the periodic commit of one second at 5,000 records/s (the
+    part the ingestion thread does, and the commit thread's), and the load at start."""
     run = tmp / "ckpt"
     config = Config(
         state=StateConfig(dir=str(run / "state")),
         http=HttpConfig(listen="127.0.0.1:0"),
         alerts=AlertsConfig(journal=False),
     )
-    table = GuestTable(config.state)
-    t0 = time.perf_counter()
-    n = 0
-    for line in fleet_start_lines(guests):
-        r = parse_line(line)
-        if isinstance(r, AuditRecord):
-            table.apply(r)
-            n += 1
-    build = time.perf_counter() - t0
+    fleet = Fleet(7, guests=guests, virt="mixed", start_time=time.time() - 86400)
+    start = [ev.line for g in fleet.guests for ev in fleet._start(g, "booted")]
+    stream = fleet.events()
     daemon = Daemon(config)
-    daemon.table = table
-    store = daemon.store
-    store.dir.mkdir(parents=True, exist_ok=True)
-    events = sum(len(g["events"]) for g in table.to_json()["guests"])
+    daemon.store, _ = Store.open(config.state.dir)
+    t0 = time.perf_counter()
+    records = [r for r in map(parse_line, start) if isinstance(r, AuditRecord)]
+    daemon.pipeline.apply(records, True)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    daemon.commit_now()
+    first = time.perf_counter() - t0
+    size = daemon.store.stats().file_bytes
 
-    totals = []
+    take, commit, changed = [], [], []
     for _ in range(7):
-        t = time.perf_counter()
-        daemon.checkpoint()
-        totals.append(time.perf_counter() - t)
-    size = store.path.stat().st_size
+        second = [parse_line(next(stream).line) for _ in range(5000)]
+        daemon.pipeline.apply([r for r in second if isinstance(r, AuditRecord)], True)
+        t0 = time.perf_counter()
+        batch = daemon._commit_batch()  # in the ingestion thread
+        take.append(time.perf_counter() - t0)
+        changed.append(len(batch["upserted"]))
+        t0 = time.perf_counter()
+        assert daemon.store.commit(**batch)  # in the commit thread
+        commit.append(time.perf_counter() - t0)
+    daemon.store.close()
 
-    # What the loop really does: fork a child that writes; the ingestion pause is the fork.
-    pauses, child_times = [], []
-    for _ in range(7):
-        t = time.perf_counter()
-        assert daemon.checkpoint_in_background()
-        pauses.append(time.perf_counter() - t)
-        while daemon._background.poll() is None:
-            time.sleep(0.005)
-        child_times.append(time.perf_counter() - t)
-
-    # The same steps one by one (as CheckpointStore.save does them), best of 5 each.
-    steps: dict[str, list[float]] = {k: [] for k in ("to_json", "dumps", "write", "rename")}
-    for _ in range(5):
-        t = time.perf_counter()
-        doc = {"state": table.to_json(), "telemetry": daemon._telemetry_doc()}
-        steps["to_json"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
-        steps["dumps"].append(time.perf_counter() - t)
-        tmpf = run / "state" / ".bench.tmp"
-        t = time.perf_counter()
-        fd = os.open(tmpf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-        steps["write"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        tmpf.replace(run / "state" / "bench.json")
-        dfd = os.open(run / "state", os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(dfd)
-        os.close(dfd)
-        steps["rename"].append(time.perf_counter() - t)
-    load = time.perf_counter()
-    loaded = store.load()
-    load = time.perf_counter() - load
-    assert loaded is not None
-    restore = time.perf_counter()
-    GuestTable(config.state).restore(loaded["state"])
-    restore = time.perf_counter() - restore
+    t0 = time.perf_counter()
+    store, loaded = Store.open(config.state.dir)
+    opened = time.perf_counter() - t0
+    again = Daemon(config)
+    again.store = store
+    t0 = time.perf_counter()
+    again._load(loaded)
+    load = time.perf_counter() - t0
+    store.close()
 
     def ms(x: float) -> str:
         return f"{x * 1000:.0f} ms"
 
     return [
-        f"## 4. Checkpoint cost with {guests:,} guests",
+        f"## 4. State store commits with {guests:,} guests",
         "",
-        f"Table: {table.guests_tracked:,} guests from {n:,} records (every guest of a "
-        f"{guests:,}-guest simulated fleet started once), {events:,} events kept; built in "
-        f"{build:.1f} s. State dir on ext4 (real fsync).",
+        f"Table: {daemon.table.guests_tracked:,} guests from {len(records):,} records (every "
+        f"guest of a {guests:,}-guest simulated fleet started once), applied through the "
+        f"daemon's pipeline in {build:.1f} s. State dir on ext4 (real fsync).",
         "",
         "| measure | value |",
         "|---|---|",
-        f"| checkpoint size | {size / 2**20:.1f} MiB ({size:,} bytes) |",
-        f"| ingestion pause of a periodic checkpoint (`fork()`), median / max of 7 | "
-        f"{statistics.median(pauses) * 1000:.1f} ms / {max(pauses) * 1000:.1f} ms |",
-        f"| the forked child's serialise + write, median | {ms(statistics.median(child_times))} |",
-        f"| synchronous `Daemon.checkpoint()` (start-up, reload, shutdown), median / max of 7 | "
-        f"{ms(statistics.median(totals))} / {ms(max(totals))} |",
-        f"| of which `GuestTable.to_json()` (holds the table lock) | "
-        f"{ms(min(steps['to_json']))} |",
-        f"| of which `json.dumps` | {ms(min(steps['dumps']))} |",
-        f"| of which write + fsync of the temp file | {ms(min(steps['write']))} |",
-        f"| of which rename + fsync of the directory | {ms(min(steps['rename']))} |",
-        f"| for comparison: load at start (read + parse) / `GuestTable.restore` | "
-        f"{ms(load)} / {ms(restore)} |",
+        f"| first commit (every guest and all {len(records):,} records), `Daemon.commit_now()` "
+        f"| {ms(first)} |",
+        f"| store size after it | {size / 2**20:.1f} MiB |",
+        f"| one second at 5,000 records/s ({statistics.median(changed):.0f} guests changed): "
+        f"`Daemon._commit_batch()` in the ingestion thread, median / max of 7 | "
+        f"{statistics.median(take) * 1000:.1f} ms / {max(take) * 1000:.1f} ms |",
+        f"| the same batch's `Store.commit` (the commit thread), median / max of 7 | "
+        f"{ms(statistics.median(commit))} / {ms(max(commit))} |",
+        f"| restart: `Store.open` / loading the stages (`Daemon._load`) | "
+        f"{ms(opened)} / {ms(load)} |",
         "",
-        "Periodic checkpoints (every checkpoint_interval while records arrive, and at "
-        "rotations) are written by a forked child that sees a copy-on-write image of the "
-        "state and position at one instant, so the ingestion thread pauses only for the "
-        "fork; the synchronous path (with the steps below) runs only at start-up, reload "
-        "and shutdown.",
+        "Periodic commits (every checkpoint_interval while records arrive, and at rotations) "
+        "run in the store's commit thread; the ingestion thread only takes what changed "
+        "(`_commit_batch`), so that is its pause.",
     ]
 
 
@@ -753,7 +727,7 @@ def node_check(table: GuestTable, virt_log: Path) -> dict[str, Any]:
         if ref is None:
             wrong_node += 1
             continue
-        ref.pop("events")
+        ref.pop("events", None)
         strip = ("node", "host")
         if {k: v for k, v in doc.items() if k not in strip} != {
             k: v for k, v in ref.items() if k not in strip
@@ -849,10 +823,64 @@ def collector_latency(tmp: Path, rate: float, seconds: float) -> dict[str, Any]:
     d.start(timeout=600)
     stamps_path = run / "stamps.json"
     writer = Writer("lines", str(src), str(log), str(rate), str(stamps_path))
-    doc = paced_writing(d, writer, stamps_path, seconds)
+    with Pauses(d.daemon) as pauses:
+        doc = paced_writing(d, writer, stamps_path, seconds)
     result = latency_result(d, keys, doc, rate)
     result["check"] = node_check(d.table, virt_log)
+    result["pauses"] = pauses
     return result
+
+
+class Pauses:
+    """What stops the ingestion thread while records arrive (where the slow records come
+    from): full (generation 2) garbage collections, and `Daemon._commit_batch`, the part
+    of each periodic commit that runs in the ingestion thread."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.gc_full: list[float] = []
+        self.take: list[float] = []
+        self._gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_full.append(time.perf_counter() - self._gc_start)
+
+    def __enter__(self) -> Pauses:
+        take = self.daemon._commit_batch
+
+        def timed() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            try:
+                return take()
+            finally:
+                self.take.append(time.perf_counter() - t0)
+
+        self.daemon._commit_batch = timed  # type: ignore[method-assign]
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+        del self.daemon._commit_batch  # the class's again
+
+    def summary(self) -> str:
+        def ms(xs: list[float]) -> str:
+            if not xs:
+                return "none"
+            return (
+                f"{len(xs)}, median {statistics.median(xs) * 1000:.0f} ms, "
+                f"max {max(xs) * 1000:.0f} ms"
+            )
+
+        return (
+            f"full garbage collections: {ms(self.gc_full)}; `Daemon._commit_batch` "
+            f"(ingestion thread): {ms(self.take)}"
+        )
 
 
 def bench_collector(tmp: Path, quick: bool) -> list[str]:
@@ -904,6 +932,8 @@ def bench_collector(tmp: Path, quick: bool) -> list[str]:
         f"| {lat['rate']:,.0f}/s ({lat['achieved']:,.0f}) | {lat['tracked']:,} "
         f"| {lat['records']:,} | {lat['p50']:.2f} | {lat['p99']:.2f} | {lat['p999']:.1f} "
         f"| {lat['max']:.1f} | {lat['over5']:,} |",
+        "",
+        f"Ingestion-thread pauses while it ran: {lat['pauses'].summary()}.",
         "",
         "Nodes kept apart: after each run, every node's libvirt lines without `node=` are "
         "replayed through a table of their own; each collector guest document must name its "

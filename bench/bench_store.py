@@ -1,6 +1,12 @@
 """Benchmarks of the SQLite state store (issue 13) against the checkpoint.json snapshot design.
 
-    .venv/bin/python bench/bench_store.py [--quick] [--events 10000000]
+    .venv/bin/python bench/bench_store.py [--quick] [--events 10000000] [--only PART]
+
+The host is the daemon's own stages (a `Daemon` that is never run: its pipeline, guest
+table, alert engine and counters) and each commit is its `_commit_batch()`. The snapshot
+design the store replaced (checkpoint.json of the whole table, each guest with its last
+50 records, written atomically every 5 s) no longer exists in monitord; it is
+reimplemented here (`snapshot_doc`, `save_snapshot`) as the baseline of parts 1 and 2.
 
 1. Write cost, small host: 500 guests with 60 records of history each, then one record
    every 0.5 s (commits every `checkpoint_interval`): bytes written per record.
@@ -11,6 +17,9 @@
 3. A store of 10,000 guests and 10 million history events (generated straight into
    SQLite, cached in bench/out/): restart to loaded, `history` of one guest, `sessions`
    of one guest, an events page of 100, bytes per event on disk.
+4. `monitord run` restarted on (a copy of) that store: exec to READY=1 on a real
+   NOTIFY_SOCKET, 5 times; the same with an empty state directory; `Store.open` and the
+   stages' load timed apart in this process; a cProfile of one start.
 
 Bytes written are the process's `wchar` (bytes handed to write(2)/pwrite(2)) and
 `write_bytes` (bytes sent towards the block layer) from /proc/self/io, taken
@@ -32,7 +41,8 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,15 +52,13 @@ sys.path.insert(0, str(ROOT))
 from monitord.audit.parser import StreamParser  # noqa: E402
 from monitord.audit.record import AuditRecord  # noqa: E402
 from monitord.commands.simulate import Fleet  # noqa: E402
-from monitord.config import StateConfig  # noqa: E402
+from monitord.config import AlertsConfig, Config, IdentityConfig, StateConfig  # noqa: E402
+from monitord.daemon import Daemon  # noqa: E402
 from monitord.state import schema  # noqa: E402
-from monitord.state.checkpoint import CheckpointStore  # noqa: E402
 from monitord.state.eventcodec import time_to_db  # noqa: E402
 from monitord.state.history import EventQuery, HistoryReader  # noqa: E402
 from monitord.state.sessions import sessions  # noqa: E402
 from monitord.state.store import CommitThread, Store, encode_event  # noqa: E402
-from monitord.state.table import GuestTable  # noqa: E402
-from monitord.telemetry import Telemetry  # noqa: E402
 
 OUT: Final = ROOT / "bench" / "out"
 KiB: Final = 1024
@@ -89,80 +97,126 @@ def machine() -> str:
 
 
 def records(guests: int, seed: int) -> Iterator[AuditRecord]:
-    """Parsed libvirt records of a simulated host with `guests` guests, forever."""
+    """Parsed libvirt records of a simulated host with `guests` guests, forever.
+
+    They start a day ago (history retention keeps them; alerts fire for the failures)."""
     parser = StreamParser()
     batch: list[bytes] = []
-    for event in Fleet(seed, guests=guests, virt="kvm").events():
+    fleet = Fleet(seed, guests=guests, virt="kvm", start_time=time.time() - 86400)
+    for event in fleet.events():
         batch.append(event.line)
         if len(batch) >= 512:
             yield from parser.feed(b"".join(batch))
             batch.clear()
 
 
-class Host:
-    """The table side of the daemon, as the store sees it: changes, meta, counters."""
+class Position:
+    """The file source's position, as the daemon's source reports it (offset moves on)."""
 
-    def __init__(self, max_events: int = 0) -> None:
-        self.table = GuestTable(StateConfig(max_events=max_events, max_guests=20_000))
-        self.telemetry = Telemetry()
-        self.dirty: dict[str, None] = {}
-        self.pending: list[AuditRecord] = []
+    def __init__(self) -> None:
         self.offset = 0
 
-    def apply(self, batch: list[AuditRecord]) -> None:
-        self.table.apply_many(batch)
-        now = time.time()
-        for r in batch:
-            self.telemetry.parse.records += 1
-            self.telemetry.lag.observe(max(0.0, now - r.time))
-            uuid = r.fields.get("uuid")
-            if uuid is not None:
-                self.dirty.pop(uuid, None)
-                self.dirty[uuid] = None
-        self.pending.extend(batch)
-        self.offset += 300 * len(batch)
-
-    def take(self) -> dict[str, Any]:
-        """What one commit carries (take_changes + meta_json + counters + events)."""
-        upserted = []
-        for uuid in self.dirty:
-            doc = self.table.guest_document(uuid)
-            if doc is not None:
-                doc.pop("events", None)
-                doc["phase_open"] = False
-                upserted.append((("", uuid), doc))
-        self.dirty = {}
-        t = self.table
-        meta = {
-            "records": [[*k, n] for k, n in t.records.items()],
-            "operations": [[*k, n] for k, n in t.operations.items()],
-            "resources": [[*k, n] for k, n in t.resources.items()],
-            "labels": [[*k, n] for k, n in t.labels.items()],
-            "label_values": {k: sorted(v) for k, v in t._bound.seen.items()},
-            "evicted": t.evicted,
-        }
-        tel = self.telemetry.to_json()
-        counters = {k: v if isinstance(v, dict) else {"value": v} for k, v in tel.items()}
-        events, self.pending = self.pending, []
-        position = {
+    def position(self) -> dict[str, Any]:
+        return {
             "path": "/var/log/audit/audit.log", "dev": 2049, "ino": 1234, "offset": self.offset,
             "fingerprint": "a" * 64, "fingerprint_length": 1024,
         }  # fmt: skip
-        return {
-            "source_kind": "file", "position": position, "upserted": upserted, "deleted": [],
-            "meta": meta, "counters": counters, "alerts": {"version": 1, "active": []},
-            "events": events,
-        }  # fmt: skip
+
+
+class Host:
+    """The daemon's stages, those of a real `Daemon` that is never run.
+
+    Records go through its pipeline (guest table, alert engine, lag, the records kept
+    for the history), and `take()` is the daemon's own commit batch (take_changes,
+    meta, counters, alerts, applied records). The source is replaced by its position
+    (records come parsed) and the parse counters are advanced as the source would.
+    With `keep_events`, the last records of each guest are kept as well, for the
+    snapshot design that held them in memory.
+    """
+
+    def __init__(self, keep_events: int = 0) -> None:
+        config = Config(
+            identity=IdentityConfig(host="bench"),
+            state=StateConfig(max_guests=20_000),
+            alerts=AlertsConfig(journal=False),  # no sink: nothing is delivered here
+        )
+        self.daemon = Daemon(config)
+        self.source = Position()
+        self.daemon.source = self.source  # type: ignore[assignment]
+        self.table = self.daemon.table
+        self.keep_events = keep_events
+        self.events: dict[tuple[str, str], deque[AuditRecord]] = {}
+
+    def apply(self, batch: list[AuditRecord]) -> None:
+        parse = self.daemon.source_counters.parse
+        parse.lines += len(batch)
+        parse.records += len(batch)
+        self.source.offset += 300 * len(batch)
+        self.daemon.pipeline.apply(batch, True)
+        if self.keep_events:
+            for r in batch:
+                uuid = r.fields.get("uuid")
+                if isinstance(uuid, str):
+                    key = (r.node or "", uuid)
+                    kept = self.events.get(key)
+                    if kept is None:
+                        kept = self.events[key] = deque(maxlen=self.keep_events)
+                    kept.append(r)
+
+    def attach(self, store: Store) -> None:
+        self.daemon.store = store
+
+    def take(self) -> dict[str, Any]:
+        """What the daemon hands the commit thread (Daemon._commit_batch)."""
+        return self.daemon._commit_batch()
+
+
+# -- the snapshot design (monitord before the store), kept here as the baseline -------------
 
 
 def snapshot_doc(host: Host) -> dict[str, Any]:
-    """The checkpoint.json document of the snapshot design (Daemon._checkpoint_doc)."""
-    return {
-        "source": {"kind": "file", "position": {"offset": host.offset}},
-        "state": host.table.to_json(),
-        "telemetry": host.telemetry.to_json(),
-        "alerts": {"version": 1, "active": []},
+    """checkpoint.json as the snapshot design wrote it: the whole table, each guest with
+    its last 50 records, the counters and the alerts."""
+    d = host.daemon
+    state = d.table.to_json()
+    for g in state["guests"]:
+        kept = host.events.get((g.get("node") or "", g["uuid"]), ())
+        g["events"] = [r.to_json() for r in kept]
+    telemetry = {
+        **d.source_counters.to_json(),
+        **d.pipeline.to_json(),
+        **d.alerts.counters.to_json(),
     }
+    return {
+        "version": 1,
+        "saved_at": time.time(),
+        "source": {"kind": "file", "position": host.source.position()},
+        "state": state,
+        "telemetry": telemetry,
+        "alerts": d.alerts.to_json(),
+    }
+
+
+def save_snapshot(directory: Path, doc: dict[str, Any]) -> int:
+    """Write checkpoint.json atomically (temp file, fsync, rename, fsync dir); its size."""
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+    path = directory / "checkpoint.json"
+    tmp = directory / f".checkpoint.json.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return len(data)
 
 
 class TimedStore(Store):
@@ -201,6 +255,7 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
     directory = fresh_dir("store-small")
     store, _ = Store.open(str(directory))
     host = Host()
+    host.attach(store)
     stream = records(500, seed=7)
     # Warm-up: 30,000 records (60 a guest on average), committed 1,000 at a time.
     for _ in range(30):
@@ -221,7 +276,10 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
     n = (records_after // per_commit) * per_commit
     stats = store.stats()
     store.close()
+    alerts = host.daemon.alerts.to_json()
     return {
+        "alerts_firing": len(alerts.get("active") or ()),
+        "alerts_bytes": len(json.dumps(alerts, separators=(",", ":"))),
         "interval": interval,
         "records": n,
         "wchar_per_record": (w1 - w0) / n,
@@ -234,8 +292,7 @@ def small_host(interval: float, records_after: int) -> dict[str, Any]:
 def small_host_snapshot(records_after: int) -> dict[str, Any]:
     """The snapshot design on the same workload: checkpoint.json rewritten every 5 s."""
     directory = fresh_dir("snapshot-small")
-    saver = CheckpointStore(directory)
-    host = Host(max_events=50)
+    host = Host(keep_events=50)
     stream = records(500, seed=7)
     for _ in range(30):
         host.apply([next(stream) for _ in range(1000)])
@@ -243,7 +300,7 @@ def small_host_snapshot(records_after: int) -> dict[str, Any]:
     for i in range(records_after):
         host.apply([next(stream)])
         if i % 10 == 9:  # 10 records = 5 s
-            saver.save(snapshot_doc(host))
+            save_snapshot(directory, snapshot_doc(host))
     w1, b1 = io_counters()
     return {
         "wchar_per_record": (w1 - w0) / records_after,
@@ -260,6 +317,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
     directory = fresh_dir("store-big")
     store, _ = TimedStore.open(str(directory))
     host = Host()
+    host.attach(store)
     stream = records(10_000, seed=11)
     warm = [next(stream) for _ in range(150_000)]  # every guest started at least once
     warm_commits = range(0, len(warm), 10_000)
@@ -275,6 +333,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
     batch = 100  # what one poll of the source hands the pipeline at this rate
     w0, b0 = io_counters()
     apply_times: list[float] = []
+    take_times: list[float] = []
     committer = CommitThread(store)
     submitted = skipped = 0
     started = time.perf_counter()
@@ -295,7 +354,10 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
             if committer.busy:
                 skipped += 1
             else:
-                assert committer.submit(**host.take())
+                t0 = time.perf_counter()
+                taken = host.take()  # the ingestion thread's part of a commit
+                take_times.append(time.perf_counter() - t0)
+                assert committer.submit(**taken)
                 submitted += 1
     committer.wait()
     assert committer.submit(**host.take())
@@ -316,7 +378,10 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
         base.append(time.perf_counter() - t0)
     stats = store.stats()
     store.close()
+    alerts = host.daemon.alerts.to_json()
     return {
+        "alerts_firing": len(alerts.get("active") or ()),
+        "alerts_bytes": len(json.dumps(alerts, separators=(",", ":"))),
         "interval": interval,
         "records": total,
         "wchar": w1 - w0,
@@ -328,6 +393,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
         "commit_ms_median": statistics.median(durations) * 1000,
         "commit_ms_max": max(durations) * 1000,
         "apply_p99_ms": percentile(apply_times, 99) * 1000,
+        "take_ms": (statistics.median(take_times) * 1000, max(take_times) * 1000),
         "apply_p99_base_ms": percentile(base, 99) * 1000,
         "file_bytes": stats.file_bytes,
         "events": stats.events,
@@ -337,8 +403,7 @@ def big_host(interval: float, seconds: int, rate: int) -> dict[str, Any]:
 def big_host_snapshot(seconds: int, rate: int, every: float = 5.0) -> dict[str, Any]:
     """The snapshot design: checkpoint.json (50 events a guest) written every 5 s."""
     directory = fresh_dir("snapshot-big")
-    saver = CheckpointStore(directory)
-    host = Host(max_events=50)
+    host = Host(keep_events=50)
     stream = records(10_000, seed=11)
     for _ in range(15):
         host.apply([next(stream) for _ in range(10_000)])
@@ -350,7 +415,7 @@ def big_host_snapshot(seconds: int, rate: int, every: float = 5.0) -> dict[str, 
         host.apply([next(stream) for _ in range(1000)])
         if (i + 1000) % per_save == 0:
             t0 = time.perf_counter()
-            saver.save(snapshot_doc(host))
+            save_snapshot(directory, snapshot_doc(host))
             save_times.append(time.perf_counter() - t0)
     w1, b1 = io_counters()
     return {
@@ -383,6 +448,7 @@ def build_big_store(path: Path, guests: int, events: int) -> None:
     path.mkdir(parents=True)
     store, _ = Store.open(str(path))
     host = Host()
+    host.attach(store)
     stream = records(guests, seed=3)
     sample: list[AuditRecord] = []
     while len(host.table.snapshot().guests) < guests or len(sample) < 200_000:
@@ -520,6 +586,179 @@ def big_store(events: int, guests: int = 10_000) -> dict[str, Any]:
     }
 
 
+# -- 4. restart of `monitord run` to READY ---------------------------------------------------
+
+
+def monitord_cmd() -> list[str]:
+    exe = ROOT / ".venv" / "bin" / "monitord"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "monitord"]
+
+
+def small_log(path: Path, lines: int = 1000) -> None:
+    """An audit log of `lines` libvirt records (what the daemon reads after READY)."""
+    fleet = Fleet(5, guests=50, virt="kvm", start_time=time.time() - 3600)
+    events = fleet.events()
+    path.write_bytes(b"".join(next(events).line for _ in range(lines)))
+
+
+def proc_rss(pid: int) -> int:
+    """Resident set size of a process, bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def time_to_ready(
+    state: Path,
+    work: Path,
+    prefix: Sequence[str] = (),
+    timeout: float = 120.0,
+    rss: list[int] | None = None,
+) -> float:
+    """Seconds from exec of `monitord run` to its READY=1 on a NOTIFY_SOCKET; then SIGTERM
+    (with `rss`, 2 s after READY, its resident set size is appended to it first)."""
+    import socket
+    import subprocess
+
+    sock_path = work / "notify.sock"
+    sock_path.unlink(missing_ok=True)
+    log = work / "audit.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+        env.pop("WATCHDOG_USEC", None)
+        cmd = [
+            *(prefix or monitord_cmd()), "run", "--audit-log", str(log), "--state-dir",
+            str(state), "--listen", "127.0.0.1:0", "--log-level", "info",
+        ]  # fmt: skip
+        with open(work / "monitord.log", "ab") as out:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+            try:
+                sock.settimeout(1.0)
+                ready = None
+                while ready is None:
+                    try:
+                        msg = sock.recv(4096)
+                    except TimeoutError:
+                        if proc.poll() is not None or time.perf_counter() - t0 > timeout:
+                            raise RuntimeError(f"no READY=1 (exit {proc.returncode})") from None
+                        continue
+                    if b"READY=1" in msg.split(b"\n"):
+                        ready = time.perf_counter() - t0
+                if rss is not None:
+                    time.sleep(2.0)  # the log read, the first commit
+                    rss.append(proc_rss(proc.pid))
+                proc.terminate()
+                if proc.wait(60) != 0:
+                    raise RuntimeError(f"monitord run exited with {proc.returncode}")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return ready
+
+
+def restart(cached: Path, runs: int = 5) -> dict[str, Any]:
+    """`monitord run` restarted on a store (a copy): exec to READY=1, and its parts."""
+    import pstats
+    import tempfile
+
+    work = fresh_dir("restart")
+    small_log(work / "audit.log")
+    # The fixed part: interpreter, imports, config, listener, an empty store.
+    empty = [time_to_ready(work / f"empty-{i}", work) for i in range(3)]
+    state = work / "state"
+    shutil.copytree(cached, state)
+    (state / "complete").unlink(missing_ok=True)
+    reader = HistoryReader.open(str(state))
+    n_events = reader.count()
+    reader.close()
+    db_bytes = (state / schema.DB_NAME).stat().st_size
+    times = [time_to_ready(state, work) for _ in range(runs)]
+    rss: list[int] = []
+    time_to_ready(state, work, rss=rss)
+    # The same start in this process, in its two parts: Store.open, then the stages' load.
+    split: list[tuple[float, float]] = []
+    for _ in range(3):
+        d = Daemon(Config(state=StateConfig(dir=str(state)), alerts=AlertsConfig(journal=False)))
+        t0 = time.perf_counter()
+        store, loaded = Store.open(str(state))
+        t1 = time.perf_counter()
+        d.store = store
+        d._load(loaded)
+        t2 = time.perf_counter()
+        assert loaded.origin == "store" and d.table.guests_tracked == len(loaded.guests)
+        n_guests = d.table.guests_tracked
+        store.close()
+        split.append((t1 - t0, t2 - t1))
+    # Where the time goes in the real process (cProfile, so slower than the runs above).
+    with tempfile.NamedTemporaryFile(suffix=".prof", dir=work, delete=False) as f:
+        prof = Path(f.name)
+    profiled = time_to_ready(
+        state, work, [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "monitord"]
+    )
+    st = pstats.Stats(str(prof))
+    cumulative: dict[str, float] = {}
+    wanted = {
+        ("daemon.py", "_open_store"), ("store.py", "open"), ("store.py", "_quick_check"),
+        ("store.py", "_read_state"), ("store.py", "_guest_doc"), ("daemon.py", "_load"),
+        ("table.py", "restore"), ("guest.py", "from_json"), ("alerts/engine.py", "restore"),
+        ("store.py", "_check_history_rows"), ("store.py", "_load_existing"),
+        ("store.py", "_take_lock"), ("daemon.py", "run"), ("daemon.py", "_make_source"),
+        ("server.py", "start"),
+    }  # fmt: skip
+    for (file, _line, func), row in st.stats.items():  # type: ignore[attr-defined]
+        for suffix, name in wanted:
+            if func == name and file.endswith(suffix) and "monitord" in file:
+                cumulative[f"{suffix}:{name}"] = cumulative.get(f"{suffix}:{name}", 0.0) + row[3]
+    return {
+        "guests": n_guests,
+        "events": n_events,
+        "db_bytes": db_bytes,
+        "ready_s": times,
+        "rss": rss[0],
+        "empty_s": empty,
+        "split_s": split,
+        "profiled_s": profiled,
+        "profile": dict(sorted(cumulative.items(), key=lambda kv: -kv[1])),
+        "prof_path": prof,
+    }
+
+
+def report_restart(events: int, guests: int = 10_000) -> None:
+    cached = OUT / f"store-{guests}-{events}"
+    assert (cached / "complete").exists(), "build it first: --only store"
+    report_restart_of(cached, "4.")
+    # The big host's store of part 2: written by commits and under 64 MiB
+    # (store.FULL_CHECK_BYTES), so every one of its events is decoded at open.
+    written = OUT / "store-big"
+    if (written / schema.DB_NAME).exists():
+        report_restart_of(written, "4b. The store part 2 wrote:")
+
+
+def report_restart_of(cached: Path, title: str) -> None:
+    r = restart(cached)
+    print(f"### {title} `monitord run` restarted on {r['guests']:,} guests, "
+          f"{r['events']:,} events ({r['db_bytes'] / MiB:.0f} MiB)\n")  # fmt: skip
+    print("Exec of `monitord run --audit-log (1,000 records) --state-dir (a copy of the store) "
+          "--listen 127.0.0.1:0` to `READY=1` on its NOTIFY_SOCKET, then SIGTERM.\n")  # fmt: skip
+    ms = ", ".join(f"{t * 1000:.0f}" for t in r["ready_s"])
+    print(f"- exec to READY=1: {ms} ms (median {statistics.median(r['ready_s']) * 1000:.0f} ms)")
+    ms = ", ".join(f"{t * 1000:.0f}" for t in r["empty_s"])
+    print(f"- the same with an empty state directory (interpreter, imports, listener): {ms} ms")
+    print(f"- resident set size 2 s after READY (log read, first commit): "
+          f"{r['rss'] / MiB:.0f} MiB")  # fmt: skip
+    parts = "; ".join(f"{a * 1000:.0f} + {b * 1000:.0f} ms" for a, b in r["split_s"])
+    print(f"- in process, `Store.open` + loading the stages (`Daemon._load`): {parts}")
+    print(f"- under cProfile: {r['profiled_s'] * 1000:.0f} ms to READY; cumulative seconds "
+          f"(the whole run, READY then SIGTERM):\n")  # fmt: skip
+    for name, secs in r["profile"].items():
+        print(f"  - `{name}`: {secs * 1000:.0f} ms")
+    print()
+
+
 def report_small(quick: bool) -> None:
     after = 200 if quick else 1200
     snap = small_host_snapshot(after // 4)
@@ -552,9 +791,10 @@ def report_big(quick: bool) -> None:
     snap = big_host_snapshot(seconds, 5000)
     print(
         "| design | bytes written (wchar) | to block layer | vs snapshot "
-        "| commits | commit median / max | apply p99 (no commits) | file |"
+        "| commits | commit median / max | apply p99 (no commits) "
+        "| commit batch taken (ingestion thread) median / max | file |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for interval in (1.0, 2.0, 5.0):
         r = big_host(interval, seconds, 5000)
         cells = [
@@ -565,9 +805,11 @@ def report_big(quick: bool) -> None:
             f"{r['commits']} ({r['skipped']} skipped: busy; {r['behind']} batches late)",
             f"{r['commit_ms_median']:.0f} / {r['commit_ms_max']:.0f} ms",
             f"{r['apply_p99_ms']:.2f} ms ({r['apply_p99_base_ms']:.2f} ms)",
+            f"{r['take_ms'][0]:.1f} / {r['take_ms'][1]:.1f} ms",
             f"{r['file_bytes'] / MiB:.0f} MiB",
         ]
         print("| " + " | ".join(cells) + " |")
+        last = r
     cells = [
         "checkpoint.json every 5 s",
         f"{snap['wchar'] / MiB:.0f} MiB",
@@ -576,9 +818,13 @@ def report_big(quick: bool) -> None:
         f"{snap['saves']} saves",
         f"{snap['save_s_median']:.1f} s each",
         "",
+        "",
         f"{snap['file_bytes'] / MiB:.0f} MiB",
     ]
     print("| " + " | ".join(cells) + " |\n")
+    print(f"At the end, {last['alerts_firing']:,} alerts were firing: the alert engine's "
+          f"document is {last['alerts_bytes'] / KiB:.0f} KiB, rewritten by each commit "
+          "in which it changed.\n")  # fmt: skip
 
 
 def report_store(events: int) -> None:
@@ -588,7 +834,8 @@ def report_store(events: int) -> None:
     print(f"- store: {r['db_bytes'] / MiB:.0f} MiB, **{per_event:.0f} bytes per event**")
     print(f"  ({r['built']})")
     opens = ", ".join(f"{t * 1000:.0f} ms" for t in r["open_s"])
-    print(f"- restart to loaded (Store.open: checks, {r['guests']:,} guests loaded): {opens}")
+    print(f"- `Store.open` (checks, {r['guests']:,} guest rows read; the whole start: part 4): "
+          f"{opens}")  # fmt: skip
     h, s, p = r["history_ms"], r["sessions_ms"], r["page_ms"]
     n = r["history_events"]
     print(f"- `history` of one guest (~{n:.0f} events; 20 guests): median {h[0]:.1f} ms, "
@@ -609,7 +856,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (no 10M store)")
     ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--only", choices=("small", "big", "store"), help="run one part")
+    ap.add_argument("--only", choices=("small", "big", "store", "restart"), help="run one part")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     print("## State store benchmark (`bench/bench_store.py`)\n")
@@ -622,6 +869,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "store") and not args.quick:
         report_store(args.events)
+        sys.stdout.flush()
+    if args.only in (None, "restart") and not args.quick:
+        report_restart(args.events)
     return 0
 
 

@@ -22,9 +22,8 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 OUT = BENCH / "out"
 ORDER = ("parse", "follow", "state", "alerts", "journal", "idle", "scrape_storm", "store")
-# Sections written by hand (no script of their own), gathered after the journal's.
-HAND_WRITTEN = ("readme_summary", "debian_package")
-SECTIONS = (*ORDER[:5], *HAND_WRITTEN, *ORDER[5:])
+# Sections of results/ that no benchmark here writes.
+RECORDS = ("readme_summary", "debian_package")
 ISSUE = {
     "parse": 2,
     "follow": 3,
@@ -77,7 +76,11 @@ def collect() -> None:
         "Run them all with `./bootstrap bench`, one with `./bootstrap bench NAME`.\n",
         f"Last collected on {time.strftime('%Y-%m-%d')} on: {machine()}.\n",
     ]
-    for name in SECTIONS:
+    # Results without a benchmark of their own (written by hand or by a test) go where they
+    # were; any other file of results/ at the end: collecting never drops a section.
+    names = [*ORDER[:5], *RECORDS, *ORDER[5:]]
+    names += sorted(p.stem for p in RESULTS.glob("*.md") if p.stem not in names)
+    for name in names:
         path = RESULTS / f"{name}.md"
         if not path.exists():
             parts.append(f"## {name} (issue {ISSUE[name]})\n\nNot run yet: bench/bench_{name}.py\n")
