@@ -170,10 +170,10 @@ class Guest:
         if not isinstance(doc, Mapping):
             raise ValueError("a guest is not an object")
         g = cls(_check("uuid", doc.get("uuid"), str))
-        for f in FIELDS[1:]:
-            if f.name not in doc or (doc[f.name] is None and f.name in _NOT_NONE):
+        for name, convert in _CONVERTERS:
+            if name not in doc or (doc[name] is None and name in _NOT_NONE):
                 continue
-            setattr(g, f.name, _check(f.name, doc[f.name], _HINTS[f.name]))
+            setattr(g, name, convert(doc[name]))
         if g.state not in STATES:
             raise ValueError(f"guest {g.uuid}: state {g.state!r}")
         g.node = g.node or ""
@@ -199,30 +199,53 @@ _NOT_NONE: Final = frozenset({"node", "failures", "state", "phase_open"})
 
 def _check(name: str, value: Any, hint: Any) -> Any:
     """Return value converted to the declared type of field `name`, or raise ValueError."""
+    return _converter(name, hint)(value)
+
+
+def _converter(name: str, hint: Any) -> Callable[[Any], Any]:
+    """The function that checks and converts a saved value of field `name` (declared as
+    `hint`): worked out once per field, since a start-up converts every guest's fields."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        if value is None:
-            return None
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _check(name, value, inner)
+        convert_inner = _converter(name, inner)
+        return lambda v: None if v is None else convert_inner(v)
     if origin is tuple:
         item, *rest = typing.get_args(hint)
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{name}: expected a list, got {type(value).__name__}")
-        if rest == [Ellipsis] and item is str:
-            return tuple(sorted(_check(name, v, str) for v in value))
-        if rest == [Ellipsis]:  # security labels
-            return tuple(sorted((_label(name, v) for v in value), key=lambda x: x[0] or ""))
-        raise ValueError(f"{name}: unsupported declaration {hint}")  # pragma: no cover
-    checks: dict[Any, Callable[[Any], bool]] = {
-        str: lambda v: isinstance(v, str),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v == v,
-        bool: lambda v: isinstance(v, bool),
-    }
-    if not checks[hint](value):
-        raise ValueError(f"{name}: {value!r} is not a valid {hint.__name__}")
-    return float(value) if hint is float else value
+        if rest != [Ellipsis]:  # pragma: no cover
+            raise ValueError(f"{name}: unsupported declaration {hint}")
+
+        def items(v: Any) -> list[Any]:
+            if not isinstance(v, list | tuple):
+                raise ValueError(f"{name}: expected a list, got {type(v).__name__}")
+            return list(v)
+
+        if item is str:
+            text = _converter(name, str)
+            return lambda v: tuple(sorted(text(x) for x in items(v)))
+        # Security labels.
+        return lambda v: tuple(sorted((_label(name, x) for x in items(v)), key=_label_key))
+    valid = _VALID[hint]
+    to = float if hint is float else None
+
+    def scalar(v: Any) -> Any:
+        if not valid(v):
+            raise ValueError(f"{name}: {v!r} is not a valid {hint.__name__}")
+        return to(v) if to is not None else v
+
+    return scalar
+
+
+def _label_key(label: SecurityLabel) -> str:
+    return label[0] or ""
+
+
+_VALID: Final[dict[Any, Callable[[Any], bool]]] = {
+    str: lambda v: isinstance(v, str),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v == v,
+    bool: lambda v: isinstance(v, bool),
+}
 
 
 def _label(name: str, value: Any) -> SecurityLabel:
@@ -232,3 +255,7 @@ def _label(name: str, value: Any) -> SecurityLabel:
         raise ValueError(f"{name}: a label is (model, vm_ctx, img_ctx)")
     model, vm_ctx, img_ctx = (None if v is None else _check(name, v, str) for v in value)
     return (model, vm_ctx, img_ctx)
+
+
+# Every field but uuid, with its converter (uuid is the constructor's argument).
+_CONVERTERS: Final = tuple((f.name, _converter(f.name, _HINTS[f.name])) for f in FIELDS[1:])
