@@ -86,15 +86,17 @@ class Pipeline:
         table: RecordConsumer,
         alerts: AlertObserver | None = None,
         clock: Callable[[], float] = time.time,
-        keep_applied: bool = False,
+        keep_applied: Callable[[AuditRecord], object] | None = None,
     ) -> None:
         self.table = table
         self.alerts = alerts
         self.clock = clock
         self.last_record_time: float | None = None  # record time, not arrival time
         self.lag = Histogram()
-        # The records applied since take_applied(), when a store wants them as history.
-        self._applied: list[AuditRecord] | None = [] if keep_applied else None
+        # The records applied since take_applied(), each as `keep_applied` makes it, when a
+        # store wants them as history.
+        self._keep = keep_applied
+        self._applied: list[object] = []
 
     def apply(self, records: Sequence[AuditRecord], live: bool) -> None:
         """Apply records in order; lag is observed only for live records (old ones are not late)."""
@@ -106,8 +108,9 @@ class Pipeline:
         last = self.last_record_time
         # The table takes its lock once per batch, not once per record.
         self.table.apply_many(records)
-        if self._applied is not None:
-            self._applied.extend(records)
+        keep = self._keep
+        if keep is not None:
+            self._applied.extend(map(keep, records))
         for record in records:
             if alerts is not None:
                 alerts.observe(record, live)
@@ -117,8 +120,9 @@ class Pipeline:
                 lag.observe(max(0.0, now - record.time))
         self.last_record_time = last
 
-    def take_applied(self) -> list[AuditRecord]:
-        """The records applied since the last call, in order (empty unless keep_applied)."""
+    def take_applied(self) -> list[object]:
+        """The records applied since the last call, in order, as `keep_applied` made them
+        (none without it)."""
         if not self._applied:
             return []
         applied, self._applied = self._applied, []

@@ -136,7 +136,7 @@ class StoreStats:
 
 
 # An event as the store writes it: (tms, serial, (node, uuid, vm), res, shape doc, vals).
-_Encoded = tuple[float | int, int, tuple[str | None, str | None, str | None], int | None, str, str]
+Encoded = tuple[float | int, int, tuple[str | None, str | None, str | None], int | None, str, str]
 
 
 @dataclass(slots=True)
@@ -148,7 +148,7 @@ class _Batch:
     meta: Doc | None
     counters: dict[str, Doc] | None
     alerts: Doc | None
-    events: list[_Encoded]
+    events: list[Encoded]
     full: bool
 
     def merged_into(self, newer: _Batch) -> _Batch:
@@ -765,6 +765,7 @@ class Store:
         counters: Mapping[str, Doc] | None = None,
         alerts: Doc | None = None,
         events: Sequence[AuditRecord] = (),
+        encoded: Sequence[Encoded] = (),
         full: bool = False,
     ) -> bool:
         """Write everything given as one transaction; False if it failed (kept for the next).
@@ -772,7 +773,10 @@ class Store:
         `upserted`/`deleted`: guests changed since the previous call (with `full`, every
         guest, and any other is deleted). `meta`, `counters`, `alerts`: complete current
         values (None: unchanged); each part is rewritten only when its JSON changed.
-        `events`: the libvirt records applied since the previous call, in order.
+        `events`: the libvirt records applied since the previous call, in order; or
+        `encoded`: the same already through `encode_event` (the daemon encodes each record
+        as it is applied: a compact tuple the garbage collector does not track, where a
+        second of AuditRecords waiting for the commit would fill its oldest generation).
         """
         started = self.monotonic()
         batch = _Batch(
@@ -783,7 +787,7 @@ class Store:
             meta=meta,
             counters=dict(counters) if counters is not None else None,
             alerts=alerts,
-            events=[encode_event(r) for r in events],
+            events=[encode_event(r) for r in events] + list(encoded),
             full=full,
         )
         conn: sqlite3.Connection | None = None
@@ -1037,7 +1041,7 @@ class Store:
         t.base_rows = conn.execute("SELECT count(*) FROM guests").fetchone()[0]
         t.log_rows = 0
 
-    def _write_events(self, conn: sqlite3.Connection, events: list[_Encoded], t: _Tentative) -> int:
+    def _write_events(self, conn: sqlite3.Connection, events: list[Encoded], t: _Tentative) -> int:
         """Insert the events; give each bucket that became full its spans row."""
         next_id = self._next_id
         t.spanned = self._spanned
@@ -1312,7 +1316,7 @@ class CommitThread:
 _encode = Encoder()
 
 
-def encode_event(record: AuditRecord) -> _Encoded:
+def encode_event(record: AuditRecord) -> Encoded:
     """A record in the form the store writes (compact while it waits in memory)."""
     doc, vals = _encode(record)
     f = record.fields
