@@ -536,6 +536,7 @@ def test_pure_python_switch_and_cli(tmp_path: Path) -> None:
 VARYING = (
     "process_", "python_", "monitord_checkpoint_timestamp", "monitord_record_lag",
     "monitord_state_store_bytes", "monitord_state_commit_duration", "monitord_history_events",
+    "monitord_history_pruned",
 )  # fmt: skip
 
 
